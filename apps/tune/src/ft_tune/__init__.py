@@ -1,4 +1,4 @@
-"""ft-tune: The `tune` command-line interface of ft."""
+"""ft-tune: the `tune` command-line interface of ft (a thin, lazily importing click app)."""
 
 __version__ = "0.1.0"
 
