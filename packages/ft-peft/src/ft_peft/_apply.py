@@ -1,0 +1,227 @@
+"""Putting LoRA into any model: module swap by name, trainability, adapter state, merging.
+
+LoRA is a module swap (each matching `nn.Linear` is replaced by a `LoRALinear` holding the very same
+weight), never a subclass of the model, so it works on transformers models, torchvision models and a
+user's own `nn.Module` alike. Target matching follows PEFT's rules so a `target_modules` list means the
+same in ft and PEFT: a list entry matches a module whose full name equals it or ends with "." + entry;
+a single string (or a compiled pattern in the list) is a regular expression matched against the full
+module name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from ft_peft._lora import LoRALinear
+from ft_peft._quant import QuantConfig
+from ft_peft.errors import TargetNotFoundError
+
+__all__ = [
+    "adapter_state_dict",
+    "apply_lora",
+    "disable_adapters",
+    "lora_modules",
+    "merge_adapters",
+    "set_trainable",
+]
+
+Target = str | re.Pattern[str]
+# Wrappers that insert a component into module names (torch.compile, activation checkpointing, FSDP1).
+_WRAPPER_PARTS = ("_orig_mod", "_checkpoint_wrapped_module", "_fsdp_wrapped_module")
+ADAPTER_SUFFIXES = ("lora_A.weight", "lora_B.weight", "lora_magnitude_vector")
+
+
+def clean_name(name: str) -> str:
+    """Module path without wrapper components, i.e. the path of the unwrapped model."""
+    return ".".join(p for p in name.split(".") if p not in _WRAPPER_PARTS)
+
+
+def _linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
+    """Plain linear layers of `model`, not counting the A/B projections inside existing adapters."""
+    inside = [name for name, m in model.named_modules() if isinstance(m, LoRALinear)]
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and not any(name.startswith(p + ".") for p in inside):
+            out[name] = module
+    return out
+
+
+def _entry_matches(entry: Target, name: str) -> bool:
+    if isinstance(entry, re.Pattern):
+        return entry.fullmatch(name) is not None
+    return name == entry or name.endswith("." + entry)
+
+
+def match_targets(model: nn.Module, target_modules: str | Sequence[Target]) -> list[str]:
+    """Names of the linear layers `target_modules` selects, in module order.
+
+    Raises:
+        TargetNotFoundError: An entry (or the regex) matches no linear layer.
+    """
+    linears = _linear_layers(model)
+    kind = type(model).__name__
+    if isinstance(target_modules, str):
+        found = [n for n in linears if re.fullmatch(target_modules, clean_name(n))]
+        if not found:
+            raise TargetNotFoundError(f"{kind}: target_modules regex {target_modules!r} matches no nn.Linear")
+        return found
+    if not target_modules:
+        raise TargetNotFoundError(f"{kind}: target_modules is empty")
+    found_set: set[str] = set()
+    for entry in target_modules:
+        hits = [n for n in linears if _entry_matches(entry, clean_name(n))]
+        if not hits:
+            shown = entry.pattern if isinstance(entry, re.Pattern) else entry
+            raise TargetNotFoundError(f"{kind}: target module {shown!r} matches no nn.Linear layer")
+        found_set.update(hits)
+    return [n for n in linears if n in found_set]
+
+
+def _pattern_value(patterns: Mapping[str, float] | None, name: str, default: float) -> float:
+    # PEFT's rank_pattern / alpha_pattern rule: the key, as a regex, must match a suffix of the name.
+    for key, value in (patterns or {}).items():
+        if re.match(rf"(.*\.)?({key})$", name):
+            return value
+    return default
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def apply_lora(
+    model: nn.Module,
+    target_modules: str | Sequence[Target],
+    rank: int = 8,
+    alpha: float = 16.0,
+    dropout: float = 0.0,
+    use_rslora: bool = False,
+    use_dora: bool = False,
+    quantize: str | QuantConfig | None = None,
+    adapter_dtype: torch.dtype | None = None,
+    rank_pattern: Mapping[str, int] | None = None,
+    alpha_pattern: Mapping[str, float] | None = None,
+) -> list[str]:
+    """Replace matching linear layers of `model` in place by `LoRALinear` wrappers.
+
+    Nothing is replaced unless every target matches and every layer accepts its rank, so a bad
+    argument never leaves a half-converted model.
+
+    Args:
+        model: Any module; its own code is not touched.
+        target_modules: A list of names/suffixes (`["q_proj", "v_proj"]`) or compiled regexes, or one
+            regex string matched against full module names (PEFT's convention).
+        rank: Adapter rank r.
+        alpha: Scaling numerator (scaling = alpha / r, or alpha / sqrt(r) with `use_rslora`).
+        dropout: Dropout on the adapter input.
+        use_rslora: Rank-stabilised scaling.
+        use_dora: DoRA magnitude vectors.
+        quantize: Quantise the frozen base weights: "nf4", "fp4", "int8" or a `QuantConfig` (QLoRA).
+        adapter_dtype: Dtype of adapter weights (fp32 by default for half-precision bases).
+        rank_pattern: Per-module ranks, keys as in PEFT (a regex matching a suffix of the name).
+        alpha_pattern: Per-module alphas, same keys.
+
+    Returns:
+        The full names of the replaced layers.
+    """
+    names = match_targets(model, target_modules)
+    linears = _linear_layers(model)
+    wrapped = {
+        name: LoRALinear(
+            linears[name],
+            rank=int(_pattern_value(rank_pattern, clean_name(name), rank)),
+            alpha=_pattern_value(alpha_pattern, clean_name(name), alpha),
+            dropout=dropout,
+            use_rslora=use_rslora,
+            use_dora=use_dora,
+            quantize=quantize,
+            adapter_dtype=adapter_dtype,
+            name=clean_name(name),
+        )
+        for name in names
+    }
+    for name, module in wrapped.items():
+        _set_submodule(model, name, module)
+    return names
+
+
+def lora_modules(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
+    """(name, layer) for every `LoRALinear` in `model`, names without wrapper components."""
+    for name, module in model.named_modules():
+        if isinstance(module, LoRALinear):
+            yield clean_name(name), module
+
+
+def set_trainable(model: nn.Module, train_bias: bool = False) -> int:
+    """Freeze everything except adapter tensors (and, optionally, the wrapped layers' biases).
+
+    Returns:
+        The number of trainable elements.
+    """
+    for frozen in model.parameters():
+        frozen.requires_grad_(False)
+    count = 0
+    for _, layer in lora_modules(model):
+        params = layer.adapter_parameters()
+        if train_bias and layer.bias is not None:
+            params.append(layer.bias)
+        for trained in params:
+            trained.requires_grad_(True)
+            count += trained.numel()
+    return count
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Adapter tensors keyed by module path + suffix (`model.layers.0.self_attn.q_proj.lora_A.weight`)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, layer in lora_modules(model):
+        out[f"{name}.lora_A.weight"] = layer.lora_A.weight
+        out[f"{name}.lora_B.weight"] = layer.lora_B.weight
+        if layer.lora_magnitude_vector is not None:
+            out[f"{name}.lora_magnitude_vector"] = layer.lora_magnitude_vector
+    return out
+
+
+def merge_adapters(model: nn.Module) -> list[str]:
+    """Replace every `LoRALinear` by a plain `nn.Linear` holding the merged weight.
+
+    The result has no adapter code left (for export or serving); quantised bases come back
+    dequantised in their compute dtype.
+
+    Returns:
+        The names of the replaced layers.
+    """
+    full_names = [n for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+    for name in full_names:
+        layer = model.get_submodule(name)
+        assert isinstance(layer, LoRALinear)
+        _set_submodule(model, name, layer.to_linear())
+    return [clean_name(n) for n in full_names]
+
+
+@contextmanager
+def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
+    """Run `model` as its base model (e.g. a DPO reference model) without a second copy.
+
+    Merged adapters are unmerged for the duration and merged back afterwards.
+    """
+    layers = [layer for _, layer in lora_modules(model)]
+    states = [(layer.adapter_enabled, layer.merged) for layer in layers]
+    for layer in layers:
+        if layer.merged:
+            layer.unmerge()
+        layer.adapter_enabled = False
+    try:
+        yield model
+    finally:
+        for layer, (enabled, merged) in zip(layers, states):
+            layer.adapter_enabled = enabled
+            if merged and not layer.merged:
+                layer.merge()
