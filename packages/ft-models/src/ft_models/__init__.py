@@ -1,5 +1,48 @@
-"""ft-models: Decoder architectures (GQA/SDPA, KV cache), generation and checkpoint formats for ft."""
+"""ft-models: decoder architectures, KV cache, greedy generation and checkpoint formats for ft.
+
+Llama-family models (Llama 3 / 3.1 / 3.2, SmolLM2) with transformers' module names, loaded from
+Hugging Face safetensors directories or GGUF files and saved as directories transformers loads as is.
+"""
+
+from ._attention import AttentionKernel, EagerKernel, GroupedQueryAttention, SDPAKernel, soft_cap
+from ._cache import KVCache
+from ._checkpoint import from_pretrained
+from ._config import DecoderConfig, RopeConfig
+from ._decoder import CausalLM, DecoderLayer, TransformerDecoder
+from ._llama import LLAMA_PRESETS, build_llama, llama_config
+from ._mask import AttentionMask
+from ._mlp import GatedMLP
+from ._norm import RMSNorm
+from ._registry import build_model
+from ._rope import RotaryEmbedding
+from .errors import CacheError, CheckpointError, ConfigError, FtModelsError
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "LLAMA_PRESETS",
+    "AttentionKernel",
+    "AttentionMask",
+    "CacheError",
+    "CausalLM",
+    "CheckpointError",
+    "ConfigError",
+    "DecoderConfig",
+    "DecoderLayer",
+    "EagerKernel",
+    "FtModelsError",
+    "GatedMLP",
+    "GroupedQueryAttention",
+    "KVCache",
+    "RMSNorm",
+    "RopeConfig",
+    "RotaryEmbedding",
+    "SDPAKernel",
+    "TransformerDecoder",
+    "__version__",
+    "build_llama",
+    "build_model",
+    "from_pretrained",
+    "llama_config",
+    "soft_cap",
+]

@@ -1,0 +1,254 @@
+"""Loading Hugging Face safetensors checkpoints and GGUF files into ft models.
+
+The model is built on the meta device (no allocation), then every tensor is read on its own: the file
+is opened, one tensor is copied out (converted to the target dtype and device in the same copy) and the
+file is closed again, so no more than one tensor's worth of file mapping is ever resident. Peak memory
+is the weights plus one tensor. Loaded tensors own their memory (they are not views of a file mapping),
+so overwriting the checkpoint later cannot corrupt a live model.
+
+Shared embeddings: a tied checkpoint stores ``model.embed_tokens.weight`` only; a stored
+``lm_head.weight`` in a tied checkpoint is ignored. Legacy ``rotary_emb.inv_freq`` buffers are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from ._attention import AttentionKernel
+from ._config import DecoderConfig
+from ._decoder import CausalLM
+from ._registry import build_model
+from ._rope import RotaryEmbedding
+from .errors import CheckpointError
+
+__all__ = ["from_pretrained", "load_weights", "weight_files"]
+
+SINGLE = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def from_pretrained(
+    path: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    kernel: AttentionKernel | None = None,
+) -> CausalLM:
+    """Load a model from an HF directory (single or sharded safetensors) or a ``.gguf`` file.
+
+    Args:
+        path: Directory with ``config.json`` and ``model.safetensors`` or
+            ``model.safetensors.index.json`` plus shards; or a ``.gguf`` file.
+        dtype: Parameter dtype. Default: the config's ``dtype``/``torch_dtype``, else the dtype the
+            tensors are stored in (float32 for GGUF, whose tensors are dequantised).
+        device: Where parameters live (CPU by default).
+        kernel: Attention kernel (SDPA by default).
+
+    Returns:
+        The model in eval mode.
+
+    Raises:
+        CheckpointError: Missing path or file, unreadable file, missing or unexpected keys, shape
+            mismatch.
+        ConfigError: Invalid or unsupported ``config.json``.
+    """
+    path = Path(path)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or directory")
+    if path.is_file():
+        if path.suffix == ".gguf":
+            return _from_gguf(path, dtype=dtype, device=device, kernel=kernel)
+        raise CheckpointError(f"{path}: expected a model directory or a .gguf file")
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path / 'config.json'}: file not found")
+    config = DecoderConfig.from_file(path / "config.json")
+    files = weight_files(path)
+    if dtype is None:
+        dtype = _DTYPES[config.dtype] if config.dtype else _stored_dtype(files)
+    with torch.device("meta"):
+        model = build_model(config, kernel=kernel)
+    load_weights(model, files, dtype=dtype, device=device, source=str(path))
+    return model.eval()
+
+
+def weight_files(directory: Path) -> dict[Path, list[str]]:
+    """Map each safetensors file of an HF directory to the tensor names it holds.
+
+    Raises:
+        CheckpointError: No weights, a malformed index, or a shard the index names is missing.
+    """
+    index_path, single = directory / INDEX, directory / SINGLE
+    if index_path.is_file():
+        try:
+            weight_map = json.loads(index_path.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{index_path}: not a safetensors index ({e!r})") from e
+        files: dict[Path, list[str]] = {}
+        for key, name in weight_map.items():
+            files.setdefault(directory / name, []).append(key)
+        for f in files:
+            if not f.is_file():
+                raise CheckpointError(f"{f}: shard named in {index_path.name} not found")
+        return files
+    if single.is_file():
+        return {single: _keys_of(single)}
+    if any(directory.glob("*.bin")):
+        raise CheckpointError(f"{directory}: only pickle .bin weights found; ft reads safetensors only")
+    raise CheckpointError(f"{directory}: no {SINGLE} or {INDEX}")
+
+
+def _keys_of(file: Path) -> list[str]:
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return list(f.keys())
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from e
+
+
+def _stored_dtype(files: dict[Path, list[str]]) -> torch.dtype:
+    """The dtype of the first floating tensor stored (checkpoints without a config dtype)."""
+    for file, keys in files.items():
+        with safe_open(str(file), framework="pt") as f:
+            for key in keys:
+                dt = f.get_slice(key).get_dtype()
+                for name, torch_dtype in (
+                    ("F32", torch.float32),
+                    ("F16", torch.float16),
+                    ("BF16", torch.bfloat16),
+                ):
+                    if dt == name:
+                        return torch_dtype
+    return torch.float32
+
+
+def _iter_file(file: Path, keys: Iterable[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(key, tensor)`` reopening the file per tensor, so its mapping never stays resident."""
+    for key in keys:
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                yield key, f.get_tensor(key)
+        except CheckpointError:
+            raise
+        except Exception as e:
+            raise CheckpointError(f"{file}: cannot read tensor {key!r} ({e})") from e
+
+
+def load_weights(
+    model: CausalLM,
+    files: dict[Path, list[str]],
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    source: str,
+) -> None:
+    """Assign tensors from safetensors ``files`` to a (meta-device) ``model``, one at a time.
+
+    Raises:
+        CheckpointError: Missing or unexpected keys, or a shape mismatch.
+    """
+    keys = {k: f for f, ks in files.items() for k in ks}
+    _check_keys(model, keys, source)
+    expected = _expected_keys(model)
+
+    def tensors() -> Iterator[tuple[str, torch.Tensor, str]]:
+        for file, ks in files.items():
+            for key, tensor in _iter_file(file, (k for k in ks if k in expected)):
+                yield key, tensor, str(file)
+
+    _assign_all(model, tensors(), dtype=dtype, device=device)
+
+
+def _expected_keys(model: CausalLM) -> set[str]:
+    keys = set(model.state_dict(keep_vars=True))
+    if model.config.tie_word_embeddings:
+        keys.discard("lm_head.weight")
+    return keys
+
+
+def _ignored(key: str, model: CausalLM) -> bool:
+    return key.endswith("rotary_emb.inv_freq") or (
+        key == "lm_head.weight" and model.config.tie_word_embeddings
+    )
+
+
+def _check_keys(model: CausalLM, present: dict[str, Any], source: str) -> None:
+    expected = _expected_keys(model)
+    missing = sorted(expected - present.keys())
+    unexpected = sorted(k for k in present.keys() - expected if not _ignored(k, model))
+    if missing:
+        raise CheckpointError(f"{source}: missing keys {_short(missing)}")
+    if unexpected:
+        raise CheckpointError(f"{source}: unexpected keys {_short(unexpected)}")
+
+
+def _short(keys: list[str], limit: int = 8) -> str:
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def _assign_all(
+    model: CausalLM,
+    tensors: Iterable[tuple[str, torch.Tensor, str]],
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> None:
+    """Replace meta parameters by loaded tensors, then re-tie and compute non-persistent buffers."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for key, tensor, file in tensors:
+        param = params[key]
+        if tuple(tensor.shape) != tuple(param.shape):
+            raise CheckpointError(
+                f"{file}: tensor {key!r} has shape {tuple(tensor.shape)}, the model expects {tuple(param.shape)}"
+            )
+        value = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None, copy=True)
+        del tensor
+        owner, name = _owner(model, key)
+        setattr(owner, name, nn.Parameter(value, requires_grad=param.requires_grad))
+    model.tie_weights()
+    for name, p in model.named_parameters():
+        if p.is_meta:  # unreachable after _check_keys unless a builder shares parameters oddly
+            raise CheckpointError(f"parameter {name!r} was not loaded")
+    for module in model.modules():
+        if isinstance(module, RotaryEmbedding):
+            module.reset_parameters(device)
+
+
+def _owner(model: nn.Module, key: str) -> tuple[nn.Module, str]:
+    path, _, name = key.rpartition(".")
+    return model.get_submodule(path), name
+
+
+def _from_gguf(
+    path: Path, *, dtype: torch.dtype | None, device: torch.device, kernel: AttentionKernel | None
+) -> CausalLM:
+    """Build from a GGUF file: the reader returns an HF-style config and HF-named float32 tensors."""
+    from ._gguf import read_gguf  # optional dependency `gguf`, imported only here
+
+    ckpt = read_gguf(path)
+    config = DecoderConfig.from_hf_dict(ckpt.config, source=str(path))
+    with torch.device("meta"):
+        model = build_model(config, kernel=kernel)
+    tensors: dict[str, torch.Tensor] = ckpt.tensors
+    _check_keys(model, tensors, str(path))
+    for key in [k for k in tensors if _ignored(k, model)]:
+        del tensors[key]
+
+    def drain() -> Iterator[tuple[str, torch.Tensor, str]]:
+        # Pop as we go so each float32 tensor is freed once converted (keeps peak memory low).
+        while tensors:
+            key = next(iter(tensors))
+            yield key, tensors.pop(key), str(path)
+
+    _assign_all(model, drain(), dtype=dtype or torch.float32, device=device)
+    model.gguf_metadata = ckpt.metadata
+    return model.eval()

@@ -1,0 +1,240 @@
+"""Decoder configuration parsed from a Hugging Face ``config.json`` dictionary.
+
+Two schemas exist for the rotary embedding (RoPE, Su et al. 2021, arXiv:2104.09864) settings: the one
+on the Hub (``rope_theta`` plus an optional ``rope_scaling`` dict whose type key is ``rope_type`` or the
+older ``type``) and the one transformers 5 writes (``rope_parameters`` holding ``rope_theta`` and the
+scaling keys). Both parse into one frozen :class:`DecoderConfig`; :meth:`DecoderConfig.to_hf_dict`
+writes the Hub schema, which every reader (transformers 4 and 5, vLLM, llama.cpp converters) accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["SUPPORTED_MODEL_TYPES", "DecoderConfig", "RopeConfig"]
+
+# model_type -> the architectures name transformers expects in config.json.
+SUPPORTED_MODEL_TYPES: dict[str, str] = {"llama": "LlamaForCausalLM"}
+ROPE_TYPES = ("default", "linear", "llama3")
+_LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+_DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class RopeConfig:
+    """Rotary embedding settings.
+
+    Attributes:
+        rope_type: ``default`` (plain RoPE), ``linear`` (position interpolation: every frequency divided
+            by ``factor``) or ``llama3`` (Llama 3.1's piecewise frequency scaling).
+        theta: Base of the geometric frequency series.
+        factor: Scaling factor of ``linear`` and ``llama3``.
+        low_freq_factor: ``llama3`` only: wavelengths above ``original / low_freq_factor`` are divided.
+        high_freq_factor: ``llama3`` only: wavelengths below ``original / high_freq_factor`` are kept.
+        original_max_position_embeddings: ``llama3`` only: the pre-training context length.
+    """
+
+    rope_type: str = "default"
+    theta: float = 10000.0
+    factor: float = 1.0
+    low_freq_factor: float | None = None
+    high_freq_factor: float | None = None
+    original_max_position_embeddings: int | None = None
+
+    def to_hf_scaling(self) -> dict[str, Any] | None:
+        """The Hub-style ``rope_scaling`` dict (``None`` for plain RoPE)."""
+        if self.rope_type == "default":
+            return None
+        out: dict[str, Any] = {"rope_type": self.rope_type, "factor": self.factor}
+        if self.rope_type == "llama3":
+            out["low_freq_factor"] = self.low_freq_factor
+            out["high_freq_factor"] = self.high_freq_factor
+            out["original_max_position_embeddings"] = self.original_max_position_embeddings
+        return out
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Shape and numerics of a decoder-only transformer (Llama family).
+
+    Built with :meth:`from_hf_dict` or :meth:`from_file`; presets live in ``ft_models._llama``.
+    ``head_dim`` is explicit because it may differ from ``hidden_size // num_attention_heads``.
+    """
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    model_type: str = "llama"
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-6
+    rope: RopeConfig = dataclasses.field(default_factory=RopeConfig)
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    hidden_act: str = "silu"
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None
+    dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(
+                f"num_attention_heads={self.num_attention_heads} is not a multiple of "
+                f"num_key_value_heads={self.num_key_value_heads}"
+            )
+
+    @property
+    def architecture(self) -> str:
+        """The transformers class name written to ``architectures``."""
+        return SUPPORTED_MODEL_TYPES[self.model_type]
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> DecoderConfig:
+        """Parse a ``config.json`` file.
+
+        Raises:
+            ConfigError: The file is missing, is not JSON, or holds an unsupported setting.
+        """
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError as e:
+            raise ConfigError(f"{path}: file not found") from e
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        return cls.from_hf_dict(data, source=str(path))
+
+    @classmethod
+    def from_hf_dict(cls, data: dict[str, Any], *, source: str = "config.json") -> DecoderConfig:
+        """Parse an HF config dictionary (Hub or transformers-5 schema).
+
+        Args:
+            data: The parsed ``config.json``.
+            source: Name of the file the dict came from, used in error messages.
+
+        Raises:
+            ConfigError: Unknown ``model_type``, rope type or activation, or a missing required key.
+        """
+        model_type = data.get("model_type")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ConfigError(
+                f"{source}: key 'model_type' = {model_type!r} is not supported "
+                f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+            )
+
+        def req(key: str) -> Any:
+            if data.get(key) is None:
+                raise ConfigError(f"{source}: required key {key!r} is missing")
+            return data[key]
+
+        hidden, heads = int(req("hidden_size")), int(req("num_attention_heads"))
+        act = data.get("hidden_act", "silu")
+        if act != "silu":
+            raise ConfigError(f"{source}: key 'hidden_act' = {act!r} is not supported (only 'silu')")
+        dtype = data.get("dtype", data.get("torch_dtype"))
+        if dtype is not None and dtype not in _DTYPES:
+            raise ConfigError(f"{source}: key 'dtype' = {dtype!r} is not one of {', '.join(_DTYPES)}")
+        rope = _parse_rope(data, source)
+        try:
+            return cls(
+                vocab_size=int(req("vocab_size")),
+                hidden_size=hidden,
+                intermediate_size=int(req("intermediate_size")),
+                num_hidden_layers=int(req("num_hidden_layers")),
+                num_attention_heads=heads,
+                num_key_value_heads=int(data.get("num_key_value_heads") or heads),
+                head_dim=int(data.get("head_dim") or hidden // heads),
+                model_type=model_type,
+                max_position_embeddings=int(data.get("max_position_embeddings", 2048)),
+                rms_norm_eps=float(data.get("rms_norm_eps", 1e-6)),
+                rope=rope,
+                tie_word_embeddings=bool(data.get("tie_word_embeddings", False)),
+                attention_bias=bool(data.get("attention_bias", False)),
+                mlp_bias=bool(data.get("mlp_bias", False)),
+                hidden_act=act,
+                bos_token_id=data.get("bos_token_id"),
+                eos_token_id=data.get("eos_token_id"),
+                pad_token_id=data.get("pad_token_id"),
+                dtype=dtype,
+            )
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """A Hub-style ``config.json`` dict (``rope_theta`` + ``rope_scaling``) that transformers loads."""
+        out: dict[str, Any] = {
+            "architectures": [self.architecture],
+            "model_type": self.model_type,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": self.hidden_act,
+            "max_position_embeddings": self.max_position_embeddings,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope.theta,
+            "rope_scaling": self.rope.to_hf_scaling(),
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "attention_bias": self.attention_bias,
+            "mlp_bias": self.mlp_bias,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+        }
+        if self.dtype is not None:
+            out["torch_dtype"] = self.dtype  # read by transformers 4 and vLLM
+            out["dtype"] = self.dtype  # read by transformers 5
+        return out
+
+
+def _parse_rope(data: dict[str, Any], source: str) -> RopeConfig:
+    """Read RoPE settings from either schema; the transformers-5 ``rope_parameters`` wins if present."""
+    params = data.get("rope_parameters")
+    if isinstance(params, dict):
+        key, scaling = "rope_parameters", params
+        theta = params.get("rope_theta", data.get("rope_theta", 10000.0))
+    else:
+        key, scaling = "rope_scaling", data.get("rope_scaling") or {}
+        theta = data.get("rope_theta", 10000.0)
+        if not isinstance(scaling, dict):
+            raise ConfigError(f"{source}: key 'rope_scaling' must be an object or null, got {scaling!r}")
+    type_key = "rope_type" if "rope_type" in scaling else "type"
+    rope_type = scaling.get(type_key, "default")
+    if rope_type not in ROPE_TYPES:
+        raise ConfigError(
+            f"{source}: key '{key}.{type_key}' = {rope_type!r} is not supported "
+            f"(supported: {', '.join(ROPE_TYPES)})"
+        )
+    if rope_type == "default":
+        return RopeConfig(theta=float(theta))
+    if "factor" not in scaling:
+        raise ConfigError(f"{source}: key '{key}.factor' is required for rope type {rope_type!r}")
+    if rope_type == "linear":
+        return RopeConfig(rope_type="linear", theta=float(theta), factor=float(scaling["factor"]))
+    missing = [k for k in _LLAMA3_KEYS if scaling.get(k) is None]
+    if missing:
+        raise ConfigError(f"{source}: key '{key}.{missing[0]}' is required for rope type 'llama3'")
+    return RopeConfig(
+        rope_type="llama3",
+        theta=float(theta),
+        factor=float(scaling["factor"]),
+        low_freq_factor=float(scaling["low_freq_factor"]),
+        high_freq_factor=float(scaling["high_freq_factor"]),
+        original_max_position_embeddings=int(scaling["original_max_position_embeddings"]),
+    )
