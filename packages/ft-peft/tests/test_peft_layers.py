@@ -79,8 +79,12 @@ def _compare(ft_model: nn.Module, peft_model: nn.Module, train: bool) -> tuple[b
 
 @pytest.mark.parametrize("use_dora", [False, True], ids=["lora", "dora"])
 @pytest.mark.parametrize("use_rslora", [False, True], ids=["alpha_r", "rslora"])
-@pytest.mark.parametrize(("dropout", "train"), [(0.0, True), (0.3, True), (0.3, False)], ids=["nodrop", "drop", "eval"])
-def test_outputs_and_gradients_equal_peft(use_dora: bool, use_rslora: bool, dropout: float, train: bool) -> None:
+@pytest.mark.parametrize(
+    ("dropout", "train"), [(0.0, True), (0.3, True), (0.3, False)], ids=["nodrop", "drop", "eval"]
+)
+def test_outputs_and_gradients_equal_peft(
+    use_dora: bool, use_rslora: bool, dropout: float, train: bool
+) -> None:
     ft_model, peft_model = _pair(use_dora, use_rslora, dropout)
     assert _compare(ft_model, peft_model, train) == (True, True)
 
@@ -184,7 +188,9 @@ def test_state_dict_keys_and_trainability() -> None:
     keys = set(model.state_dict())
     assert base_keys <= keys
     assert keys - base_keys == {
-        f"{m}.{s}" for m in ("proj", "out") for s in ("lora_A.weight", "lora_B.weight", "lora_magnitude_vector")
+        f"{m}.{s}"
+        for m in ("proj", "out")
+        for s in ("lora_A.weight", "lora_B.weight", "lora_magnitude_vector")
     }
     model.load_state_dict(base_sd, strict=False)  # a plain checkpoint loads with no renaming
     n = ft_peft.set_trainable(model)
