@@ -40,7 +40,8 @@ def test_ft_adapter_loads_in_peft(base, input_ids, tmp_path: Path, use_dora: boo
     assert not torch.allclose(expected, _logits(base, input_ids), **TOL)  # the adapter matters
     ft_peft.save_adapter(model, tmp_path, base_model_name_or_path="org/tiny-llama")
     config = json.loads((tmp_path / "adapter_config.json").read_text())
-    assert config["peft_type"] == "LORA" and config["task_type"] == "CAUSAL_LM"
+    assert config["peft_type"] == "LORA"
+    assert config["task_type"] == "CAUSAL_LM"
     assert config["base_model_name_or_path"] == "org/tiny-llama"
     assert sorted(config["target_modules"]) == sorted(ALL)
     assert (config["r"], config["lora_alpha"], config["use_dora"]) == (4, 8, use_dora)

@@ -144,7 +144,8 @@ def test_merge_then_forward_equals_unmerged(use_dora: bool) -> None:
     torch.testing.assert_close(model(x), unmerged, **TOL)
     # merge_adapters leaves plain linear layers and no adapter code.
     ft_peft.merge_adapters(model)
-    assert type(model.proj) is nn.Linear and type(model.out) is nn.Linear
+    assert type(model.proj) is nn.Linear
+    assert type(model.out) is nn.Linear
     assert not any("lora" in k for k in model.state_dict())
     torch.testing.assert_close(model(x), unmerged, **TOL)
 

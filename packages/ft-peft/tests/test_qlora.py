@@ -195,7 +195,8 @@ def test_meta_construction_then_dense_checkpoint_load(cfg: QuantConfig) -> None:
     direct_sd = direct.state_dict()
     for key, value in model.state_dict().items():
         if "lora_" not in key:
-            assert value.shape == direct_sd[key].shape and torch.equal(value, direct_sd[key]), key
+            assert value.shape == direct_sd[key].shape, key
+            assert torch.equal(value, direct_sd[key]), key
 
 
 def test_merge_adapters_dequantises_into_plain_linear() -> None:
@@ -210,7 +211,8 @@ def test_merge_adapters_dequantises_into_plain_linear() -> None:
     with pytest.raises(MergedStateError, match=r"proj: cannot merge into a nf4 base"):
         model.proj.merge()
     ft_peft.merge_adapters(model)
-    assert type(model.proj) is nn.Linear and model.proj.weight.dtype == torch.float32
+    assert type(model.proj) is nn.Linear
+    assert model.proj.weight.dtype == torch.float32
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
 
