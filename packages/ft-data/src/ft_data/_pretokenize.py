@@ -74,10 +74,13 @@ class PreTokenizer:
     Attributes:
         stages: Regex sources (fancy-regex / ``regex`` syntax), applied in order.
         add_prefix_space: Prepend a space to text that does not start with one (ByteLevel option).
+        keep_gaps: Text the last regex does not match is a piece (Hugging Face, llama.cpp); False
+            drops it, as tiktoken itself does (tiktoken and Tekken files).
     """
 
     stages: tuple[str, ...]
     add_prefix_space: bool = False
+    keep_gaps: bool = True
 
     def __post_init__(self) -> None:
         if not self.stages:
@@ -95,7 +98,7 @@ class PreTokenizer:
         while tiktoken drops it, so a non-total regex R becomes ``R|(?:(?!R)[\\s\\S])+``.
         """
         last = (self.fused if fuse else self.stages)[-1]
-        if last in _TOTAL:
+        if last in _TOTAL or not self.keep_gaps:
             return last
         return f"(?:{last})|(?:(?!(?:{last}))[\\s\\S])+"
 
