@@ -193,6 +193,10 @@ def read_gguf(path: str | Path, *, load_tensors: bool = True) -> GGUFCheckpoint:
     except Exception as exc:  # the reader raises ValueError, KeyError, IndexError, OSError
         first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise GGUFError(f"{path}: not a readable GGUF file ({first_line})") from None
+    if reader.byte_order != "I":
+        raise GGUFError(
+            f"{path}: byte order differs from this machine's; only native-endian GGUF is supported"
+        )
     size = reader.data.size
     for t in reader.tensors:
         if t.data_offset + t.n_bytes > size:
