@@ -8,13 +8,15 @@ from ._attention import AttentionKernel, EagerKernel, GroupedQueryAttention, SDP
 from ._cache import KVCache
 from ._checkpoint import from_pretrained
 from ._config import DecoderConfig, RopeConfig
-from ._decoder import CausalLM, DecoderLayer, TransformerDecoder
+from ._decoder import CausalLM, DecoderLayer, TransformerDecoder, positions_from_documents
+from ._generate import generate, left_pad
 from ._llama import LLAMA_PRESETS, build_llama, llama_config
 from ._mask import AttentionMask
 from ._mlp import GatedMLP
 from ._norm import RMSNorm
 from ._registry import build_model
 from ._rope import RotaryEmbedding
+from ._save import save_pretrained
 from .errors import CacheError, CheckpointError, ConfigError, FtModelsError
 
 __version__ = "0.1.0"
@@ -43,6 +45,10 @@ __all__ = [
     "build_llama",
     "build_model",
     "from_pretrained",
+    "generate",
+    "left_pad",
     "llama_config",
+    "positions_from_documents",
+    "save_pretrained",
     "soft_cap",
 ]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -76,7 +75,8 @@ def from_pretrained(
         dtype = _DTYPES[config.dtype] if config.dtype else _stored_dtype(files)
     with torch.device("meta"):
         model = build_model(config, kernel=kernel)
-    load_weights(model, files, dtype=dtype, device=device, source=str(path))
+    source = path / INDEX if (path / INDEX).is_file() else path / SINGLE
+    load_weights(model, files, dtype=dtype, device=device, source=str(source))
     return model.eval()
 
 
@@ -155,8 +155,7 @@ def load_weights(
     Raises:
         CheckpointError: Missing or unexpected keys, or a shape mismatch.
     """
-    keys = {k: f for f, ks in files.items() for k in ks}
-    _check_keys(model, keys, source)
+    _check_keys(model, {k: str(f) for f, ks in files.items() for k in ks}, source)
     expected = _expected_keys(model)
 
     def tensors() -> Iterator[tuple[str, torch.Tensor, str]]:
@@ -180,14 +179,15 @@ def _ignored(key: str, model: CausalLM) -> bool:
     )
 
 
-def _check_keys(model: CausalLM, present: dict[str, Any], source: str) -> None:
+def _check_keys(model: CausalLM, present: dict[str, str], source: str) -> None:
+    """Raise on missing keys (naming ``source``) or unexpected ones (naming the file holding them)."""
     expected = _expected_keys(model)
     missing = sorted(expected - present.keys())
     unexpected = sorted(k for k in present.keys() - expected if not _ignored(k, model))
     if missing:
         raise CheckpointError(f"{source}: missing keys {_short(missing)}")
     if unexpected:
-        raise CheckpointError(f"{source}: unexpected keys {_short(unexpected)}")
+        raise CheckpointError(f"{present[unexpected[0]]}: unexpected keys {_short(unexpected)}")
 
 
 def _short(keys: list[str], limit: int = 8) -> str:
@@ -239,7 +239,7 @@ def _from_gguf(
     with torch.device("meta"):
         model = build_model(config, kernel=kernel)
     tensors: dict[str, torch.Tensor] = ckpt.tensors
-    _check_keys(model, tensors, str(path))
+    _check_keys(model, dict.fromkeys(tensors, str(path)), str(path))
     for key in [k for k in tensors if _ignored(k, model)]:
         del tensors[key]
 

@@ -1,0 +1,212 @@
+"""Writing Hugging Face model directories that transformers and vLLM load as is.
+
+Output: ``config.json`` (Hub-style keys ``rope_theta``/``rope_scaling``, ``architectures``,
+``model_type``, ``torch_dtype`` and ``dtype``), ``generation_config.json``, and the weights as
+``model.safetensors`` or, past ``max_shard_size``, ``model-0000i-of-0000n.safetensors`` shards plus
+``model.safetensors.index.json``. Tied embeddings are written once (``model.embed_tokens.weight``), as
+transformers expects.
+
+Atomicity: everything is written and fsynced in a temporary directory beside the target, which then
+replaces the target by rename; a failure leaves the target untouched and no partial output. A
+non-empty target is replaced only when it is an earlier ft output holding nothing but the files ft
+wrote there (listed in ``.ft-model.json``), or when ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from ._checkpoint import INDEX, SINGLE
+from ._decoder import CausalLM
+from .errors import CheckpointError
+
+__all__ = ["parse_size", "save_pretrained"]
+
+MARKER = ".ft-model.json"
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes from an int or a string such as ``"5GB"``, ``"200MiB"``, ``"1000"``.
+
+    Raises:
+        CheckpointError: Unparseable size.
+    """
+    if isinstance(size, int):
+        return size
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]I?B|B)?\s*", size.upper())
+    if not m:
+        raise CheckpointError(f"max_shard_size: cannot parse {size!r} (e.g. '5GB', '500MiB')")
+    return int(float(m.group(1)) * _UNITS[m.group(2) or ""])
+
+
+def save_pretrained(
+    model: CausalLM,
+    directory: str | Path,
+    *,
+    max_shard_size: int | str = "5GB",
+    overwrite: bool = False,
+) -> Path:
+    """Save ``model`` as an HF directory.
+
+    Args:
+        model: The model; parameters must be materialised (not meta).
+        directory: Target directory (created; its parent must exist).
+        max_shard_size: Largest shard in bytes (int) or as ``"5GB"``; a single tensor larger than the
+            limit gets a shard of its own.
+        overwrite: Replace a non-empty directory that is not an earlier ft output.
+
+    Returns:
+        The target directory.
+
+    Raises:
+        CheckpointError: The target is a file, is non-empty and not replaceable, or a tensor is meta.
+    """
+    target = Path(directory).absolute()
+    limit = parse_size(max_shard_size)
+    _check_target(target, overwrite)
+    tensors = _tensors_to_save(model)
+    shards = _plan_shards(tensors, limit)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        written = _write_weights(tmp, tensors, shards)
+        dtype = _DTYPE_NAMES.get(model.model.embed_tokens.weight.dtype)
+        config = model.config.to_hf_dict()
+        if dtype is not None:
+            config["torch_dtype"] = config["dtype"] = dtype
+        _write_json(tmp / "config.json", config)
+        _write_json(tmp / "generation_config.json", _generation_config(model))
+        written += ["config.json", "generation_config.json"]
+        _write_json(tmp / MARKER, {"files": sorted(written)})
+        _fsync_files(tmp)
+        _replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _check_target(target: Path, overwrite: bool) -> None:
+    if target.exists() and not target.is_dir():
+        raise CheckpointError(f"{target}: exists and is not a directory")
+    if not target.parent.is_dir():
+        raise CheckpointError(f"{target.parent}: parent directory does not exist")
+    if not target.is_dir() or overwrite:
+        return
+    present = {p.name for p in target.iterdir()}
+    if not present:
+        return
+    ours: set[str] = set()
+    try:
+        ours = set(json.loads((target / MARKER).read_text())["files"]) | {MARKER}
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CheckpointError(
+            f"{target}: directory is not empty and is not an ft model directory; pass overwrite=True"
+        ) from None
+    foreign = sorted(present - ours)
+    if foreign:
+        raise CheckpointError(
+            f"{target}: holds files ft did not write ({', '.join(foreign[:5])}); pass overwrite=True"
+        )
+
+
+def _tensors_to_save(model: CausalLM) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for key, t in model.state_dict().items():
+        if key == "lm_head.weight" and model.config.tie_word_embeddings:
+            continue
+        if t.is_meta:
+            raise CheckpointError(
+                f"cannot save {key!r}: tensor is on the meta device (load or initialise first)"
+            )
+        tensors[key] = t
+    return tensors
+
+
+def _plan_shards(tensors: dict[str, torch.Tensor], limit: int) -> list[list[str]]:
+    shards: list[list[str]] = [[]]
+    size = 0
+    for key, t in tensors.items():
+        n = t.numel() * t.element_size()
+        if shards[-1] and size + n > limit:
+            shards.append([])
+            size = 0
+        shards[-1].append(key)
+        size += n
+    return shards
+
+
+def _write_weights(tmp: Path, tensors: dict[str, torch.Tensor], shards: list[list[str]]) -> list[str]:
+    """Write shard by shard (one shard's CPU copies alive at a time); return the file names."""
+    names = (
+        [SINGLE]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
+    for name, keys in zip(names, shards, strict=True):
+        # Contiguous CPU tensors with private storage (safetensors refuses shared storage).
+        part = {k: tensors[k].detach().to("cpu").contiguous().clone() for k in keys}
+        save_file(part, str(tmp / name), metadata={"format": "pt"})
+        del part
+    if len(shards) == 1:
+        return names
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    weight_map = {k: name for name, keys in zip(names, shards, strict=True) for k in keys}
+    _write_json(tmp / INDEX, {"metadata": {"total_size": total}, "weight_map": weight_map})
+    return [*names, INDEX]
+
+
+def _generation_config(model: CausalLM) -> dict[str, Any]:
+    c = model.config
+    out: dict[str, Any] = {"_from_model_config": True}
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if getattr(c, key) is not None:
+            out[key] = getattr(c, key)
+    return out
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def _fsync_files(directory: Path) -> None:
+    for p in directory.iterdir():
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+    _fsync_dir(directory)
+
+
+def _replace(tmp: Path, target: Path) -> None:
+    """Move ``tmp`` to ``target``; an existing target is renamed aside first and deleted last."""
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        target.rename(old)
+    try:
+        tmp.rename(target)
+    except BaseException:
+        if old is not None:
+            old.rename(target)
+        raise
+    _fsync_dir(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
