@@ -113,8 +113,9 @@ def byte_level_tables(
 def merges_from_ranks(ranks: Mapping[bytes, int]) -> list[tuple[bytes, bytes]]:
     """A merge list that reproduces tiktoken's ranks in merge-list BPE.
 
-    Every token is produced by every split into two lower-ranked tokens, ordered by the rank of
-    the result and then of the parts; with ``ignore_merges`` this is exact for tiktoken files.
+    Every token is produced by every split into two tokens, ordered by the rank of the result and
+    then of the parts. A part may rank *after* the result (tiktoken can reach a token through a
+    later-ranked part), so no split is left out. With ``ignore_merges`` this reproduces tiktoken.
     """
     out: list[tuple[int, int, int, bytes, bytes]] = []
     for tok, r in ranks.items():
@@ -123,7 +124,7 @@ def merges_from_ranks(ranks: Mapping[bytes, int]) -> list[tuple[bytes, bytes]]:
         for k in range(1, len(tok)):
             left, right = tok[:k], tok[k:]
             rl, rr = ranks.get(left), ranks.get(right)
-            if rl is not None and rr is not None and rl < r and rr < r:
+            if rl is not None and rr is not None:
                 out.append((r, rl, rr, left, right))
     out.sort()
     return [(left, right) for _, _, _, left, right in out]
