@@ -13,12 +13,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
 
-from ft_peft._lora import LoRALinear
-from ft_peft._quant import QuantConfig
+from ft_peft._lora import LoRALinear, check_rank
+from ft_peft._quant import QuantConfig, as_quant_config, require_bitsandbytes
 from ft_peft.errors import TargetNotFoundError
 
 __all__ = [
@@ -82,7 +83,7 @@ def match_targets(model: nn.Module, target_modules: str | Sequence[Target]) -> l
     return [n for n in linears if n in found_set]
 
 
-def _pattern_value(patterns: Mapping[str, float] | None, name: str, default: float) -> float:
+def _pattern_value(patterns: Mapping[str, Any] | None, name: str, default: Any) -> Any:
     # PEFT's rank_pattern / alpha_pattern rule: the key, as a regex, must match a suffix of the name.
     for key, value in (patterns or {}).items():
         if re.match(rf"(.*\.)?({key})$", name):
@@ -133,10 +134,18 @@ def apply_lora(
     """
     names = match_targets(model, target_modules)
     linears = _linear_layers(model)
+    # Check every argument before touching any layer: a bad one leaves the model as it was.
+    ranks = {n: _pattern_value(rank_pattern, clean_name(n), rank) for n in names}
+    for name in names:
+        d_out, d_in = linears[name].weight.shape
+        check_rank(ranks[name], d_in, d_out, clean_name(name))
+    if quantize is not None:
+        as_quant_config(quantize, clean_name(names[0]))
+        require_bitsandbytes(clean_name(names[0]))
     wrapped = {
         name: LoRALinear(
             linears[name],
-            rank=int(_pattern_value(rank_pattern, clean_name(name), rank)),
+            rank=ranks[name],
             alpha=_pattern_value(alpha_pattern, clean_name(name), alpha),
             dropout=dropout,
             use_rslora=use_rslora,

@@ -34,7 +34,7 @@ from ft_peft._quant import (
 )
 from ft_peft.errors import InvalidRankError, MergedStateError
 
-__all__ = ["LoRALinear"]
+__all__ = ["LoRALinear", "check_rank"]
 
 
 def _default_adapter_dtype(weight: torch.Tensor) -> torch.dtype:
@@ -43,6 +43,14 @@ def _default_adapter_dtype(weight: torch.Tensor) -> torch.dtype:
     if weight.dtype in (torch.float16, torch.bfloat16) or not weight.dtype.is_floating_point:
         return torch.float32
     return weight.dtype
+
+
+def check_rank(rank: int, d_in: int, d_out: int, name: str) -> None:
+    """Raise `InvalidRankError` unless 1 <= rank <= min(d_in, d_out) (a larger rank adds nothing)."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= min(d_in, d_out):
+        raise InvalidRankError(
+            f"{name}: rank {rank!r} must be an integer in [1, {min(d_in, d_out)}] for a {d_out}x{d_in} layer"
+        )
 
 
 class LoRALinear(nn.Module):
@@ -75,10 +83,7 @@ class LoRALinear(nn.Module):
     ) -> None:
         super().__init__()
         d_out, d_in = base.weight.shape
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= min(d_in, d_out):
-            raise InvalidRankError(
-                f"{name}: rank {rank!r} must be an integer in [1, {min(d_in, d_out)}] for a {d_out}x{d_in} layer"
-            )
+        check_rank(rank, d_in, d_out, name)
         self.in_features, self.out_features = d_in, d_out
         self.rank, self.alpha, self.use_rslora, self.use_dora = rank, float(alpha), use_rslora, use_dora
         self.dropout_p = float(dropout)
