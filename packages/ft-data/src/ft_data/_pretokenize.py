@@ -36,6 +36,10 @@ QWEN2 = (
     r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+QWEN35 = (
+    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
+    r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 DIGIT = r"\p{N}"
 DIGITS = r"\p{N}+"
 # Digits isolated one by one, then GPT-2, as one regex: a digit is its own piece, and whitespace
@@ -48,7 +52,7 @@ _FUSED: dict[tuple[str, ...], str] = {
     (DIGIT, GPT2_LLAMA_CPP): _GPT2_ISOLATED_DIGITS,
 }
 # Regexes known to match every character, so the gap rule adds nothing.
-_TOTAL = {GPT2, LLAMA3, LLAMA3_LLAMA_CPP, QWEN2, _GPT2_ISOLATED_DIGITS}
+_TOTAL = {GPT2, LLAMA3, LLAMA3_LLAMA_CPP, QWEN2, QWEN35, _GPT2_ISOLATED_DIGITS}
 
 # llama.cpp `tokenizer.ggml.pre` names whose split ft implements and checks against llama.cpp's
 # expected ids (tests); any other name is refused rather than replaced by a default.
@@ -60,6 +64,9 @@ _LLAMA_CPP_PRE: dict[str, tuple[tuple[str, ...], bool]] = {
     "llama-bpe": ((LLAMA3_LLAMA_CPP,), True),
     "llama3": ((LLAMA3_LLAMA_CPP,), True),
     "qwen2": ((QWEN2,), False),
+    "qwen35": ((QWEN35,), False),
+    "falcon": ((r"[\p{P}\$\+<=>\^~\|`]+", GPT2_LLAMA_CPP, r"[0-9][0-9][0-9]"), False),
+    "deepseek-coder": ((r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", r"[一-龥ࠀ-一가-퟿]+", DIGIT), False),
     "starcoder": ((DIGIT, GPT2_LLAMA_CPP), False),
     "refact": ((DIGIT, GPT2_LLAMA_CPP), False),
     "command-r": ((DIGIT, GPT2_LLAMA_CPP), False),
