@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
 from torch import nn
 
 from ._attention import AttentionKernel, GroupedQueryAttention
@@ -51,7 +52,11 @@ def build_llama(config: DecoderConfig, *, kernel: AttentionKernel | None = None)
         for _ in range(c.num_hidden_layers)
     ]
     decoder = TransformerDecoder(
-        embed_tokens=nn.Embedding(c.vocab_size, c.hidden_size),
+        # An explicit empty weight skips nn.Embedding's random init: it would be wasted work, and on the
+        # meta device it runs a reference decomposition that imports sympy and dynamo (~170 MB).
+        embed_tokens=nn.Embedding(
+            c.vocab_size, c.hidden_size, _weight=torch.empty(c.vocab_size, c.hidden_size)
+        ),
         layers=layers,
         norm=RMSNorm(c.hidden_size, c.rms_norm_eps),
         rotary_emb=RotaryEmbedding(c.rope, c.head_dim),
