@@ -141,7 +141,7 @@ def load_spm(path: Path) -> SentencePieceTokenizer:
         data = path.read_bytes()
     except OSError as exc:
         raise TokenizerFileError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    return SentencePieceTokenizer(path.name, data)
+    return SentencePieceTokenizer(str(path), data)
 
 
 def spm_from_gguf(path: Path, meta: dict[str, Any]) -> SentencePieceTokenizer:
@@ -178,7 +178,7 @@ def spm_from_gguf(path: Path, meta: dict[str, Any]) -> SentencePieceTokenizer:
         piece.type = kind if kind in (_NORMAL, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE, _UNKNOWN) else _NORMAL
     tpl = meta.get("tokenizer.chat_template")
     return SentencePieceTokenizer(
-        path.name,
+        str(path),
         model.SerializeToString(),
         chat_template=tpl if isinstance(tpl, str) else None,
         add_bos_default=bool(meta.get("tokenizer.ggml.add_bos_token", True)),
