@@ -114,3 +114,18 @@ def test_rope_config_round_trip_through_hub_keys() -> None:
     assert scaling is not None
     assert scaling["rope_type"] == "llama3"
     assert RopeConfig(theta=1.0).to_hf_scaling() is None
+
+
+def test_meta_build_materialises_with_reset_parameters() -> None:
+    config = DecoderConfig.from_hf_dict(
+        {**SHAPES["gqa7"], "model_type": "llama", "tie_word_embeddings": True}
+    )
+    with torch.device("meta"):
+        model = ft_models.build_llama(config)
+    model.to_empty(device="cpu")
+    model.reset_parameters(std=0.3)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert torch.equal(model.model.rotary_emb.inv_freq, compute_inv_freq(config.rope, config.head_dim))
+    assert all(torch.equal(layer.input_layernorm.weight, torch.ones(56)) for layer in model.model.layers)
+    assert 0.25 < float(model.model.layers[0].mlp.up_proj.weight.detach().std()) < 0.35
+    assert torch.isfinite(model(torch.randint(0, 131, (2, 9)))).all()
