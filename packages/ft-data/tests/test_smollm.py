@@ -55,7 +55,9 @@ def test_unfused_pipeline_matches(smollm_gguf: Path, ref, corpus: str) -> None:
 
 
 def test_strings_built_from_vocabulary(tok, ref, fields) -> None:
-    tokens = [t for t, ty in zip(fields["tokenizer.ggml.tokens"], fields["tokenizer.ggml.token_type"]) if ty == 1]
+    tokens = [
+        t for t, ty in zip(fields["tokenizer.ggml.tokens"], fields["tokenizer.ggml.token_type"]) if ty == 1
+    ]
     texts = [ref.decode([ref.token_to_id(t)]) for t in tokens]
     rng = random.Random(0)
     rng.shuffle(texts)
@@ -68,7 +70,7 @@ def test_strings_built_from_vocabulary(tok, ref, fields) -> None:
 
 def test_special_tokens(tok, ref) -> None:
     assert tok.special_tokens["<|im_start|>"] == 1
-    assert tok.bos_id == 1 and tok.eos_id == 2 and tok.pad_id == 2
+    assert (tok.bos_id, tok.eos_id, tok.pad_id) == (1, 2, 2)
     allowed = tok.encode(CHAT, allow_special=True)
     assert allowed == ref.encode(CHAT, add_special_tokens=False).ids
     assert allowed.count(1) == 2

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-__all__ = ["AddedToken", "AddedMatcher"]
+__all__ = ["AddedMatcher", "AddedToken"]
 
 
 @dataclass(frozen=True)

@@ -180,7 +180,9 @@ class BytePairTokenizer:
         return out
 
     def __repr__(self) -> str:
-        return f"BytePairTokenizer({self.name!r}, vocab_size={self.vocab_size}, stages={len(self.pre.stages)})"
+        return (
+            f"BytePairTokenizer({self.name!r}, vocab_size={self.vocab_size}, stages={len(self.pre.stages)})"
+        )
 
 
 def _need(value: int | None, what: str, name: str) -> int:

@@ -26,7 +26,19 @@ __all__ = ["load_gguf", "read_gguf_metadata"]
 GGUF_MAGIC = b"GGUF"
 _CONTROL, _USER_DEFINED = 3, 4
 _U64 = struct.Struct("<Q")
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_SCALARS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
 
 
 def read_gguf_metadata(path: Path, prefix: str = "") -> dict[str, Any]:
@@ -125,14 +137,16 @@ def load_gguf(path: Path, fuse: bool = True) -> Tokenizer:
         from ft_data._spm import spm_from_gguf
 
         return spm_from_gguf(path, meta)
-    raise UnsupportedTokenizerError(f"{path}: unsupported tokenizer.ggml.model {model!r} (supported: gpt2, llama)")
+    raise UnsupportedTokenizerError(
+        f"{path}: unsupported tokenizer.ggml.model {model!r} (supported: gpt2, llama)"
+    )
 
 
 def _gpt2(path: Path, meta: dict[str, Any], fuse: bool) -> BytePairTokenizer:
     pre, ignore_merges = from_llama_cpp_pre(meta.get("tokenizer.ggml.pre"), str(path))
     tokens: list[str] = _need(meta, "tokenizer.ggml.tokens", path)
     types: list[int] = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
-    merges = [tuple(m.split(" ", 1)) for m in _need(meta, "tokenizer.ggml.merges", path)]
+    merges = [_pair(m) for m in _need(meta, "tokenizer.ggml.merges", path)]
     added = [
         AddedToken(content=tok, id=i, special=ty == _CONTROL)
         for i, (tok, ty) in enumerate(zip(tokens, types))
@@ -161,3 +175,8 @@ def _gpt2(path: Path, meta: dict[str, Any], fuse: bool) -> BytePairTokenizer:
         drop_from=tables.drop_from,
         fuse=fuse,
     )
+
+
+def _pair(merge: str) -> tuple[str, str]:
+    first, _, second = merge.partition(" ")
+    return first, second

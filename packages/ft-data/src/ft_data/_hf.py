@@ -87,7 +87,10 @@ def _byte_level(path: Path, data: dict[str, Any], config: dict[str, Any], fuse: 
         )
         for t in data.get("added_tokens", [])
     ]
-    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model.get("merges", [])]
+    merges: list[tuple[str, str]] = []
+    for m in model.get("merges", []):
+        first, second = m.split(" ", 1) if isinstance(m, str) else m
+        merges.append((str(first), str(second)))
     ignore_merges = bool(model.get("ignore_merges", False))
     tables = byte_level_tables(
         model["vocab"], merges, {t.id: t.content for t in added}, where, ignore_merges=ignore_merges
@@ -140,11 +143,11 @@ def _post_processor_adds(node: dict[str, Any] | None, bos: int | None, eos: int 
         if n.get("type") == "TemplateProcessing":
             single = n.get("single", [])
             specials = {k: v.get("ids", []) for k, v in n.get("special_tokens", {}).items()}
-
-            def ids_at(i: int) -> list[int]:
-                item = single[i]
-                return specials.get(item["SpecialToken"]["id"], []) if "SpecialToken" in item else []
-
             if single:
-                return (bos is not None and bos in ids_at(0)), (eos is not None and eos in ids_at(-1))
+                first, last = (_template_ids(single[i], specials) for i in (0, -1))
+                return (bos is not None and bos in first), (eos is not None and eos in last)
     return False, False
+
+
+def _template_ids(item: dict[str, Any], specials: dict[str, list[int]]) -> list[int]:
+    return specials.get(item["SpecialToken"]["id"], []) if "SpecialToken" in item else []

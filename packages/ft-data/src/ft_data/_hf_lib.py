@@ -41,7 +41,9 @@ class HFLibraryTokenizer:
         try:
             impl = tokenizers.Tokenizer.from_file(str(path))
         except Exception as exc:  # the library raises a bare Exception on bad files
-            raise TokenizerFileError(f"{path}: tokenizers cannot load it ({str(exc).splitlines()[0]})") from exc
+            raise TokenizerFileError(
+                f"{path}: tokenizers cannot load it ({str(exc).splitlines()[0]})"
+            ) from exc
         return cls(path, impl, config)
 
     def _id_of(self, key: str) -> int | None:

@@ -18,7 +18,13 @@ from ft_data.errors import TokenizerFileError
 __all__ = ["load_tokenizer"]
 
 _TIKTOKEN_LINE = re.compile(rb"^[A-Za-z0-9+/]+={0,2} \d+\r?\n")
-_DIR_CANDIDATES = ("tokenizer.json", "tekken.json", "tokenizer.model", "tokenizer.model.v3", "tokenizer.model.v1")
+_DIR_CANDIDATES = (
+    "tokenizer.json",
+    "tekken.json",
+    "tokenizer.model",
+    "tokenizer.model.v3",
+    "tokenizer.model.v1",
+)
 
 
 def load_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
@@ -71,7 +77,9 @@ def _pick_in_dir(d: Path) -> Path:
     ggufs = sorted(d.glob("*.gguf"))
     if len(ggufs) == 1:
         return ggufs[0]
-    raise TokenizerFileError(f"{d}: no tokenizer file found (looked for {', '.join(_DIR_CANDIDATES)}, *.gguf)")
+    raise TokenizerFileError(
+        f"{d}: no tokenizer file found (looked for {', '.join(_DIR_CANDIDATES)}, *.gguf)"
+    )
 
 
 def _load_json(p: Path) -> Tokenizer:

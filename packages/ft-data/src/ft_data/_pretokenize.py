@@ -120,7 +120,12 @@ class PreTokenizer:
             for s in self.stages
         ]
         steps.append(
-            {"type": "ByteLevel", "add_prefix_space": self.add_prefix_space, "trim_offsets": False, "use_regex": False}
+            {
+                "type": "ByteLevel",
+                "add_prefix_space": self.add_prefix_space,
+                "trim_offsets": False,
+                "use_regex": False,
+            }
         )
         return {"type": "Sequence", "pretokenizers": steps}
 

@@ -46,7 +46,9 @@ def load_tekken(path: Path, data: dict[str, Any]) -> BytePairTokenizer:
         specials[f"<SPECIAL_{i}>"] = i
     inner = vocab_size - n_special
     try:
-        ranks = {base64.b64decode(t["token_bytes"]): int(t["rank"]) + n_special for t in data["vocab"][:inner]}
+        ranks = {
+            base64.b64decode(t["token_bytes"]): int(t["rank"]) + n_special for t in data["vocab"][:inner]
+        }
     except (KeyError, TypeError, binascii.Error) as exc:
         raise TokenizerFileError(f"{path}: malformed Tekken vocab entry ({exc})") from exc
     if len(ranks) != inner:

@@ -59,8 +59,18 @@ def _llama4_specials() -> list[str]:
 
 # number of ranks -> (family, split regex, special tokens, (bos, eos, pad))
 _FAMILIES = {
-    128_000: ("llama3", LLAMA3, _llama3_specials, ("<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad_id|>")),
-    200_000: ("llama4", LLAMA4, _llama4_specials, ("<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad|>")),
+    128_000: (
+        "llama3",
+        LLAMA3,
+        _llama3_specials,
+        ("<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad_id|>"),
+    ),
+    200_000: (
+        "llama4",
+        LLAMA4,
+        _llama4_specials,
+        ("<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad|>"),
+    ),
 }
 
 
@@ -78,7 +88,9 @@ def read_tiktoken_ranks(path: Path) -> dict[bytes, int]:
             token, rank = line.split()
             ranks[base64.b64decode(token, validate=True)] = int(rank)
         except (ValueError, binascii.Error) as exc:
-            raise TokenizerFileError(f"{path}: line {n} is not 'base64-token rank' (truncated file?)") from exc
+            raise TokenizerFileError(
+                f"{path}: line {n} is not 'base64-token rank' (truncated file?)"
+            ) from exc
     return ranks
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 from ft_data._bytes import byte_to_char, token_to_bytes
 from ft_data.errors import TokenizerMetadataError, UnsupportedTokenizerError
@@ -71,19 +72,21 @@ def byte_level_tables(
 
     merged: dict[bytes, int] = {}  # token bytes -> id, in first-merge order
     merge_bytes: list[tuple[bytes, bytes]] = []
-    for a, b in merges:
-        left, right = token_to_bytes(a), token_to_bytes(b)
+    for first, second in merges:
+        left, right = token_to_bytes(first), token_to_bytes(second)
         if left is None or right is None:
-            raise TokenizerMetadataError(f"{where}: merge {a!r} {b!r} is not byte-level text")
+            raise TokenizerMetadataError(f"{where}: merge {first!r} {second!r} is not byte-level text")
         merge_bytes.append((left, right))
-        tok = left + right
-        if tok in merged or len(tok) < 2:
+        joined = left + right
+        if joined in merged or len(joined) < 2:
             continue
-        i = vocab.get(a + b)
-        if i is None:
-            raise TokenizerMetadataError(f"{where}: merge {a!r} {b!r} gives {a + b!r}, which is not in the vocab")
-        if i not in added:
-            merged[tok] = i
+        result = vocab.get(first + second)
+        if result is None:
+            raise TokenizerMetadataError(
+                f"{where}: merge {first!r} {second!r} gives {first + second!r}, which is not in the vocab"
+            )
+        if result not in added:
+            merged[joined] = result
     extra: dict[bytes, int] = {}
     if ignore_merges:
         for tok_str, i in vocab.items():
@@ -92,7 +95,8 @@ def byte_level_tables(
                 extra[raw] = i
 
     ids = list(merged.values())
-    if all(x < y for x, y in zip(ids, ids[1:])) and (not extra or min(extra.values()) > ids[-1]):
+    in_order = all(x < y for x, y in pairwise(ids))
+    if in_order and (not extra or not ids or min(extra.values()) > ids[-1]):
         ranks = {**single, **merged, **dict(sorted(extra.items(), key=lambda kv: kv[1]))}
         # A byte without a token is dropped (as Hugging Face does): it gets a rank past every id
         # and encode filters those out.
@@ -102,9 +106,9 @@ def byte_level_tables(
     ranks = {}
     id_of_rank: list[int] = []
     for table in (single, merged, extra):
-        for tok, i in table.items():
-            ranks[tok] = len(id_of_rank)
-            id_of_rank.append(i)
+        for raw_tok, tok_id in table.items():
+            ranks[raw_tok] = len(id_of_rank)
+            id_of_rank.append(tok_id)
     drop_from = len(id_of_rank)
     ranks |= {bytes([b]): drop_from + k for k, b in enumerate(missing)}
     return ByteLevelTables(ranks, id_of_rank, id_to_bytes, merge_bytes, drop_from if missing else None)
