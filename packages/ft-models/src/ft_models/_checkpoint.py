@@ -152,6 +152,13 @@ def load_weights(
 ) -> None:
     """Assign tensors from safetensors ``files`` to a (meta-device) ``model``, one at a time.
 
+    Args:
+        model: The model, typically built on the meta device.
+        files: Each safetensors file and the tensor names it holds (see :func:`weight_files`).
+        dtype: Target dtype of floating tensors.
+        device: Target device.
+        source: The file named when keys are missing (the index, or the single weights file).
+
     Raises:
         CheckpointError: Missing or unexpected keys, or a shape mismatch.
     """

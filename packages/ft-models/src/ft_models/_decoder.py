@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ._attention import GroupedQueryAttention
-from ._cache import KVCache
+from ._cache import KVCache, KVCacheLayer
 from ._config import DecoderConfig
 from ._mask import AttentionMask
 from ._norm import RMSNorm
@@ -56,9 +56,9 @@ class DecoderLayer(nn.Module):
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
         mask: AttentionMask,
-        kv_cache: Any = None,
+        kv_cache: KVCacheLayer | None = None,
     ) -> torch.Tensor:
-        """Apply the block to ``x`` ``[b, s, d]``."""
+        """Apply the block to ``x`` ``[b, s, d]`` (appending this layer's k/v to ``kv_cache``)."""
         x = x + self.self_attn(self.input_layernorm(x), rope, mask, kv_cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
