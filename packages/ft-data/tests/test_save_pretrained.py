@@ -80,3 +80,14 @@ def test_chat_template_renders_in_transformers(smollm_gguf: Path, tmp_path: Path
     text = hf.apply_chat_template([{"role": "user", "content": "What is 12345 + 678?"}], tokenize=False)
     assert text.endswith(CHAT)
     assert hf.encode(text, add_special_tokens=False) == tok.encode(text, allow_special=True)
+
+
+def test_directory_saved_by_transformers_loads_in_ft(smollm_gguf: Path, tmp_path: Path, corpus: str) -> None:
+    tok = ft_data.load_tokenizer(smollm_gguf)
+    tok.save_pretrained(tmp_path / "ft")
+    AutoTokenizer.from_pretrained(tmp_path / "ft").save_pretrained(tmp_path / "hf")
+    again = ft_data.load_tokenizer(tmp_path / "hf")
+    assert again.chat_template == tok.chat_template
+    assert (again.bos_id, again.eos_id, again.pad_id) == (tok.bos_id, tok.eos_id, tok.pad_id)
+    text = corpus[:200_000]
+    assert again.encode(text) == tok.encode(text)

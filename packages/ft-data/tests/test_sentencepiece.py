@@ -12,6 +12,7 @@ import sentencepiece as spm
 from transformers import AutoTokenizer
 
 import ft_data
+from ft_data._hf_lib import HFLibraryTokenizer
 from ft_data._spm import SentencePieceTokenizer
 
 MODELS = [
@@ -61,6 +62,16 @@ def test_save_pretrained_auto_tokenizer(pair, corpus: str, tmp_path: Path) -> No
     ids = tok.encode(text)
     assert hf.encode(text, add_special_tokens=False) == ids
     assert hf.decode(ids) == text
+    # The saved directory loads back in ft through the `tokenizers` library (not byte-level BPE).
+    again = ft_data.load_tokenizer(tmp_path)
+    assert isinstance(again, HFLibraryTokenizer)
+    assert again.encode(text) == ids
+    assert (again.bos_id, again.eos_id) == (tok.bos_id, tok.eos_id)
+    assert tok.special_tokens.items() <= again.special_tokens.items()  # plus <unk>, special in HF files
+    control = "[INST] hi [/INST]" if "[INST]" in tok.special_tokens else "<s> hi </s>"
+    assert again.encode(control) == tok.encode(control)
+    assert again.encode(control, allow_special=True) == hf.encode(control, add_special_tokens=False)
+    assert again.encode(control, allow_special=True) != again.encode(control)
     # Wrong variant: the same file without SentencePiece's dummy prefix gives other ids.
     data = json.loads((tmp_path / "tokenizer.json").read_text())
     data["normalizer"]["normalizers"] = data["normalizer"]["normalizers"][1:]

@@ -56,6 +56,9 @@ def load_hf_json(path: Path, fuse: bool = True) -> Tokenizer:
         raise TokenizerFileError(f"{path}: not a tokenizer.json (no 'model' key)")
     cfg_path = path.with_name("tokenizer_config.json")
     config: dict[str, Any] = read_json(cfg_path) if cfg_path.is_file() else {}
+    jinja = path.with_name("chat_template.jinja")  # where transformers >= 4.50 writes the template
+    if "chat_template" not in config and jinja.is_file():
+        config["chat_template"] = jinja.read_text(encoding="utf-8")
     model = data["model"]
     kind = model.get("type")
     if kind == "BPE" and _is_byte_level(data):
