@@ -23,7 +23,9 @@ def _peft_targets(model: torch.nn.Module, target_modules) -> list[str]:
     """Which layers PEFT wraps for the same target_modules (the reference for matching)."""
     peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(target_modules=target_modules, r=2))
     prefix = "base_model.model."
-    return sorted(n[len(prefix) :] for n, m in peft_model.named_modules() if hasattr(m, "lora_A") and "lora_" not in n)
+    return sorted(
+        n[len(prefix) :] for n, m in peft_model.named_modules() if hasattr(m, "lora_A") and "lora_" not in n
+    )
 
 
 @pytest.mark.parametrize(
@@ -46,7 +48,9 @@ def test_matching_agrees_with_peft(llama, targets) -> None:
 
 def test_suffix_matches_whole_components_only(llama) -> None:
     # "proj" is not a suffix component of "q_proj": matching it would silently wrap nothing intended.
-    with pytest.raises(TargetNotFoundError, match=r"LlamaForCausalLM: target module 'proj' matches no nn\.Linear"):
+    with pytest.raises(
+        TargetNotFoundError, match=r"LlamaForCausalLM: target module 'proj' matches no nn\.Linear"
+    ):
         ft_peft.apply_lora(copy.deepcopy(llama), ["q_proj", "proj"], rank=2)
     # Wrong variant: a substring rule would have matched every projection.
     assert sum("proj" in n for n, m in llama.named_modules() if isinstance(m, torch.nn.Linear)) == 14
@@ -58,7 +62,9 @@ def test_compiled_pattern_entries_and_no_double_wrapping() -> None:
     # The adapter's own A/B projections are not linear layers to wrap again.
     with pytest.raises(TargetNotFoundError, match=r"Block: target module 'lora_A' matches no nn\.Linear"):
         ft_peft.apply_lora(model, ["lora_A"], rank=1)
-    with pytest.raises(TargetNotFoundError, match=r"Block: target_modules regex 'proj' matches no nn\.Linear"):
+    with pytest.raises(
+        TargetNotFoundError, match=r"Block: target_modules regex 'proj' matches no nn\.Linear"
+    ):
         ft_peft.apply_lora(model, "proj", rank=1)
 
 
@@ -90,7 +96,9 @@ def test_half_precision_base_keeps_fp32_adapters_like_peft() -> None:
     ft_peft.apply_lora(model, ["proj", "out"], rank=4, alpha=8)
     assert model.proj.lora_A.weight.dtype == torch.float32
     assert model.proj.weight.dtype == torch.bfloat16
-    peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(target_modules=["proj", "out"], r=4, lora_alpha=8))
+    peft_model = get_peft_model(
+        copy.deepcopy(base), LoraConfig(target_modules=["proj", "out"], r=4, lora_alpha=8)
+    )
     with torch.no_grad():
         for name in ("proj", "out"):
             theirs = peft_model.base_model.model.get_submodule(name)

@@ -163,8 +163,14 @@ def test_int8_matches_bnb_rowwise_dequant(d_in: int, d_out: int) -> None:
     layer = LoRALinear(
         copy.deepcopy(lin), rank=3, alpha=3, quantize=QuantConfig("int8", compute_dtype=torch.float32)
     )
-    codes, stats, _ = bnbf.int8_vectorwise_quant(lin.weight.data)
+    # bitsandbytes' own 8-bit weights (Int8Params) quantise from fp16.
+    reference_param = bnb.nn.Int8Params(lin.weight.data.clone(), requires_grad=False, has_fp16_weights=False)
+    reference_param = reference_param.to("cpu")
+    assert reference_param.dtype == torch.int8
+    assert torch.equal(layer.weight, reference_param.data)
+    codes, stats, _ = bnbf.int8_vectorwise_quant(lin.weight.data.half())
     reference = bnbf.int8_vectorwise_dequant(codes, stats)
+    torch.testing.assert_close(stats, reference_param.SCB, atol=0, rtol=0)
     assert torch.equal(layer.dense_weight(torch.float32), reference)
     x = torch.randn(6, d_in)
     with torch.no_grad():
@@ -172,7 +178,7 @@ def test_int8_matches_bnb_rowwise_dequant(d_in: int, d_out: int) -> None:
             layer(x), nn.functional.linear(x, reference, lin.bias), atol=1e-6, rtol=1e-6
         )
     # Wrong variant: column-wise scales (quantising the transpose) are a different weight.
-    codes_t, stats_t, _ = bnbf.int8_vectorwise_quant(lin.weight.data.t().contiguous())
+    codes_t, stats_t, _ = bnbf.int8_vectorwise_quant(lin.weight.data.t().contiguous().half())
     assert not torch.allclose(
         layer.dense_weight(torch.float32), bnbf.int8_vectorwise_dequant(codes_t, stats_t).t()
     )

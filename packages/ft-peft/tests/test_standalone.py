@@ -22,7 +22,9 @@ def test_fresh_env_with_only_ft_peft_and_torch_fine_tunes(tmp_path: Path) -> Non
     venv = tmp_path / "venv"
     env = {**os.environ, "VIRTUAL_ENV": str(venv), "OMP_NUM_THREADS": "1"}
     env.pop("PYTHONPATH", None)
-    subprocess.run([uv, "venv", "--python", sys.executable, str(venv)], check=True, env=env, capture_output=True)
+    subprocess.run(
+        [uv, "venv", "--python", sys.executable, str(venv)], check=True, env=env, capture_output=True
+    )
     python = venv / "bin" / "python"
     torch_pin = f"torch=={version('torch').split('+')[0]}"  # the cached wheel: no large download
     install = [uv, "pip", "install", "--python", str(python), str(PACKAGE), torch_pin]
@@ -35,7 +37,8 @@ def test_fresh_env_with_only_ft_peft_and_torch_fine_tunes(tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
     assert result["present"] == []  # no other ft package, no transformers/peft/bitsandbytes
-    assert result["modules"] and all(m == "ft_peft" or m.startswith("ft_peft.") for m in result["modules"])
+    assert result["modules"]
+    assert all(m == "ft_peft" or m.startswith("ft_peft.") for m in result["modules"])
     assert result["replaced"] == ["0", "2", "4"]
     losses = result["losses"]
     assert losses[-1] < 0.5 * losses[0], losses

@@ -106,7 +106,9 @@ def quantize_weight(weight: torch.Tensor, cfg: QuantConfig, where: str) -> dict[
     functional = bnb.functional
     w = weight.detach().contiguous()
     if cfg.kind == "int8":
-        codes, row_stats, _ = functional.int8_vectorwise_quant(w)
+        # bitsandbytes quantises int8 weights from fp16 (its CUDA kernel takes nothing else); do the same
+        # on every device so CPU and CUDA store identical codes.
+        codes, row_stats, _ = functional.int8_vectorwise_quant(w.to(torch.float16))
         return {"": codes, "scale": _as_int32(row_stats)}  # [d_out, d_in] int8, [d_out]
     packed, state = functional.quantize_4bit(
         w, blocksize=cfg.blocksize, quant_type=cfg.kind, compress_statistics=cfg.double_quant
