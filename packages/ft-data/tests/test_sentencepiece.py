@@ -40,6 +40,17 @@ def test_corpus_ids_match_mistral_common(pair, corpus: str) -> None:
     assert tok.decode(expected) == ref.decode(expected) == text
     assert tok.encode(text, add_bos=True, add_eos=True) == ref.encode(text, bos=True, eos=True)
     assert (tok.bos_id, tok.eos_id) == (ref.bos_id, ref.eos_id)
+    # Wrong variant: the same model without SentencePiece's dummy prefix.
+    assert _without_dummy_prefix(tok).encode(text) != expected
+
+
+def _without_dummy_prefix(tok: SentencePieceTokenizer) -> SentencePieceTokenizer:
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(tok.model_proto)
+    proto.normalizer_spec.add_dummy_prefix = False
+    return SentencePieceTokenizer("wrong", proto.SerializeToString())
 
 
 def test_special_tokens(pair) -> None:
@@ -97,3 +108,4 @@ def test_unigram_model(corpus: str, tmp_path: Path) -> None:
     assert tok.encode(text) == ref.encode(text)
     assert tok.decode(tok.encode(text)) == ref.decode(ref.encode(text))
     assert tok.vocab_size == 2003
+    assert _without_dummy_prefix(tok).encode(text) != ref.encode(text)

@@ -10,7 +10,9 @@ import pytest
 from _reference import gguf_fields, smollm_reference
 
 import ft_data
+from ft_data._bpe import BytePairTokenizer
 from ft_data._gguf import load_gguf, read_gguf_metadata
+from ft_data._pretokenize import GPT2_LLAMA_CPP, PreTokenizer
 
 CHAT = "<|im_start|>user\nWhat is 12345 + 678?<|im_end|>\n<|im_start|>assistant\n"
 
@@ -49,9 +51,16 @@ def test_corpus_ids_match_reference(tok, ref, fields, corpus: str) -> None:
 
 def test_unfused_pipeline_matches(smollm_gguf: Path, ref, corpus: str) -> None:
     unfused = load_gguf(smollm_gguf, fuse=False)
-    text = corpus[:300_000]
+    text = corpus[-300_000:]  # Python docs and sources, mpmath docs: digit runs
     assert unfused._stages, "the unfused tokenizer must run the digit stage in Python"
-    assert unfused.encode(text) == ref.encode(text, add_special_tokens=False).ids
+    expected = ref.encode(text, add_special_tokens=False).ids
+    assert unfused.encode(text) == expected
+    # Wrong variant: the same pipeline without its digit stage.
+    no_digits = BytePairTokenizer(
+        name="no-digits", ranks=unfused.ranks, id_to_bytes=unfused.id_to_bytes,
+        pre=PreTokenizer((GPT2_LLAMA_CPP,)), drop_from=unfused._drop_from,
+    )  # fmt: skip
+    assert no_digits.encode(text) != expected
 
 
 def test_strings_built_from_vocabulary(tok, ref, fields) -> None:
@@ -66,6 +75,8 @@ def test_strings_built_from_vocabulary(tok, ref, fields) -> None:
         expected = ref.encode(text, add_special_tokens=False).ids
         assert tok.encode(text) == expected, repr(sep)
         assert tok.decode(expected) == ref.decode(expected)
+    # Wrong variant: with digits as separators, a reference without the digit split differs.
+    assert smollm_reference(fields, digits=False).encode(text, add_special_tokens=False).ids != expected
 
 
 def test_special_tokens(tok, ref) -> None:

@@ -97,6 +97,9 @@ def test_strings_built_from_vocabulary(pair) -> None:
         text = sep.join(texts[:20_000])
         expected = [x for c in _chunks(text, 20_000) for x in ref.encode(c)]
         assert [x for c in _chunks(text, 20_000) for x in tok.encode(c)] == expected, repr(sep)
+    # Wrong variant: the GPT-2 split on the same strings.
+    wrong = tiktoken.Encoding("wrong", pat_str=GPT2, mergeable_ranks=ref.ranks, special_tokens={})
+    assert [i + ref.offset for i in wrong.encode_ordinary(text)] != tok.encode(text)
 
 
 def test_special_tokens(pair) -> None:
