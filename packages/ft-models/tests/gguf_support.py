@@ -133,9 +133,9 @@ def write_llama_gguf(
     for hf_name, tensor in state_dict.items():
         name = gguf_name(hf_name)
         w = tensor.detach().to(torch.float32).numpy()
-        if name.endswith("attn_q.weight"):
+        if ".attn_q." in name:  # weight and bias alike
             w = interleave_rotary_rows(w, n_heads)
-        elif name.endswith("attn_k.weight"):
+        elif ".attn_k." in name:
             w = interleave_rotary_rows(w, n_kv)
         module = name.split(".")[-2]
         qtype = (quant or {}).get(module, Q.F32) if w.ndim == 2 else Q.F32

@@ -38,9 +38,9 @@ TINY = {
 }
 
 
-def _tiny_state_dict(tied: bool, seed: int = 0) -> dict[str, torch.Tensor]:
+def _tiny_state_dict(tied: bool, seed: int = 0, bias: bool = False) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(**TINY, tie_word_embeddings=tied))
+    model = LlamaForCausalLM(LlamaConfig(**TINY, tie_word_embeddings=tied, attention_bias=bias))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
@@ -116,12 +116,16 @@ def test_config_equals_transformers_gguf_config(tiny_gguf: dict[str, Any]) -> No
     assert config["rope_theta"] == ref["rope_parameters"]["rope_theta"]
     assert "rope_scaling" not in config
     assert config["tie_word_embeddings"] is tiny_gguf["tied"]
+    assert config["attention_bias"] is ref["attention_bias"] is False
 
 
 def test_f32_file_round_trips_the_original_weights_bit_exactly(tmp_path: Path) -> None:
-    sd = _tiny_state_dict(tied=False, seed=1)
+    # With q/k/v biases, which llama.cpp permutes like the q/k weights (transformers' GGUF loader drops
+    # them, so the original HF weights are the reference here).
+    sd = _tiny_state_dict(tied=False, seed=1, bias=True)
     path = write_llama_gguf(tmp_path / "f32.gguf", sd, TINY)
     ckpt = read_gguf(path)
+    assert ckpt.config["attention_bias"] is True
     assert set(ckpt.tensors) == set(sd)
     for name, tensor in sd.items():
         assert torch.equal(ckpt.tensors[name], tensor), name

@@ -76,6 +76,7 @@ class _Architecture:
         rotary_rows: Per-layer GGUF module -> config key of its head count, for the modules whose rows
             llama.cpp permuted for interleaved RoPE.
         rope_factors: Name of the per-frequency RoPE divisor tensor, if the format may carry one.
+        present_flags: Config flag -> GGUF tensor whose presence sets it (e.g. projection biases).
     """
 
     model_type: str
@@ -86,6 +87,7 @@ class _Architecture:
     block_tensors: Mapping[str, str]
     rotary_rows: Mapping[str, str]
     rope_factors: str | None = None
+    present_flags: Mapping[str, str] = field(default_factory=dict)
 
 
 _TOKEN_KEYS = (
@@ -117,7 +119,7 @@ _LLAMA = _Architecture(
         _Key("max_position_embeddings", ("{arch}.context_length",)),
         *_TOKEN_KEYS,
     ),
-    constants={"hidden_act": "silu", "attention_bias": False, "mlp_bias": False},
+    constants={"hidden_act": "silu", "mlp_bias": False},
     tensors={
         "token_embd.weight": "model.embed_tokens.weight",
         "output_norm.weight": "model.norm.weight",
@@ -136,6 +138,7 @@ _LLAMA = _Architecture(
     },
     rotary_rows={"attn_q": "num_attention_heads", "attn_k": "num_key_value_heads"},
     rope_factors="rope_freqs.weight",
+    present_flags={"attention_bias": "blk.0.attn_q.bias"},
 )
 
 _ARCHITECTURES: dict[str, _Architecture] = {"llama": _LLAMA}
@@ -276,6 +279,7 @@ def _build_config(
             )
         config[key.hf] = key.cast(value)
     config.update(arch.constants)
+    config.update({flag: name in by_name for flag, name in arch.present_flags.items()})
     config["tie_word_embeddings"] = "lm_head.weight" not in {
         arch.tensors.get(n) for n in by_name if n in arch.tensors
     }
@@ -454,23 +458,24 @@ def _dequantize(gguf: Any, t: Any, path: Path, n_heads: int | None) -> torch.Ten
         gguf: The imported ``gguf`` module.
         t: The ``gguf.ReaderTensor``; its ``data`` is a memory-mapped ``[rows, bytes or C]`` array.
         path: The file, for messages.
-        n_heads: Heads of a q/k projection whose rows llama.cpp permuted, else ``None``.
+        n_heads: Heads of a q/k projection (weight or bias) whose rows llama.cpp permuted, else ``None``.
 
     Returns:
         The fp32 tensor in transformers' shape (GGUF dims reversed), e.g. ``[n_h * h_d, C]``.
     """
     shape = tuple(int(d) for d in reversed(t.shape.tolist()))
     out = torch.empty(shape, dtype=torch.float32)
-    dst = out.view(-1, shape[-1]).numpy()  # [rows, C] shares out's memory
-    src = t.data.reshape(-1, t.data.shape[-1])  # [rows, bytes or C]
     rows = None
-    if n_heads is not None:
-        if shape[0] % (2 * n_heads) != 0 or len(shape) != 2:
+    if n_heads is not None:  # a q/k weight [n_h * h_d, C] or bias [n_h * h_d]: permuted along dim 0
+        if shape[0] % (2 * n_heads) != 0 or len(shape) > 2:
             raise GGUFError(
                 f"{path}: tensor {t.name} of shape {list(shape)} does not split into {n_heads} heads"
             )
         rows = _rotary_destination_rows(shape[0], n_heads)
-    step = max(1, _ROWS_CHUNK_ELEMENTS // shape[-1])
+    width = shape[-1] if len(shape) > 1 or rows is None else 1  # a permuted bias: one element per row
+    dst = out.view(-1, width).numpy()  # [rows, C] shares out's memory
+    src = t.data.reshape(dst.shape[0], -1)  # [rows, bytes or C]
+    step = max(1, _ROWS_CHUNK_ELEMENTS // width)
     for start in range(0, src.shape[0], step):
         try:
             block = gguf.quants.dequantize(src[start : start + step], t.tensor_type)  # [step, C]
