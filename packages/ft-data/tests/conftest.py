@@ -109,7 +109,9 @@ def llama_cpp_vocab() -> Path:
         if subprocess.run([*pip, "--version"], capture_output=True).returncode != 0:
             pip = ["uvx", "pip"]  # a uv-made environment has no pip of its own
         cmd = [*pip, "download", "--no-deps", "--no-binary", ":all:", LLAMA_CPP_SDIST, "-d", str(cache)]
-        subprocess.run(cmd, check=True, capture_output=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
         sdists = sorted(cache.glob("llama_cpp_python-*.tar.gz"))
     tmp = cache / "llama-cpp-vocab.partial"
     tmp.mkdir(exist_ok=True)
