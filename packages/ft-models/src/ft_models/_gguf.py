@@ -329,7 +329,7 @@ def _rope_scaling(
     )
 
 
-def llama3_rope_factors(
+def _llama3_rope_factors(
     inv_freq: np.ndarray, factor: float, low_freq_factor: float, high_freq_factor: float, original: int
 ) -> np.ndarray:
     """Per-frequency divisors of Llama 3.1's RoPE scaling (what llama.cpp stores as ``rope_freqs``).
@@ -390,7 +390,7 @@ def _llama3_scaling(factors: np.ndarray, theta: float, head_dim: int, path: Path
         original <= 0
         or not high > 1.0
         or not np.allclose(
-            llama3_rope_factors(inv_freq, factor, 1.0, high, original), factors, rtol=1e-4, atol=0.0
+            _llama3_rope_factors(inv_freq, factor, 1.0, high, original), factors, rtol=1e-4, atol=0.0
         )
     ):
         raise GGUFError(f"{path}: rope_freqs.weight does not follow Llama 3 frequency scaling")
