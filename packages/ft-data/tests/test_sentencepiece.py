@@ -5,10 +5,10 @@ SentencePiece on real text."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
-import sentencepiece as spm
 from transformers import AutoTokenizer
 
 import ft_data
@@ -53,6 +53,24 @@ def _without_dummy_prefix(tok: SentencePieceTokenizer) -> SentencePieceTokenizer
     return SentencePieceTokenizer("wrong", proto.SerializeToString())
 
 
+def test_strings_built_from_vocabulary(pair) -> None:
+    tok, ref, _ = pair
+    sp = ref._model  # the reference's SentencePieceProcessor
+    texts = [
+        sp.id_to_piece(i).replace("\u2581", " ")
+        for i in range(sp.get_piece_size())
+        if not (sp.is_byte(i) or sp.is_control(i) or sp.is_unknown(i))
+    ]
+    random.Random(2).shuffle(texts)
+    for sep in ("", " ", "\n"):
+        text = sep.join(texts[:20_000])
+        expected = ref.encode(text, bos=False, eos=False)
+        assert tok.encode(text) == expected, repr(sep)
+        assert tok.decode(expected) == ref.decode(expected)
+    # Wrong variant: the same model without SentencePiece's dummy prefix.
+    assert _without_dummy_prefix(tok).encode(text) != expected
+
+
 def test_special_tokens(pair) -> None:
     tok, ref, _ = pair
     names = [n for n in ("<s>", "</s>", "[INST]", "[/INST]") if n in tok.special_tokens]
@@ -92,6 +110,8 @@ def test_save_pretrained_auto_tokenizer(pair, corpus: str, tmp_path: Path) -> No
 
 def test_unigram_model(corpus: str, tmp_path: Path) -> None:
     prefix = tmp_path / "uni"
+    import sentencepiece as spm  # test group only; imported here so `-m slow` collects without it
+
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(corpus[:300_000].splitlines()),
         model_prefix=str(prefix),
