@@ -30,6 +30,15 @@ def _model(kind: str) -> nn.Module:
     return model
 
 
+def _dense_base() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(61, 96), nn.GELU(), nn.Linear(96, 37))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.4)
+    return model.state_dict()
+
+
 def _step(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     y = model(x)
     y.square().mean().backward()
@@ -78,8 +87,34 @@ def run(rank: int, world: int, init_file: str) -> None:
         # Wrong variant: an FP4 base is a different model and must not match.
         assert not torch.allclose(out, wrong_out, **tol)
         assert not all(torch.allclose(grads[n], wrong_grads[n], **tol) for n in grads)
-        # Adapter tensors gather to the reference values for saving.
+        # Adapter tensors gather to the reference values for saving; every rank joins the gather.
         for name, t in ft_peft.adapter_state_dict(model).items():
             torch.testing.assert_close(t.full_tensor(), ft_peft.adapter_state_dict(reference)[name], **tol)
+        ft_peft.save_adapter(model, f"{init_file}.adapter-{rank}")
+        reloaded = nn.Sequential(nn.Linear(61, 96), nn.GELU(), nn.Linear(96, 37))
+        reloaded.load_state_dict(_dense_base(), strict=True)
+        ft_peft.load_adapter(reloaded, f"{init_file}.adapter-{rank}")
+        for name, t in ft_peft.adapter_state_dict(reloaded).items():
+            torch.testing.assert_close(t, ft_peft.adapter_state_dict(reference)[name], atol=0, rtol=0)
+
+        # Under a bf16 mixed-precision policy the gathered quantised tensors are the stored bits.
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        mixed = copy.deepcopy(reference)
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        for layer in (mixed[0], mixed[2]):
+            fully_shard(layer, mesh=mesh, mp_policy=policy)
+        fully_shard(mixed, mesh=mesh, mp_policy=policy)
+        seen: dict[str, torch.Tensor] = {}
+        mixed[0].register_forward_pre_hook(
+            lambda m, _: seen.update(
+                {n: p.detach().clone() for n, p in m.named_parameters() if "weight" in n}
+            )
+        )
+        mixed(x)
+        assert seen["lora_A.weight"].dtype == torch.bfloat16  # the policy is in force
+        for name, value in reference[0].named_parameters():
+            if name.startswith("weight"):
+                assert torch.equal(seen[name], value), name
     finally:
         dist.destroy_process_group()
