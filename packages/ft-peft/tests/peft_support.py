@@ -1,8 +1,7 @@
-"""Shared builders for ft-peft's tests: tiny transformers models with awkward shapes, PEFT wrappers."""
+"""Shared builders for ft-peft's tests: tiny models with awkward shapes, adapter randomisation."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
 
@@ -50,8 +49,3 @@ def randomize_adapters(model: nn.Module, seed: int = 1) -> None:
     for name, p in sorted(model.named_parameters()):
         if "lora_" in name:
             p.copy_(torch.randn(p.shape, generator=gen) * 0.2 + (1.0 if "magnitude" in name else 0.0))
-
-
-@pytest.fixture
-def input_ids() -> torch.Tensor:
-    return torch.randint(0, 131, (2, 11), generator=torch.Generator().manual_seed(3))

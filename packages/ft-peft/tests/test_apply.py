@@ -7,8 +7,8 @@ import re
 
 import pytest
 import torch
-from conftest import Block, tiny_llama
 from peft import LoraConfig, get_peft_model
+from peft_support import Block, tiny_llama
 
 import ft_peft
 from ft_peft.errors import InvalidRankError, TargetNotFoundError, UnsupportedQuantizationError

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import Block, randomize_adapters
+from peft_support import Block, randomize_adapters
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import randomize_adapters, tiny_llama
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft_support import randomize_adapters, tiny_llama
 from safetensors.torch import load_file, save_file
 
 import ft_peft
@@ -18,6 +18,11 @@ from ft_peft.errors import AdapterFormatError, AdapterShapeError
 
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TOL = {"atol": 1e-5, "rtol": 1e-5}
+
+
+@pytest.fixture
+def input_ids() -> torch.Tensor:
+    return torch.randint(0, 131, (2, 11), generator=torch.Generator().manual_seed(3))
 
 
 @pytest.fixture(scope="module")

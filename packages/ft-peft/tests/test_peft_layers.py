@@ -6,8 +6,8 @@ import copy
 
 import pytest
 import torch
-from conftest import Block, randomize_adapters
 from peft import LoraConfig, get_peft_model
+from peft_support import Block, randomize_adapters
 from torch import nn
 
 import ft_peft

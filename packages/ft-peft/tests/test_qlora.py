@@ -9,8 +9,8 @@ import bitsandbytes as bnb
 import bitsandbytes.functional as bnbf
 import pytest
 import torch
-from conftest import Block, randomize_adapters
 from peft import LoraConfig, get_peft_model
+from peft_support import Block, randomize_adapters
 from torch import nn
 
 import ft_peft
