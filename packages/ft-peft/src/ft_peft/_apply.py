@@ -168,8 +168,8 @@ def lora_modules(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
             yield clean_name(name), module
 
 
-def set_trainable(model: nn.Module, train_bias: bool = False) -> int:
-    """Freeze everything except adapter tensors (and, optionally, the wrapped layers' biases).
+def set_trainable(model: nn.Module) -> int:
+    """Freeze everything except adapter tensors (what `save_adapter` writes, nothing more).
 
     Returns:
         The number of trainable elements.
@@ -178,10 +178,7 @@ def set_trainable(model: nn.Module, train_bias: bool = False) -> int:
         frozen.requires_grad_(False)
     count = 0
     for _, layer in lora_modules(model):
-        params = layer.adapter_parameters()
-        if train_bias and layer.bias is not None:
-            params.append(layer.bias)
-        for trained in params:
+        for trained in layer.adapter_parameters():
             trained.requires_grad_(True)
             count += trained.numel()
     return count

@@ -203,13 +203,9 @@ def _params(layer: LoRALinear) -> dict[str, torch.Tensor]:
 
 
 def _check_layer_config(name: str, layer: LoRALinear, config: dict[str, Any], path: Path) -> None:
-    rank = config.get("rank_pattern", {})
-    alpha = config.get("alpha_pattern", {})
     want = {
-        "r": next((v for k, v in rank.items() if re.match(rf"(.*\.)?({k})$", name)), config["r"]),
-        "lora_alpha": next(
-            (v for k, v in alpha.items() if re.match(rf"(.*\.)?({k})$", name)), config["lora_alpha"]
-        ),
+        "r": _pattern_value(config.get("rank_pattern"), name, config["r"]),
+        "lora_alpha": _pattern_value(config.get("alpha_pattern"), name, config["lora_alpha"]),
         "use_dora": bool(config.get("use_dora", False)),
         "use_rslora": bool(config.get("use_rslora", False)),
     }
