@@ -72,7 +72,8 @@ def integration(session: nox.Session) -> None:
 @nox.session
 def slow(session: nox.Session) -> None:
     """Heavy tests of every member and of tests/ (real models, wheel builds, subprocess runs)."""
-    _sync(session, "--all-packages", "--group", "dev")
+    # Every member's test group: the slow tests of each package need its references.
+    _sync(session, "--all-packages", "--all-groups")
     paths = [f"{MEMBERS[name]}/tests" for name in TESTED]
     if _has_tests("."):
         paths.append("tests")
