@@ -160,3 +160,23 @@ def test_adapter_config_mismatch_with_wrapped_model(base, tmp_path: Path) -> Non
         ft_peft.load_adapter(copy.deepcopy(base), tmp_path)
     with pytest.raises(AdapterFormatError, match=r"adapter config not found"):
         ft_peft.load_adapter(copy.deepcopy(base), tmp_path / "missing")
+
+
+def test_failed_save_leaves_nothing_behind(base, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import safetensors.torch
+
+    model = copy.deepcopy(base)
+    ft_peft.apply_lora(model, ["q_proj"], rank=2)
+    out = tmp_path / "adapter"
+
+    def disk_full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        ft_peft.save_adapter(model, out)
+    assert list(out.iterdir()) == []  # no temporary file, no config without weights
+    monkeypatch.undo()
+    ft_peft.save_adapter(model, out)
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]

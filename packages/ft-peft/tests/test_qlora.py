@@ -230,3 +230,21 @@ def test_missing_bitsandbytes_names_the_extra(monkeypatch: pytest.MonkeyPatch) -
         ft_peft.apply_lora(model, ["proj"], rank=2, quantize="nf4")
     assert type(model.proj) is nn.Linear  # nothing replaced
     ft_peft.apply_lora(model, ["proj"], rank=2)  # plain LoRA needs no bitsandbytes
+
+
+@pytest.mark.parametrize("cfg", [QuantConfig("nf4", True), QuantConfig("int8")], ids=["nf4-double", "int8"])
+def test_dtype_casts_leave_the_quantised_base_alone(cfg: QuantConfig) -> None:
+    model = Block()
+    ft_peft.apply_lora(model, ["proj"], rank=2, quantize=cfg)
+    before = model.proj.dense_weight(torch.float32).clone()
+    stored = {k: v.clone() for k, v in model.proj.state_dict().items() if k.startswith("weight")}
+    model.to(torch.bfloat16)  # casts floating tensors only: adapters and bias become bf16
+    assert model.proj.lora_A.weight.dtype == torch.bfloat16
+    for key, value in model.proj.state_dict().items():
+        if key.startswith("weight"):
+            assert torch.equal(value, stored[key]), key
+    assert torch.equal(model.proj.dense_weight(torch.float32), before)
+    # Wrong variant: a float code book (as bitsandbytes' QuantState keeps it) would have been rounded.
+    if cfg.double_quant:
+        code = stored["weight_nested_code"].view(torch.float32)
+        assert not torch.equal(code.to(torch.bfloat16).float(), code)

@@ -9,9 +9,9 @@ result is *stored*: as ordinary tensors, never as bitsandbytes' `Params4bit`, be
 `quant_state`.
 
 Every stored tensor is non-floating (packed `uint8`, `int8`, or fp32 bits viewed as `int32`), so
-FSDP2's mixed-precision policy never casts (and so never rounds) quantisation statistics. The only
-floating tensors are the 256-entry code book and the scalar offset of double quantisation, kept as
-buffers (replicated, tiny).
+neither FSDP2's mixed-precision policy nor `model.to(torch.bfloat16)` ever casts (and so rounds)
+quantisation statistics. The 256-entry code book and the scalar offset of double quantisation are
+buffers (replicated, tiny); the rest are frozen parameters FSDP2 shards.
 
 Shape legend: d_out output features, d_in input features, n = d_out * d_in, n_blk = ceil(n / blocksize).
 """
@@ -117,8 +117,8 @@ def quantize_weight(weight: torch.Tensor, cfg: QuantConfig, where: str) -> dict[
     if cfg.double_quant:
         out["absmax"] = state.absmax  # [n_blk] uint8
         out["nested_absmax"] = _as_int32(state.state2.absmax)  # [ceil(n_blk / 256)]
-        out["nested_code"] = state.state2.code.to(torch.float32)  # [256]
-        out["nested_offset"] = state.offset.reshape(()).to(torch.float32)  # []
+        out["nested_code"] = _as_int32(state.state2.code)  # [256]
+        out["nested_offset"] = _as_int32(state.offset.reshape(()))  # []
     else:
         out["absmax"] = _as_int32(state.absmax)  # [n_blk]
     return out
@@ -141,8 +141,8 @@ def empty_quantized(
         out["absmax"] = torch.empty(n_blk, dtype=torch.uint8, device=device)
         n_nested = -(-n_blk // _NESTED_BLOCKSIZE)
         out["nested_absmax"] = torch.empty(n_nested, dtype=torch.int32, device=device)
-        out["nested_code"] = torch.empty(256, dtype=torch.float32, device=device)
-        out["nested_offset"] = torch.empty((), dtype=torch.float32, device=device)
+        out["nested_code"] = torch.empty(256, dtype=torch.int32, device=device)
+        out["nested_offset"] = torch.empty((), dtype=torch.int32, device=device)
     else:
         out["absmax"] = torch.empty(n_blk, dtype=torch.int32, device=device)
     return out
@@ -172,11 +172,11 @@ def dequantize_weight(
         absmax = ops.dequantize_blockwise(
             tensors["absmax"],
             tensors["nested_absmax"].view(torch.float32),
-            tensors["nested_code"],
+            tensors["nested_code"].view(torch.float32),
             _NESTED_BLOCKSIZE,
             torch.float32,
         )
-        absmax = absmax + tensors["nested_offset"]  # [n_blk]
+        absmax = absmax + tensors["nested_offset"].view(torch.float32)  # [n_blk]
     else:
         absmax = tensors["absmax"].view(torch.float32)  # [n_blk]
     return ops.dequantize_4bit(tensors[""], absmax, cfg.blocksize, cfg.kind, list(shape), dtype)
