@@ -87,7 +87,9 @@ def generate(
     if max_new_tokens <= 0:
         return out, lengths
     cache = model.new_cache(b, s + max_new_tokens)
-    logits = model(ids, document_ids=docs, cache=cache)[:, -1]  # [b, v]
+    # Project only the last position: [b, s, v] prompt logits would be large and unused.
+    hidden = model(ids, document_ids=docs, cache=cache, return_hidden=True)  # [b, s, d]
+    logits = model.output_projection(hidden[:, -1])  # [b, v]
     done = torch.zeros(b, dtype=torch.bool, device=device)
     for step in range(max_new_tokens):
         token = logits.argmax(-1)  # [b]
