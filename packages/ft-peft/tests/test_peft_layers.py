@@ -117,6 +117,7 @@ def test_init_leaves_output_unchanged_and_shares_weight() -> None:
     assert names == ["proj"]
     layer = model.proj
     assert isinstance(layer, LoRALinear)
+    assert isinstance(layer, ft_peft.AdapterModule)  # the capability recipes rely on
     assert layer.weight is original.weight  # shared, not copied
     assert not layer.weight.requires_grad
     assert layer.lora_B.weight.abs().sum() == 0
