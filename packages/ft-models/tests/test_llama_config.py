@@ -60,6 +60,23 @@ HANDWRITTEN: dict[str, tuple[dict[str, Any], RopeConfig]] = {
         },
         RopeConfig(theta=10000.0),
     ),
+    "biases": (
+        {
+            "model_type": "llama",
+            "vocab_size": 131,
+            "hidden_size": 40,
+            "intermediate_size": 88,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 5,
+            "num_key_value_heads": 5,
+            "head_dim": 16,
+            "attention_bias": True,
+            "mlp_bias": True,
+            "rope_theta": 10000.0,
+            "rope_scaling": {"rope_type": "linear", "factor": 2.0},
+        },
+        RopeConfig(theta=10000.0),
+    ),
     "no-scaling": (
         {
             "model_type": "llama",
