@@ -229,3 +229,21 @@ def test_failed_save_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="meta device"):
         ft_models.save_pretrained(model, tmp_path / "out")
     assert os.listdir(tmp_path) == []
+
+
+def test_extra_files_are_part_of_the_atomic_output(small_dir: Path, tmp_path: Path) -> None:
+    model = ft_models.from_pretrained(small_dir)
+    out = tmp_path / "out"
+    template = tmp_path / "template.jinja"
+    template.write_text("{{ messages }}")
+    generation = json.dumps({"bos_token_id": 1, "eos_token_id": [2, 5], "do_sample": False})
+    extras = {"tokenizer.json": "{}", "chat_template.jinja": template, "generation_config.json": generation}
+    ft_models.save_pretrained(model, out, extra_files=extras)
+    assert (out / "chat_template.jinja").read_text() == "{{ messages }}"
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == [2, 5]
+    ft_models.save_pretrained(model, out, extra_files={"tokenizer.json": "{}"})  # ft wrote them: replaceable
+    assert not (out / "chat_template.jinja").exists()
+    for bad in ("../escape.txt", "config.json", "model.safetensors"):
+        with pytest.raises(CheckpointError, match="extra_files"):
+            ft_models.save_pretrained(model, out, extra_files={bad: "x"})
+    assert (out / "tokenizer.json").read_text() == "{}"

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ def save_pretrained(
     *,
     max_shard_size: int | str = "5GB",
     overwrite: bool = False,
+    extra_files: Mapping[str, str | bytes | Path] | None = None,
 ) -> Path:
     """Save ``model`` as an HF directory.
 
@@ -65,15 +67,27 @@ def save_pretrained(
         max_shard_size: Largest shard in bytes (int) or as ``"5GB"``; a single tensor larger than the
             limit gets a shard of its own.
         overwrite: Replace a non-empty directory that is not an earlier ft output.
+        extra_files: Further files written in the same atomic step (tokenizer files, chat template):
+            name -> text, bytes, or a path to copy. Names are plain file names; a given
+            ``generation_config.json`` replaces the one derived from the config.
 
     Returns:
         The target directory.
 
     Raises:
-        CheckpointError: The target is a file, is non-empty and not replaceable, or a tensor is meta.
+        CheckpointError: The target is a file, is non-empty and not replaceable, a tensor is meta, or
+            an extra file name is not a plain name or collides with a file ft writes.
     """
     target = Path(directory).absolute()
     limit = parse_size(max_shard_size)
+    extras = dict(extra_files or {})
+    for name in extras:
+        if (
+            Path(name).name != name
+            or name in ("", ".", "..", MARKER, "config.json", INDEX)
+            or (name.endswith(".safetensors"))
+        ):
+            raise CheckpointError(f"extra_files: {name!r} is not a plain file name ft does not write itself")
     _check_target(target, overwrite)
     tensors = _tensors_to_save(model)
     shards = _plan_shards(tensors, limit)
@@ -88,7 +102,15 @@ def save_pretrained(
         _write_json(tmp / "config.json", config)
         _write_json(tmp / "generation_config.json", _generation_config(model))
         written += ["config.json", "generation_config.json"]
-        _write_json(tmp / MARKER, {"files": sorted(written)})
+        for name, content in extras.items():
+            if isinstance(content, Path):
+                shutil.copyfile(content, tmp / name)
+            elif isinstance(content, bytes):
+                (tmp / name).write_bytes(content)
+            else:
+                (tmp / name).write_text(content)
+            written.append(name)
+        _write_json(tmp / MARKER, {"files": sorted(set(written))})
         _fsync_files(tmp)
         _replace(tmp, target)
     except BaseException:
