@@ -4,6 +4,7 @@ Llama-family models (Llama 3 / 3.1 / 3.2, SmolLM2) with transformers' module nam
 Hugging Face safetensors directories or GGUF files and saved as directories transformers loads as is.
 """
 
+from ._assets import AssetNotFoundError, smollm2_gguf_path
 from ._attention import AttentionKernel, EagerKernel, GroupedQueryAttention, SDPAKernel, soft_cap
 from ._cache import KVCache
 from ._checkpoint import from_pretrained
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "LLAMA_PRESETS",
+    "AssetNotFoundError",
     "AttentionKernel",
     "AttentionMask",
     "CacheError",
@@ -50,5 +52,6 @@ __all__ = [
     "llama_config",
     "positions_from_documents",
     "save_pretrained",
+    "smollm2_gguf_path",
     "soft_cap",
 ]

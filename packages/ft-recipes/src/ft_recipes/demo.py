@@ -39,15 +39,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def _default_model() -> Path:
-    from ft_models._assets import smollm2_gguf_path
-
-    return smollm2_gguf_path()
-
-
 def run(args: argparse.Namespace) -> None:
     """Load, generate greedily, and print ids, texts and top candidates."""
-    path = args.model if args.model is not None else _default_model()
+    path = args.model if args.model is not None else ft_models.smollm2_gguf_path()
     tokenizer = ft_data.load_tokenizer(path)
     model = ft_models.from_pretrained(path, dtype=torch.float32).eval()
     text = args.prompt if args.raw else _CHATML.format(prompt=args.prompt)
