@@ -124,3 +124,37 @@ def llama_cpp_vocab() -> Path:
                 (tmp / name).write_bytes(src.read())
     tmp.rename(out)
     return out
+
+
+def _llama_cpp_sdist() -> Path:
+    cache = _cache_dir()
+    sdists = sorted(cache.glob("llama_cpp_python-*.tar.gz"))
+    if not sdists:
+        pip = [sys.executable, "-m", "pip"]
+        if subprocess.run([*pip, "--version"], capture_output=True).returncode != 0:
+            pip = ["uvx", "pip"]
+        cmd = [*pip, "download", "--no-deps", "--no-binary", ":all:", LLAMA_CPP_SDIST, "-d", str(cache)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+        sdists = sorted(cache.glob("llama_cpp_python-*.tar.gz"))
+    return sdists[-1]
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_templates() -> Path:
+    """llama.cpp's `models/templates/*.jinja`: real chat templates of published models (Llama 3.1,
+    Qwen2.5, Qwen3, Mistral-Nemo, Gemma 2...), from the same cached llama-cpp-python sdist."""
+    out = _cache_dir() / "llama-cpp-templates"
+    if (out / "google-gemma-2-2b-it.jinja").is_file():
+        return out
+    tmp = _cache_dir() / "llama-cpp-templates.partial"
+    tmp.mkdir(exist_ok=True)
+    with tarfile.open(_llama_cpp_sdist()) as tar:
+        for member in tar.getmembers():
+            if "/vendor/llama.cpp/models/templates/" in member.name and member.name.endswith(".jinja"):
+                src = tar.extractfile(member)
+                assert src is not None
+                (tmp / member.name.rsplit("/", 1)[-1]).write_bytes(src.read())
+    tmp.rename(out)
+    return out

@@ -7,7 +7,12 @@ CLI can print it as is.
 from __future__ import annotations
 
 __all__ = [
+    "ChatTemplateError",
+    "DataCacheError",
+    "DataFileError",
+    "DataRowError",
     "FtDataError",
+    "MessageError",
     "MissingExtraError",
     "TokenizerFileError",
     "TokenizerMetadataError",
@@ -33,3 +38,23 @@ class TokenizerMetadataError(FtDataError):
 
 class UnsupportedTokenizerError(FtDataError):
     """A tokenizer model, pre-tokenizer or normalizer that ft does not implement (never a silent default)."""
+
+
+class MessageError(FtDataError, ValueError):
+    """A conversation that cannot be a training example: unknown role, broken role order, wrong type."""
+
+
+class ChatTemplateError(FtDataError):
+    """A chat template that cannot be loaded or rendered, or whose output cannot be mapped to messages."""
+
+
+class DataFileError(FtDataError):
+    """A data file (or dataset) that cannot be read, has an unknown format or holds no rows."""
+
+
+class DataRowError(FtDataError):
+    """One row of a data file is unusable; the message names the file, the row and the field."""
+
+
+class DataCacheError(FtDataError):
+    """A tokenisation cache file that fails its integrity checks (it is rebuilt, never trusted)."""
