@@ -1,6 +1,7 @@
 """ft-models: decoder architectures, KV cache, greedy generation and checkpoint formats for ft.
 
-Llama-family models (Llama 3 / 3.1 / 3.2, SmolLM2) with transformers' module names, loaded from
+Llama (Llama 3 / 3.1 / 3.2, SmolLM2), Qwen2 / Qwen2.5, Qwen3, Mistral and Gemma 2 models with
+transformers' module names, loaded from
 Hugging Face safetensors directories or GGUF files and saved as directories transformers loads as is.
 """
 
@@ -9,13 +10,24 @@ from ._attention import AttentionKernel, EagerKernel, GroupedQueryAttention, SDP
 from ._cache import KVCache
 from ._checkpoint import from_pretrained
 from ._config import DecoderConfig, RopeConfig
-from ._decoder import CausalLM, DecoderLayer, TransformerDecoder, positions_from_documents
+from ._decoder import (
+    CausalLM,
+    DecoderLayer,
+    SandwichDecoderLayer,
+    TransformerDecoder,
+    positions_from_documents,
+)
+from ._family import Family
+from ._gemma2 import GEMMA2_PRESETS, build_gemma2, gemma2_config
 from ._generate import generate, left_pad
 from ._llama import LLAMA_PRESETS, build_llama, llama_config
 from ._mask import AttentionMask
+from ._mistral import MISTRAL_PRESETS, mistral_config
 from ._mlp import GatedMLP
-from ._norm import RMSNorm
-from ._registry import build_model
+from ._norm import RMSNorm, UnitOffsetRMSNorm
+from ._qwen2 import QWEN2_PRESETS, build_qwen2, qwen2_config
+from ._qwen3 import QWEN3_PRESETS, build_qwen3, qwen3_config
+from ._registry import FAMILIES, PRESETS, build_model, preset_config
 from ._rope import RotaryEmbedding
 from ._save import save_pretrained
 from .errors import CacheError, CheckpointError, ConfigError, FtModelsError
@@ -23,7 +35,13 @@ from .errors import CacheError, CheckpointError, ConfigError, FtModelsError
 __version__ = "0.1.0"
 
 __all__ = [
+    "FAMILIES",
+    "GEMMA2_PRESETS",
     "LLAMA_PRESETS",
+    "MISTRAL_PRESETS",
+    "PRESETS",
+    "QWEN2_PRESETS",
+    "QWEN3_PRESETS",
     "AssetNotFoundError",
     "AttentionKernel",
     "AttentionMask",
@@ -34,6 +52,7 @@ __all__ = [
     "DecoderConfig",
     "DecoderLayer",
     "EagerKernel",
+    "Family",
     "FtModelsError",
     "GatedMLP",
     "GroupedQueryAttention",
@@ -42,15 +61,25 @@ __all__ = [
     "RopeConfig",
     "RotaryEmbedding",
     "SDPAKernel",
+    "SandwichDecoderLayer",
     "TransformerDecoder",
+    "UnitOffsetRMSNorm",
     "__version__",
+    "build_gemma2",
     "build_llama",
     "build_model",
+    "build_qwen2",
+    "build_qwen3",
     "from_pretrained",
+    "gemma2_config",
     "generate",
     "left_pad",
     "llama_config",
+    "mistral_config",
     "positions_from_documents",
+    "preset_config",
+    "qwen2_config",
+    "qwen3_config",
     "save_pretrained",
     "smollm2_gguf_path",
     "soft_cap",

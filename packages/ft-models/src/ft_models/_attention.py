@@ -99,13 +99,24 @@ class EagerKernel:
         return f"EagerKernel(score_mod={self.score_mod!r})"
 
 
+class _SoftCap:
+    def __init__(self, cap: float) -> None:
+        self.cap = cap
+
+    def __call__(self, scores: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(scores / self.cap) * self.cap
+
+    def __repr__(self) -> str:
+        return f"soft_cap({self.cap})"
+
+
 def soft_cap(cap: float) -> ScoreMod:
-    """Score modifier ``cap * tanh(scores / cap)`` (Gemma 2's attention logit soft-capping)."""
+    """Modifier ``cap * tanh(x / cap)``: Gemma 2's attention-score and final-logit soft-capping.
 
-    def mod(scores: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(scores / cap) * cap
-
-    return mod
+    Args:
+        cap: The bound; outputs lie in ``(-cap, cap)``.
+    """
+    return _SoftCap(cap)
 
 
 class GroupedQueryAttention(nn.Module):

@@ -5,6 +5,11 @@ on the Hub (``rope_theta`` plus an optional ``rope_scaling`` dict whose type key
 older ``type``) and the one transformers 5 writes (``rope_parameters`` holding ``rope_theta`` and the
 scaling keys). Both parse into one frozen :class:`DecoderConfig`; :meth:`DecoderConfig.to_hf_dict`
 writes the Hub schema, which every reader (transformers 4 and 5, vLLM, llama.cpp converters) accepts.
+
+Keys every family shares are read here; keys of one family (Qwen2's ``use_sliding_window``, Gemma 2's
+soft-caps) are read and written by that family's :class:`~ft_models._family.Family` entry in the
+registry, which maps them to the family-neutral fields below (per-layer windows, soft-caps, attention
+scale). This module holds no family knowledge.
 """
 
 from __future__ import annotations
@@ -17,10 +22,9 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["SUPPORTED_MODEL_TYPES", "DecoderConfig", "RopeConfig"]
+__all__ = ["FULL", "SLIDING", "DecoderConfig", "RopeConfig"]
 
-# model_type -> the architectures name transformers expects in config.json.
-SUPPORTED_MODEL_TYPES: dict[str, str] = {"llama": "LlamaForCausalLM"}
+FULL, SLIDING = "full_attention", "sliding_attention"  # transformers' ``layer_types`` values
 ROPE_TYPES = ("default", "linear", "llama3")
 _LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 _DTYPES = ("float32", "float16", "bfloat16")
@@ -61,10 +65,19 @@ class RopeConfig:
 
 @dataclass(frozen=True)
 class DecoderConfig:
-    """Shape and numerics of a decoder-only transformer (Llama family).
+    """Shape and numerics of a decoder-only transformer.
 
-    Built with :meth:`from_hf_dict` or :meth:`from_file`; presets live in ``ft_models._llama``.
+    Built with :meth:`from_hf_dict` or :meth:`from_file`; presets live in each family's builder module.
     ``head_dim`` is explicit because it may differ from ``hidden_size // num_attention_heads``.
+
+    Family-neutral optional features (each family's config reader maps its own keys to them):
+
+    * ``sliding_window`` with ``layer_types``: layer ``i`` attends to the last ``sliding_window`` keys
+      when ``layer_types`` is ``None`` (every layer) or ``layer_types[i] == "sliding_attention"``.
+    * ``query_pre_attn_scalar``: attention scale ``1 / sqrt(query_pre_attn_scalar)`` instead of
+      ``1 / sqrt(head_dim)``.
+    * ``attn_logit_softcapping`` / ``final_logit_softcapping``: ``cap * tanh(x / cap)`` on attention
+      scores / output logits (Gemma 2).
     """
 
     vocab_size: int
@@ -86,6 +99,11 @@ class DecoderConfig:
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
     dtype: str | None = None
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] | None = None
+    query_pre_attn_scalar: float | None = None
+    attn_logit_softcapping: float | None = None
+    final_logit_softcapping: float | None = None
 
     def __post_init__(self) -> None:
         if self.num_attention_heads % self.num_key_value_heads:
@@ -93,11 +111,32 @@ class DecoderConfig:
                 f"num_attention_heads={self.num_attention_heads} is not a multiple of "
                 f"num_key_value_heads={self.num_key_value_heads}"
             )
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ConfigError(f"sliding_window={self.sliding_window} must be positive or null")
+        if self.layer_types is not None:
+            if len(self.layer_types) != self.num_hidden_layers:
+                raise ConfigError(
+                    f"layer_types has {len(self.layer_types)} entries for "
+                    f"num_hidden_layers={self.num_hidden_layers}"
+                )
+            bad = [t for t in self.layer_types if t not in (FULL, SLIDING)]
+            if bad:
+                raise ConfigError(f"layer_types entry {bad[0]!r} is not one of {FULL!r}, {SLIDING!r}")
 
     @property
     def architecture(self) -> str:
         """The transformers class name written to ``architectures``."""
-        return SUPPORTED_MODEL_TYPES[self.model_type]
+        from ._registry import FAMILIES  # the registry imports the builders, which import this module
+
+        return FAMILIES[self.model_type].architecture
+
+    def window(self, layer: int) -> int | None:
+        """Sliding-window size of layer ``layer`` (``None``: full causal attention)."""
+        if self.sliding_window is None:
+            return None
+        if self.layer_types is None or self.layer_types[layer] == SLIDING:
+            return self.sliding_window
+        return None
 
     @classmethod
     def from_file(cls, path: str | Path) -> DecoderConfig:
@@ -128,12 +167,15 @@ class DecoderConfig:
         Raises:
             ConfigError: Unknown ``model_type``, rope type or activation, or a missing required key.
         """
+        from ._registry import FAMILIES
+
         model_type = data.get("model_type")
-        if model_type not in SUPPORTED_MODEL_TYPES:
+        if model_type not in FAMILIES:
             raise ConfigError(
                 f"{source}: key 'model_type' = {model_type!r} is not supported "
-                f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+                f"(supported: {', '.join(sorted(FAMILIES))})"
             )
+        family = FAMILIES[model_type]
 
         def req(key: str) -> Any:
             if data.get(key) is None:
@@ -141,13 +183,25 @@ class DecoderConfig:
             return data[key]
 
         hidden, heads = int(req("hidden_size")), int(req("num_attention_heads"))
-        act = data.get("hidden_act", "silu")
-        if act != "silu":
-            raise ConfigError(f"{source}: key 'hidden_act' = {act!r} is not supported (only 'silu')")
+        req("num_hidden_layers")  # family readers may derive per-layer settings from it
         dtype = data.get("dtype", data.get("torch_dtype"))
         if dtype is not None and dtype not in _DTYPES:
             raise ConfigError(f"{source}: key 'dtype' = {dtype!r} is not one of {', '.join(_DTYPES)}")
         rope = _parse_rope(data, source)
+        fields: dict[str, Any] = {
+            "head_dim": int(data.get("head_dim") or hidden // heads),
+            "tie_word_embeddings": bool(data.get("tie_word_embeddings", False)),
+            "attention_bias": bool(data.get("attention_bias", False)),
+            "mlp_bias": bool(data.get("mlp_bias", False)),
+            "hidden_act": data.get("hidden_act", "silu"),
+        }
+        fields.update(family.read(data, source))  # family keys and family defaults
+        act_key = family.activation_key
+        if fields["hidden_act"] not in family.activations:
+            raise ConfigError(
+                f"{source}: key {act_key!r} = {fields['hidden_act']!r} is not supported "
+                f"(supported: {', '.join(family.activations)})"
+            )
         try:
             return cls(
                 vocab_size=int(req("vocab_size")),
@@ -156,25 +210,28 @@ class DecoderConfig:
                 num_hidden_layers=int(req("num_hidden_layers")),
                 num_attention_heads=heads,
                 num_key_value_heads=int(data.get("num_key_value_heads") or heads),
-                head_dim=int(data.get("head_dim") or hidden // heads),
                 model_type=model_type,
                 max_position_embeddings=int(data.get("max_position_embeddings", 2048)),
                 rms_norm_eps=float(data.get("rms_norm_eps", 1e-6)),
                 rope=rope,
-                tie_word_embeddings=bool(data.get("tie_word_embeddings", False)),
-                attention_bias=bool(data.get("attention_bias", False)),
-                mlp_bias=bool(data.get("mlp_bias", False)),
-                hidden_act=act,
                 bos_token_id=data.get("bos_token_id"),
                 eos_token_id=data.get("eos_token_id"),
                 pad_token_id=data.get("pad_token_id"),
                 dtype=dtype,
+                **fields,
             )
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
 
     def to_hf_dict(self) -> dict[str, Any]:
-        """A Hub-style ``config.json`` dict (``rope_theta`` + ``rope_scaling``) that transformers loads."""
+        """A Hub-style ``config.json`` dict (``rope_theta`` + ``rope_scaling``) that transformers loads.
+
+        Shared keys are written here; the family's entry adds its own keys and drops shared ones its
+        transformers class does not have.
+        """
+        from ._registry import FAMILIES
+
+        family = FAMILIES[self.model_type]
         out: dict[str, Any] = {
             "architectures": [self.architecture],
             "model_type": self.model_type,
@@ -197,6 +254,9 @@ class DecoderConfig:
             "eos_token_id": self.eos_token_id,
             "pad_token_id": self.pad_token_id,
         }
+        for key in family.drop_keys:
+            out.pop(key, None)
+        out.update(family.write(self))
         if self.dtype is not None:
             out["torch_dtype"] = self.dtype  # read by transformers 4 and vLLM
             out["dtype"] = self.dtype  # read by transformers 5

@@ -2,7 +2,8 @@
 
 ``TransformerDecoder`` owns the token embedding, the layer stack, the final norm and the rotary
 embedding; each :class:`DecoderLayer` receives its attention, MLP and norms from a builder, so a new
-family is a new builder and LoRA is a module swap. :class:`CausalLM` adds the output projection with
+family is a new builder and LoRA is a module swap. :class:`SandwichDecoderLayer` adds norms after
+attention and MLP as well (Gemma 2). :class:`CausalLM` adds the output projection with
 module paths equal to transformers' (``model.embed_tokens``, ``model.layers.{i}.self_attn.q_proj``,
 ``model.norm``, ``lm_head``), so an HF state dict loads with no renaming. The model is meta-device
 safe: ``__init__`` only declares shapes; values come from :meth:`CausalLM.reset_parameters` or loading.
@@ -22,10 +23,16 @@ from ._attention import GroupedQueryAttention
 from ._cache import KVCache, KVCacheLayer
 from ._config import DecoderConfig
 from ._mask import AttentionMask
-from ._norm import RMSNorm
+from ._norm import RMSNorm, UnitOffsetRMSNorm
 from ._rope import RotaryEmbedding
 
-__all__ = ["CausalLM", "DecoderLayer", "TransformerDecoder", "positions_from_documents"]
+__all__ = [
+    "CausalLM",
+    "DecoderLayer",
+    "SandwichDecoderLayer",
+    "TransformerDecoder",
+    "positions_from_documents",
+]
 
 
 class DecoderLayer(nn.Module):
@@ -63,6 +70,51 @@ class DecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+class SandwichDecoderLayer(nn.Module):
+    """Pre- and post-norm block (Gemma 2): ``x + norm(attn(norm(x)))`` then ``x + norm(mlp(norm(x)))``.
+
+    The norm names are transformers' Gemma 2 names, so its state dicts load unchanged. Note that
+    ``post_attention_layernorm`` here normalises the attention *output*, unlike in
+    :class:`DecoderLayer`, where it is the norm before the MLP.
+
+    Args:
+        self_attn: Attention module.
+        mlp: Feed-forward module ``[b, s, d] -> [b, s, d]``.
+        input_layernorm: Norm before attention.
+        post_attention_layernorm: Norm of the attention output.
+        pre_feedforward_layernorm: Norm before the MLP.
+        post_feedforward_layernorm: Norm of the MLP output.
+    """
+
+    def __init__(
+        self,
+        self_attn: GroupedQueryAttention,
+        mlp: nn.Module,
+        input_layernorm: nn.Module,
+        post_attention_layernorm: nn.Module,
+        pre_feedforward_layernorm: nn.Module,
+        post_feedforward_layernorm: nn.Module,
+    ) -> None:
+        super().__init__()
+        self.self_attn = self_attn
+        self.mlp = mlp
+        self.input_layernorm = input_layernorm
+        self.post_attention_layernorm = post_attention_layernorm
+        self.pre_feedforward_layernorm = pre_feedforward_layernorm
+        self.post_feedforward_layernorm = post_feedforward_layernorm
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: AttentionMask,
+        kv_cache: KVCacheLayer | None = None,
+    ) -> torch.Tensor:
+        """Apply the block to ``x`` ``[b, s, d]`` (appending this layer's k/v to ``kv_cache``)."""
+        x = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), rope, mask, kv_cache))
+        return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+
+
 def positions_from_documents(document_ids: torch.Tensor) -> torch.Tensor:
     """Per-document positions ``[b, s]``: each run of equal ids counts from 0.
 
@@ -85,7 +137,8 @@ class TransformerDecoder(nn.Module):
         layers: The decoder layers, in order.
         norm: Final norm.
         rotary_emb: RoPE table producer shared by all layers.
-        embed_scale: Multiplier of the embeddings (1 for Llama).
+        embed_scale: Multiplier of the embeddings (1 for Llama, ``sqrt(d)`` for Gemma), applied in the
+            activation dtype as transformers does.
     """
 
     def __init__(
@@ -172,7 +225,7 @@ class CausalLM(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, std: float = 0.02) -> None:
-        """Initialise weights: normal(0, std) for linear and embedding weights, ones for norms.
+        """Initialise weights: normal(0, std) for linear and embedding weights, identity norms.
 
         Materialise first when built on the meta device (``model.to_empty(device=...)``).
         """
@@ -181,7 +234,7 @@ class CausalLM(nn.Module):
                 nn.init.normal_(module.weight, std=std)
                 if isinstance(module, nn.Linear) and module.bias is not None:
                     nn.init.zeros_(module.bias)
-            elif isinstance(module, RMSNorm | RotaryEmbedding):
+            elif isinstance(module, RMSNorm | UnitOffsetRMSNorm | RotaryEmbedding):
                 module.reset_parameters()
         self.tie_weights()
 

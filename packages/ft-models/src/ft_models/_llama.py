@@ -7,27 +7,24 @@ dtypes belong to a checkpoint, not to a shape, and are left unset).
 
 from __future__ import annotations
 
-import dataclasses
-
-import torch
-from torch import nn
-
-from ._attention import AttentionKernel, GroupedQueryAttention
+from ._attention import AttentionKernel
+from ._builder import attention, causal_lm
 from ._config import DecoderConfig, RopeConfig
-from ._decoder import CausalLM, DecoderLayer, TransformerDecoder
-from ._mlp import GatedMLP
+from ._decoder import CausalLM, DecoderLayer
+from ._family import Family
+from ._mlp import ACTIVATIONS, GatedMLP
 from ._norm import RMSNorm
-from ._rope import RotaryEmbedding
-from .errors import ConfigError
+from ._presets import preset_lookup
 
-__all__ = ["LLAMA_PRESETS", "build_llama", "llama_config"]
+__all__ = ["LLAMA", "LLAMA_PRESETS", "build_llama", "llama_config"]
 
 
 def build_llama(config: DecoderConfig, *, kernel: AttentionKernel | None = None) -> CausalLM:
     """Build a Llama-architecture model (parameters uninitialised, meta-device safe).
 
     Build under ``torch.device("meta")`` to allocate nothing, then load weights, or materialise with
-    ``to_empty`` and call ``reset_parameters``.
+    ``to_empty`` and call ``reset_parameters``. A ``sliding_window`` in the config (Mistral) is honoured
+    per layer.
 
     Args:
         config: Shapes and numerics.
@@ -36,36 +33,16 @@ def build_llama(config: DecoderConfig, *, kernel: AttentionKernel | None = None)
     c = config
     layers = [
         DecoderLayer(
-            self_attn=GroupedQueryAttention(
-                c.hidden_size,
-                c.num_attention_heads,
-                c.num_key_value_heads,
-                c.head_dim,
-                kernel=kernel,
-                bias=c.attention_bias,
-                o_bias=c.attention_bias,
+            self_attn=attention(c, i, kernel=kernel, bias=c.attention_bias, o_bias=c.attention_bias),
+            mlp=GatedMLP(
+                c.hidden_size, c.intermediate_size, bias=c.mlp_bias, activation=ACTIVATIONS[c.hidden_act]
             ),
-            mlp=GatedMLP(c.hidden_size, c.intermediate_size, bias=c.mlp_bias),
             input_layernorm=RMSNorm(c.hidden_size, c.rms_norm_eps),
             post_attention_layernorm=RMSNorm(c.hidden_size, c.rms_norm_eps),
         )
-        for _ in range(c.num_hidden_layers)
+        for i in range(c.num_hidden_layers)
     ]
-    decoder = TransformerDecoder(
-        # An explicit empty weight skips nn.Embedding's random init: it would be wasted work, and on the
-        # meta device it runs a reference decomposition that imports sympy and dynamo (~170 MB).
-        embed_tokens=nn.Embedding(
-            c.vocab_size, c.hidden_size, _weight=torch.empty(c.vocab_size, c.hidden_size)
-        ),
-        layers=layers,
-        norm=RMSNorm(c.hidden_size, c.rms_norm_eps),
-        rotary_emb=RotaryEmbedding(c.rope, c.head_dim),
-    )
-    lm_head = nn.Linear(c.hidden_size, c.vocab_size, bias=False)
-    model = CausalLM(config, decoder, lm_head)
-    if not model.model.rotary_emb.inv_freq.is_meta:
-        model.model.rotary_emb.reset_parameters()
-    return model
+    return causal_lm(c, layers, RMSNorm(c.hidden_size, c.rms_norm_eps))
 
 
 def _llama3_rope(theta: float, factor: float) -> RopeConfig:
@@ -116,15 +93,12 @@ LLAMA_PRESETS: dict[str, DecoderConfig] = {
 
 
 def llama_config(name: str, **overrides: object) -> DecoderConfig:
-    """A preset's :class:`DecoderConfig`, optionally with fields replaced (e.g. ``dtype="bfloat16"``).
+    """A Llama preset's :class:`DecoderConfig`, optionally with fields replaced (``dtype="bfloat16"``).
 
     Raises:
         ConfigError: Unknown preset name.
     """
-    try:
-        base = LLAMA_PRESETS[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown Llama preset {name!r} (known: {', '.join(sorted(LLAMA_PRESETS))})"
-        ) from None
-    return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
+    return preset_lookup(LLAMA_PRESETS, "Llama", name, overrides)
+
+
+LLAMA = Family(model_type="llama", architecture="LlamaForCausalLM", build=build_llama, presets=LLAMA_PRESETS)

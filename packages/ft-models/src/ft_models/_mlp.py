@@ -1,7 +1,9 @@
 """SwiGLU feed-forward block (Shazeer 2020, "GLU Variants Improve Transformer", arXiv:2002.05202).
 
 ``down_proj(silu(gate_proj(x)) * up_proj(x))`` with transformers' projection names, so HF state dicts
-and LoRA ``target_modules`` (``gate_proj``, ``up_proj``, ``down_proj``) match.
+and LoRA ``target_modules`` (``gate_proj``, ``up_proj``, ``down_proj``) match. The gate activation is
+injected: SiLU gives SwiGLU (Llama, Qwen, Mistral), GELU with the tanh approximation gives GeGLU
+(Gemma). :data:`ACTIVATIONS` maps transformers' ``hidden_act`` names to them.
 
 Shape legend: d model dim, f intermediate dim.
 """
@@ -12,7 +14,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GatedMLP"]
+__all__ = ["ACTIVATIONS", "GatedMLP", "gelu_tanh"]
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU with the tanh approximation (transformers' ``gelu_pytorch_tanh``)."""
+    return F.gelu(x, approximate="tanh")
+
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "silu": F.silu,
+    "gelu_pytorch_tanh": gelu_tanh,
+}
 
 
 class GatedMLP(nn.Module):
