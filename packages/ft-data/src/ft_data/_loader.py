@@ -1,0 +1,162 @@
+"""Deterministic, resumable, world-size-independent data loading with sequence packing.
+
+Per epoch, the *global order* of rows is a pure function of (seed, epoch, example lengths): the
+examples are shuffled with the loader's own ``torch.Generator`` (seeded from seed and epoch; the
+global RNG is never touched) and, when packing, placed best-fit into rows of ``max_seq_len`` tokens
+(each example goes into the fullest row it still fits, else opens a new row; rows keep creation
+order). Without packing a row is one example.
+
+A global step takes the next ``batch_size * world_size`` rows of that order; rank ``r`` reads the
+``r``-th block of ``batch_size`` of them. The loader's position is the number of global rows
+consumed in the current epoch (plus the epoch), so a run stopped after k steps resumes with
+``load_state_dict`` on any world size and reads exactly the rows an uninterrupted run would. An
+epoch ends at the last complete global batch (the tail, fewer than ``batch_size * world_size``
+rows, is skipped so that every rank steps together).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol
+
+import torch
+
+from ft_data._collate import collate_rows
+
+__all__ = ["Loader", "pack_rows", "row_order"]
+
+
+class _Examples(Protocol):
+    lengths: list[int]
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Mapping[str, Sequence[int]]: ...
+
+
+def pack_rows(order: Sequence[int], lengths: Sequence[int], max_seq_len: int) -> list[list[int]]:
+    """Best-fit packing of examples, taken in `order`, into rows of at most `max_seq_len` tokens.
+
+    Args:
+        order: Example indices in the order they are placed.
+        lengths: Token count of every example.
+        max_seq_len: Row capacity.
+
+    Returns:
+        Rows of example indices, in the order the rows were opened.
+    """
+    rows: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (remaining capacity, row index), sorted
+    for idx in order:
+        n = lengths[idx]
+        if n > max_seq_len:
+            raise ValueError(f"example {idx} has {n} tokens, more than max_seq_len={max_seq_len}")
+        at = bisect.bisect_left(free, (n, -1))
+        if at < len(free):
+            room, row = free.pop(at)
+        else:
+            room, row = max_seq_len, len(rows)
+            rows.append([])
+        rows[row].append(idx)
+        if room - n > 0:
+            bisect.insort(free, (room - n, row))
+    return rows
+
+
+def row_order(
+    lengths: Sequence[int], *, seed: int, epoch: int, max_seq_len: int, packed: bool, shuffle: bool
+) -> list[list[int]]:
+    """The global order of rows of an epoch (a pure function of its arguments)."""
+    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63))
+    n = len(lengths)
+    order = torch.randperm(n, generator=g).tolist() if shuffle else list(range(n))
+    return pack_rows(order, lengths, max_seq_len) if packed else [[i] for i in order]
+
+
+class Loader:
+    """Iterates this rank's batches of a tokenised dataset (``input_ids`` / ``labels`` examples).
+
+    Args:
+        dataset: Examples with `lengths` (e.g. `TokenizedDataset`).
+        batch_size: Rows per rank per step.
+        max_seq_len: Row length when packing (rows are padded to it).
+        seed: Seed of the shuffle.
+        world_size: Number of ranks reading the same global order.
+        rank: This rank.
+        packed: Pack several examples per row (else one example per row, padded to the longest).
+        shuffle: Shuffle examples each epoch.
+        pad_id: Id written on padding.
+    """
+
+    def __init__(
+        self,
+        dataset: _Examples,
+        *,
+        batch_size: int,
+        max_seq_len: int,
+        seed: int = 0,
+        world_size: int = 1,
+        rank: int = 0,
+        packed: bool = True,
+        shuffle: bool = True,
+        pad_id: int = 0,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} is outside world_size={world_size}")
+        self.dataset, self.batch_size, self.max_seq_len = dataset, batch_size, max_seq_len
+        self.seed, self.world_size, self.rank = seed, world_size, rank
+        self.packed, self.shuffle, self.pad_id = packed, shuffle, pad_id
+        self.epoch = 0
+        self.rows_consumed = 0
+        self._cache: tuple[int, list[list[int]]] | None = None
+
+    def rows(self, epoch: int) -> list[list[int]]:
+        """Global row order of `epoch` (example indices per row)."""
+        if self._cache is None or self._cache[0] != epoch:
+            order = row_order(
+                self.dataset.lengths,
+                seed=self.seed,
+                epoch=epoch,
+                max_seq_len=self.max_seq_len,
+                packed=self.packed,
+                shuffle=self.shuffle,
+            )
+            self._cache = (epoch, order)
+        return self._cache[1]
+
+    def steps_per_epoch(self) -> int:
+        """Complete global batches in an epoch."""
+        return len(self.rows(self.epoch)) // (self.batch_size * self.world_size)
+
+    def rank_rows(self, epoch: int, rows_consumed: int) -> list[list[int]]:
+        """The rows this rank reads at the global step starting after `rows_consumed` rows."""
+        start = rows_consumed + self.rank * self.batch_size
+        return self.rows(epoch)[start : start + self.batch_size]
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches until the end of the current epoch; the position advances as each is yielded."""
+        step = self.batch_size * self.world_size
+        rows = self.rows(self.epoch)
+        while self.rows_consumed + step <= len(rows):
+            chosen = self.rank_rows(self.epoch, self.rows_consumed)
+            batch = collate_rows(
+                [[self.dataset[i] for i in row] for row in chosen],
+                pad_id=self.pad_id,
+                length=self.max_seq_len if self.packed else None,
+            )
+            self.rows_consumed += step
+            yield batch
+        self.epoch += 1
+        self.rows_consumed = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position: epoch and global rows consumed in it (world-size independent), plus the seed."""
+        return {"epoch": self.epoch, "rows_consumed": self.rows_consumed, "seed": self.seed}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume at a saved position (saved with any world size and batch size)."""
+        if int(state["seed"]) != self.seed:
+            raise ValueError(f"loader state has seed {state['seed']}, this loader seed {self.seed}")
+        self.epoch = int(state["epoch"])
+        self.rows_consumed = int(state["rows_consumed"])
