@@ -1,0 +1,120 @@
+"""Recipe ``generate``: one prompt, or an interactive chat on stdin, streamed as tokens come.
+
+``tune run generate --config smollm2/135M_generate prompt="Hi"`` answers one prompt;
+``prompt=null`` reads one user turn per line from stdin and keeps the conversation (rendered with
+the model's chat template; the KV cache keeps earlier turns, so each turn only feeds its new tokens).
+The model comes from an HF directory, a GGUF file or a training output, optionally with a PEFT
+adapter. Flow: setup (device, precision, model, tokenizer) -> generate -> cleanup.
+
+Copy it with ``tune cp generate ./my_generate.py`` and run the copy with
+``tune run ./my_generate.py --config ./my_generate.yaml``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from ft_recipes._decode import SamplingOptions, Session, TextStream
+from ft_recipes._setup import load_model_and_tokenizer, pick_device, pick_dtype, stop_token_ids
+from ft_recipes.config import Component
+
+__all__ = ["FILE_KEYS", "PROVIDED", "Config", "Sampling", "main"]
+
+DISTRIBUTED = False
+# The recipe passes these keywords itself (from `device` and `precision`).
+PROVIDED = {"model": {"dtype", "device"}}
+# Paths that must exist for a run (`tune validate` only warns unless --check-files).
+FILE_KEYS = ("model.path", "tokenizer.path", "adapter")
+
+
+@dataclass
+class Sampling:
+    """Next-token choice: ``temperature: 0`` is greedy; ``seed`` makes sampling repeatable."""
+
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = 0
+
+
+@dataclass
+class Config:
+    """Schema of a ``generate`` config (every key is checked, unknown keys are errors)."""
+
+    model: Component
+    tokenizer: Component
+    adapter: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    prompt: str | None = None
+    system: str | None = None
+    chat_template: bool = True
+    max_new_tokens: int = 256
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+def _render(messages: list[dict[str, str]], tokenizer: Any, use_template: bool) -> str:
+    """The prompt text for ``messages``: the model's chat template, or the bare last message."""
+    if not use_template:
+        return messages[-1]["content"]
+    import ft_data
+
+    apply = getattr(ft_data, "apply_chat_template", None)
+    if apply is not None and tokenizer.chat_template:
+        return str(apply(messages, tokenizer=tokenizer, add_generation_prompt=True))
+    # ChatML (SmolLM2, Qwen) when no template engine or template is available.
+    turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    return turns + "<|im_start|>assistant\n"
+
+
+def _answer(
+    session: Session, tokenizer: Any, messages: list[dict[str, str]], cfg: Config, gen: torch.Generator
+) -> str:
+    """Stream one assistant answer to stdout and return its text."""
+    text = _render(messages, tokenizer, cfg.chat_template)
+    prompt = tokenizer.encode(text, allow_special=cfg.chat_template)
+    stops = stop_token_ids(tokenizer)
+    opts = SamplingOptions(cfg.sampling.temperature, cfg.sampling.top_k, cfg.sampling.top_p)
+    stream, ids = TextStream(tokenizer.decode), []
+    for token in session.generate(prompt, cfg.max_new_tokens, opts=opts, stop_ids=stops, generator=gen):
+        if token in stops:
+            break
+        ids.append(token)
+        sys.stdout.write(stream.push(token))
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    return str(tokenizer.decode(ids))
+
+
+def main(cfg: Config) -> None:
+    """Set up, then answer the prompt or chat until stdin ends (or a line ``/exit``)."""
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.precision, device)
+    model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.tokenizer, cfg.adapter, device, dtype)
+    print(f"[generate] device={device} dtype={str(dtype).removeprefix('torch.')}", file=sys.stderr)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(cfg.sampling.seed if cfg.sampling.seed is not None else torch.seed())
+    session = Session(model, device)
+    messages = [{"role": "system", "content": cfg.system}] if cfg.system else []
+    if cfg.prompt is not None:
+        _answer(session, tokenizer, [*messages, {"role": "user", "content": cfg.prompt}], cfg, gen)
+        return
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            sys.stderr.write("you> ")
+            sys.stderr.flush()
+        line = sys.stdin.readline()
+        if not line or line.strip() == "/exit":
+            break
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line.rstrip("\n")})
+        reply = _answer(session, tokenizer, messages, cfg, gen)
+        messages.append({"role": "assistant", "content": reply})
+        print(f"[generate] turn {len(messages) // 2}: {session.reused} cached tokens reused", file=sys.stderr)
