@@ -293,3 +293,21 @@ def test_template_errors(tokenizers) -> None:
         ft_data.tokenize_chat(PLAIN[:1], tokenizer=tok)
     with pytest.raises(ChatTemplateError, match="underscore"):
         ft_data.apply_chat_template(PLAIN, tokenizer=tok, template="{% set ns = namespace(_x=1) %}")
+
+
+def test_inspect_shows_trained_tokens(tokenizers) -> None:
+    tok, hf = tokenizers["smollm"]
+    messages = [SYSTEM, *PLAIN]
+    chat = ft_data.tokenize_chat(messages, tokenizer=tok)
+    views = ft_data.inspect_example(chat.input_ids, chat.labels, tok)
+    assert [v.id for v in views] == hf.apply_chat_template(messages, tokenize=True, return_dict=False)
+    assert "".join(v.text for v in views if v.trained) == "13023.<|im_end|>26046, twice the sum.<|im_end|>"
+    table = ft_data.format_example(chat.input_ids, chat.labels, tok)
+    lines = table.splitlines()
+    assert lines[0] == f"{len(views)} tokens, {sum(chat.mask)} trained (+)"
+    assert len(lines) == len(views) + 1
+    assert [line.split()[1] for line in lines[1:]] == ["+" if v.trained else "." for v in views]
+    # Wrong variant: labels that are not the shifted ids (unshifted labels) are refused.
+    unshifted = [t if m else -100 for t, m in zip(chat.input_ids, chat.mask)]
+    with pytest.raises(ValueError, match="neither -100 nor"):
+        ft_data.inspect_example(chat.input_ids, unshifted, tok)

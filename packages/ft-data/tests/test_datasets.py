@@ -117,7 +117,7 @@ def test_text_completion(tok, hf, tmp_path: Path) -> None:
     ds = ft_data.build_dataset(_jsonl(tmp_path / "t.jsonl", [{"body": t} for t in texts]), tokenizer=tok,
                                kind="text", columns={"text": "body"}, use_cache=False)  # fmt: skip
     for i, text in enumerate(texts):
-        ids = hf.encode(text, add_special_tokens=False) + [hf.eos_token_id]
+        ids = [*hf.encode(text, add_special_tokens=False), hf.eos_token_id]
         assert ds[i]["input_ids"] == ids
         assert ds[i]["labels"] == [*ids[1:], -100]
 
@@ -202,7 +202,8 @@ def test_stale_cache_would_be_wrong(tok, tmp_path: Path) -> None:
     import importlib.util
 
     spec = importlib.util.find_spec("llama_models")
-    assert spec is not None and spec.origin is not None
+    assert spec is not None
+    assert spec.origin is not None
     llama = ft_data.load_tokenizer(Path(spec.origin).parent / "llama3" / "tokenizer.model")
     a = ft_data.build_dataset(path, tokenizer=tok, template="chatml", cache_dir=tmp_path / "c")
     b = ft_data.build_dataset(path, tokenizer=llama, template="chatml", cache_dir=tmp_path / "c")
