@@ -106,9 +106,12 @@ def _read(data: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 def _write(config: DecoderConfig) -> dict[str, Any]:
+    scalar = config.query_pre_attn_scalar
+    if scalar is not None and float(scalar).is_integer():
+        scalar = int(scalar)  # transformers' Gemma2Config declares an int
     return {
         "hidden_activation": config.hidden_act,  # the key transformers' Gemma 2 reads
-        "query_pre_attn_scalar": config.query_pre_attn_scalar,
+        "query_pre_attn_scalar": scalar,
         "attn_logit_softcapping": config.attn_logit_softcapping,
         "final_logit_softcapping": config.final_logit_softcapping,
         "sliding_window": config.sliding_window,
