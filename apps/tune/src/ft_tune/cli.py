@@ -185,10 +185,14 @@ def run_cmd(
     """Run RECIPE (a registered name or a .py file) with CONFIG and OVERRIDES."""
     from ft_recipes._run import load_recipe, prepare, run
     from ft_recipes.errors import UserError
+    from ft_recipes.registry import RECIPES
 
     given = {k: v for k, v in dist.items() if v is not None}
     if os.environ.get("FT_TUNE_WORKER") == "1":
         given = {}  # already under torchrun
+    if given and recipe in RECIPES and not RECIPES[recipe].distributed:  # refused before importing torch
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise UserError(f"recipe {recipe!r} runs on a single device; remove {flags}")
     module = load_recipe(recipe)
     if given and not getattr(module, "DISTRIBUTED", False):
         flags = ", ".join("--" + k.replace("_", "-") for k in given)

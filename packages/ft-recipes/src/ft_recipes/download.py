@@ -79,7 +79,9 @@ def download(
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
+    from huggingface_hub.utils import logging as hf_logging
 
+    hf_logging.set_verbosity_error()  # retries are the client's business; failures end in one line here
     token = token or os.environ.get("HF_TOKEN") or None
     target = Path(output_dir) if output_dir is not None else Path(repo_id.split("/")[-1])
     try:

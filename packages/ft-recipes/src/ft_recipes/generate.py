@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-
-from ft_recipes._decode import SamplingOptions, Session, TextStream
-from ft_recipes._setup import load_model_and_tokenizer, pick_device, pick_dtype, stop_token_ids
 from ft_recipes.config import Component
+
+if TYPE_CHECKING:
+    import torch
+
+    from ft_recipes._decode import Session
+
+# torch and the model code are imported inside `main`, so `tune validate` checks this file's schema
+# without paying for them.
 
 __all__ = ["FILE_KEYS", "PROVIDED", "Config", "Sampling", "main"]
 
@@ -75,6 +79,9 @@ def _answer(
     session: Session, tokenizer: Any, messages: list[dict[str, str]], cfg: Config, gen: torch.Generator
 ) -> str:
     """Stream one assistant answer to stdout and return its text."""
+    from ft_recipes._decode import SamplingOptions, TextStream
+    from ft_recipes._setup import stop_token_ids
+
     text = _render(messages, tokenizer, cfg.chat_template)
     prompt = tokenizer.encode(text, allow_special=cfg.chat_template)
     stops = stop_token_ids(tokenizer)
@@ -93,6 +100,11 @@ def _answer(
 
 def main(cfg: Config) -> None:
     """Set up, then answer the prompt or chat until stdin ends (or a line ``/exit``)."""
+    import torch
+
+    from ft_recipes._decode import Session
+    from ft_recipes._setup import load_model_and_tokenizer, pick_device, pick_dtype
+
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.precision, device)
     model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.tokenizer, cfg.adapter, device, dtype)
