@@ -28,6 +28,8 @@ _BLOCK = {
     "mlp.gate_proj": "ffn_gate",
     "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
+    "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm",
 }
 _GLOBAL = {
     "model.embed_tokens.weight": "token_embd.weight",
@@ -79,6 +81,7 @@ def write_llama_gguf(
     omit_keys: Iterable[str] = (),
     tokens: list[str] | None = None,
     extra_tensors: Mapping[str, np.ndarray] | None = None,
+    permute_rotary: bool = True,
 ) -> Path:
     """Write ``state_dict`` (HF names, rotate-half q/k) as a llama.cpp-style GGUF file.
 
@@ -93,6 +96,8 @@ def write_llama_gguf(
         omit_keys: Metadata keys (with the prefix) left out, to test missing-key errors.
         tokens: A vocabulary for ``tokenizer.ggml.tokens``.
         extra_tensors: Tensors written as is under their GGUF names.
+        permute_rotary: Interleave q/k rows as llama.cpp does for Llama (its Qwen2 / Qwen3 files keep
+            the rotate-half order).
     """
     arch = architecture
     omit = set(omit_keys)
@@ -133,9 +138,9 @@ def write_llama_gguf(
     for hf_name, tensor in state_dict.items():
         name = gguf_name(hf_name)
         w = tensor.detach().to(torch.float32).numpy()
-        if ".attn_q." in name:  # weight and bias alike
+        if permute_rotary and ".attn_q." in name:  # weight and bias alike
             w = interleave_rotary_rows(w, n_heads)
-        elif ".attn_k." in name:
+        elif permute_rotary and ".attn_k." in name:
             w = interleave_rotary_rows(w, n_kv)
         module = name.split(".")[-2]
         qtype = (quant or {}).get(module, Q.F32) if w.ndim == 2 else Q.F32

@@ -8,7 +8,8 @@ block-quantised tensors under llama.cpp's names (``blk.{i}.attn_q.weight``). Rea
 * dequantise every tensor to float32 with the ``gguf`` package (``gguf.quants.dequantize``), tensor by
   tensor and a few MiB of rows at a time, straight into the tensor that is returned, so loading holds
   the fp32 weights plus one small chunk;
-* undo llama.cpp's row permutation of ``q_proj``/``k_proj``: its converter reorders each head's rows so
+* undo llama.cpp's row permutation of ``q_proj``/``k_proj`` (Llama only; Qwen2 / Qwen3 files keep the
+  rotate-half order): its converter reorders each head's rows so
   the rotary pairs of RoPE (Su et al. 2021, arXiv:2104.09864) are adjacent, ``(x0, x1), (x2, x3), ...``,
   the interleaved layout of its kernels; ft, like transformers, pairs dimension ``j`` with ``j + h_d/2``
   (rotate-half). The permutation moves rows only and quantisation blocks run along rows, so it is undone
@@ -22,6 +23,7 @@ checked to reproduce it. Shape legend: ``h_d`` head dim, ``n_h`` heads, ``C`` in
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import mmap
 import re
@@ -141,7 +143,30 @@ _LLAMA = _Architecture(
     present_flags={"attention_bias": "blk.0.attn_q.bias"},
 )
 
-_ARCHITECTURES: dict[str, _Architecture] = {"llama": _LLAMA}
+# Qwen2 and Qwen3: llama.cpp keeps their q/k rows in the rotate-half order (its NeoX RoPE mode), so no
+# rows are un-permuted; Qwen2's q/k/v biases are part of the architecture, Qwen3 adds per-head q/k norms.
+_QWEN2 = dataclasses.replace(
+    _LLAMA,
+    model_type="qwen2",
+    architectures=("Qwen2ForCausalLM",),
+    constants={"hidden_act": "silu"},
+    rotary_rows={},
+    rope_factors=None,
+    present_flags={},
+)
+_QWEN3 = dataclasses.replace(
+    _QWEN2,
+    model_type="qwen3",
+    architectures=("Qwen3ForCausalLM",),
+    block_tensors={
+        **_LLAMA.block_tensors,
+        "attn_q_norm": "self_attn.q_norm",
+        "attn_k_norm": "self_attn.k_norm",
+    },
+    present_flags={"attention_bias": "blk.0.attn_q.bias"},
+)
+
+_ARCHITECTURES: dict[str, _Architecture] = {"llama": _LLAMA, "qwen2": _QWEN2, "qwen3": _QWEN3}
 SUPPORTED_GGUF_ARCHITECTURES: tuple[str, ...] = tuple(_ARCHITECTURES)
 
 
