@@ -16,6 +16,7 @@ import sys
 import sysconfig
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -157,4 +158,32 @@ def llama_cpp_templates() -> Path:
                 assert src is not None
                 (tmp / member.name.rsplit("/", 1)[-1]).write_bytes(src.read())
     tmp.rename(out)
+    return out
+
+
+def _site(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    assert spec is not None
+    assert spec.origin is not None
+    return Path(spec.origin).parent
+
+
+@pytest.fixture(scope="session")
+def tokenizers(smollm_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Any, Any]]:
+    """ft tokenizer and transformers' AutoTokenizer of its save_pretrained output, per source."""
+    sources = {
+        "smollm": smollm_gguf,
+        "llama3": _site("llama_models") / "llama3" / "tokenizer.model",
+        "tekken": _site("mistral_common") / "data" / "tekken_240911.json",
+    }
+    from transformers import AutoTokenizer
+
+    from ft_data import load_tokenizer
+
+    out = {}
+    for name, path in sources.items():
+        tok = load_tokenizer(path)
+        saved = tmp_path_factory.mktemp(name)
+        tok.save_pretrained(saved)
+        out[name] = (tok, AutoTokenizer.from_pretrained(saved))
     return out

@@ -7,13 +7,12 @@ GGUF converter, which is wrong for SmolLM2).
 
 from __future__ import annotations
 
-import importlib.util
+import itertools
 from pathlib import Path
 
 import jinja2
 import jinja2.sandbox
 import pytest
-from transformers import AutoTokenizer
 
 import ft_data
 from ft_data.errors import ChatTemplateError
@@ -59,30 +58,6 @@ CASES = {
     "gemma2": ("google-gemma-2-2b-it.jinja", "smollm", False, False),
 }
 KWARGS = {"date_string": "26 Jul 2024"}
-
-
-def _site(package: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    assert spec is not None
-    assert spec.origin is not None
-    return Path(spec.origin).parent
-
-
-@pytest.fixture(scope="session")
-def tokenizers(smollm_gguf: Path, tmp_path_factory) -> dict[str, tuple[ft_data.Tokenizer, object]]:
-    """ft tokenizer and transformers' AutoTokenizer of its save_pretrained output, per source."""
-    sources = {
-        "smollm": smollm_gguf,
-        "llama3": _site("llama_models") / "llama3" / "tokenizer.model",
-        "tekken": _site("mistral_common") / "data" / "tekken_240911.json",
-    }
-    out = {}
-    for name, path in sources.items():
-        tok = ft_data.load_tokenizer(path)
-        saved = tmp_path_factory.mktemp(name)
-        tok.save_pretrained(saved)
-        out[name] = (tok, AutoTokenizer.from_pretrained(saved))
-    return out
 
 
 def _chats(system: bool, tools: bool) -> dict[str, tuple[list[dict], list[dict] | None]]:
@@ -311,3 +286,27 @@ def test_inspect_shows_trained_tokens(tokenizers) -> None:
     unshifted = [t if m else -100 for t, m in zip(chat.input_ids, chat.mask)]
     with pytest.raises(ValueError, match="neither -100 nor"):
         ft_data.inspect_example(chat.input_ids, unshifted, tok)
+
+
+def test_token_ranges_at_cuts_against_transformers_offsets(tokenizers, corpus: str) -> None:
+    """Token character ranges used for the mask, where a cut falls inside tokens (the decoding path),
+    against transformers' offsets of the same tokens: each offset lies within ft's range."""
+    from ft_data._chat import _encode_with_cuts
+
+    tok, hf = tokenizers["smollm"]
+    text = corpus[:1500] + corpus[-1500:]  # emoji names with emoji (multi-byte), then Python
+    cuts = list(range(7, len(text), 41))
+    ids, ranges = _encode_with_cuts(tok, text, cuts)
+    enc = hf(text, add_special_tokens=False, return_offsets_mapping=True)
+    assert ids == enc["input_ids"]
+    assert ranges[0][0] == 0
+    assert ranges[-1][1] == len(text)
+    starts, ends = [a for a, _ in ranges], [b for _, b in ranges]
+    assert starts == sorted(starts)
+    assert ends == sorted(ends)
+    assert all(b > a for a, b in ranges)  # tokens splitting a character share its range
+    for (a, b), (x, y) in zip(ranges, enc["offset_mapping"]):
+        assert a <= x <= y <= b, ((a, b), (x, y))
+    # the cut-free path gives the same ids and ranges that end on the cuts
+    split = _encode_with_cuts(tok, "user\nHello there", [5])
+    assert split == (tok.encode("user\nHello there"), [(0, 5), (0, 5), (5, 16), (5, 16)])

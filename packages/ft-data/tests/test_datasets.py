@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-from transformers import AutoTokenizer
 
 import ft_data
 from ft_data import _cache
@@ -34,15 +33,13 @@ ALPACA = [
 
 
 @pytest.fixture(scope="module")
-def tok(smollm_gguf: Path) -> ft_data.Tokenizer:
-    return ft_data.load_tokenizer(smollm_gguf)
+def tok(tokenizers) -> ft_data.Tokenizer:
+    return tokenizers["smollm"][0]
 
 
 @pytest.fixture(scope="module")
-def hf(tok, tmp_path_factory):
-    out = tmp_path_factory.mktemp("smollm")
-    tok.save_pretrained(out)
-    return AutoTokenizer.from_pretrained(out)
+def hf(tokenizers):
+    return tokenizers["smollm"][1]
 
 
 def _jsonl(path: Path, rows: list[dict]) -> Path:
@@ -196,15 +193,10 @@ def test_cache_hit_and_every_key_component(tok, tmp_path: Path, monkeypatch) -> 
     assert ft_data.build_dataset(path, **kw).report.cache == "built"
 
 
-def test_stale_cache_would_be_wrong(tok, tmp_path: Path) -> None:
+def test_stale_cache_would_be_wrong(tok, tokenizers, tmp_path: Path) -> None:
     """Why the tokenizer is in the key: another tokenizer gives other ids for the same data."""
     path = _jsonl(tmp_path / "chat.jsonl", [{"messages": m} for m in CHATS])
-    import importlib.util
-
-    spec = importlib.util.find_spec("llama_models")
-    assert spec is not None
-    assert spec.origin is not None
-    llama = ft_data.load_tokenizer(Path(spec.origin).parent / "llama3" / "tokenizer.model")
+    llama = tokenizers["llama3"][0]
     a = ft_data.build_dataset(path, tokenizer=tok, template="chatml", cache_dir=tmp_path / "c")
     b = ft_data.build_dataset(path, tokenizer=llama, template="chatml", cache_dir=tmp_path / "c")
     assert b.report.cache == "built"
