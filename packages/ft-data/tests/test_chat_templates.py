@@ -7,7 +7,6 @@ GGUF converter, which is wrong for SmolLM2).
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import jinja2
