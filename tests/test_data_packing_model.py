@@ -1,8 +1,9 @@
 """Packed batches from ft-data through a tiny ft model: every example's summed cross-entropy equals
 the one it gets alone (block-causal mask, per-document positions, labels shifted per example).
 
-SmolLM2's real tokenizer and chat template make the examples; the tiny model has SmolLM2's vocabulary
-with awkward shapes (GQA 5:1, head_dim 12 != 40 / 5) and weights with std 0.3 so attention matters.
+SmolLM2's real tokenizer and chat template make the examples; the tiny model covers SmolLM2's
+vocabulary with awkward shapes (odd vocabulary of 49157, GQA 5:1, head_dim 12 != 40 / 5) and weights
+with std 0.3 so that attention matters.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def model() -> ft_models.CausalLM:
         num_attention_heads=5,
         num_key_value_heads=1,
         head_dim=12,
+        vocab_size=49157,  # odd, above the tokenizer's 49152
         tie_word_embeddings=False,
     )
     torch.manual_seed(0)

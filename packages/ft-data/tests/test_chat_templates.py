@@ -309,3 +309,21 @@ def test_token_ranges_at_cuts_against_transformers_offsets(tokenizers, corpus: s
     # the cut-free path gives the same ids and ranges that end on the cuts
     split = _encode_with_cuts(tok, "user\nHello there", [5])
     assert split == (tok.encode("user\nHello there"), [(0, 5), (0, 5), (5, 16), (5, 16)])
+
+
+def test_load_chat_template_sources(
+    tokenizers, smollm_gguf: Path, tmp_path: Path, llama_cpp_templates: Path
+) -> None:
+    tok, hf = tokenizers["smollm"]
+    from_gguf = ft_data.load_chat_template(smollm_gguf)
+    assert from_gguf == tok.chat_template == hf.chat_template
+    tok.save_pretrained(tmp_path / "saved")
+    assert ft_data.load_chat_template(tmp_path / "saved") == from_gguf
+    assert ft_data.load_chat_template(tmp_path / "saved" / "tokenizer_config.json") == from_gguf
+    jinja = llama_cpp_templates / CASES["qwen2.5"][0]
+    by_path = ft_data.apply_chat_template(PLAIN, tokenizer=tok, template=str(jinja))
+    assert by_path == hf.apply_chat_template(
+        PLAIN, chat_template=jinja.read_text(encoding="utf-8"), tokenize=False
+    )
+    with pytest.raises(ChatTemplateError, match="not a built-in name"):
+        ft_data.apply_chat_template(PLAIN, tokenizer=tok, template="no-such-template")
