@@ -327,3 +327,20 @@ def test_load_chat_template_sources(
     )
     with pytest.raises(ChatTemplateError, match="not a built-in name"):
         ft_data.apply_chat_template(PLAIN, tokenizer=tok, template="no-such-template")
+
+
+@pytest.mark.parametrize("case", ["llama3.1", "gemma2"])
+def test_content_trimmed_by_template(case: str, tokenizers, llama_cpp_templates: Path) -> None:
+    """Llama 3.1 and Gemma 2 `trim` message content: the mask covers what the template writes."""
+    file, tok_name, _, _ = CASES[case]
+    source = (llama_cpp_templates / file).read_text(encoding="utf-8")
+    tok, hf = tokenizers[tok_name]
+    messages = [
+        {"role": "user", "content": "  Spaces around?\n"},
+        {"role": "assistant", "content": "\n  Trimmed answer.  \n"},
+    ]
+    chat = ft_data.tokenize_chat(messages, tokenizer=tok, template=source, **KWARGS)
+    kw = {"chat_template": source, **KWARGS}
+    assert chat.input_ids == hf.apply_chat_template(messages, tokenize=True, return_dict=False, **kw)
+    marker = "<|eot_id|>" if case == "llama3.1" else "<end_of_turn>"
+    assert _trained_runs(tok, chat) == ["Trimmed answer." + marker]

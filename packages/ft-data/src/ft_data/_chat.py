@@ -107,36 +107,59 @@ class _Renderer:
         )
 
 
+def _lcs(a: str, b: str) -> int:
+    """Length of the longest common suffix."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[len(a) - mid :] == b[len(b) - mid :]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 def _locate(
     text: str, dicts: list[dict[str, Any]], i: int, renderer: _Renderer, sentinel: str
 ) -> tuple[int, int]:
     """(start, end) of message `i`'s content in `text`, by rendering with a sentinel around it.
 
-    A message that only calls tools, in a template that does not write its content, starts where
-    the generation prompt ends (when the conversation up to it renders as a prefix of `text`).
+    The start is where the rendering with the sentinel before the content departs from `text`
+    (common prefix); the end is where the rendering with the sentinel after it rejoins `text`
+    (common suffix), so content the template trims is located by what it really writes. A message
+    that only calls tools, in a template that does not write its content, starts where the
+    generation prompt ends (when the conversation up to it renders as a prefix of `text`), else at
+    the last special token before its first function name.
     """
     content = dicts[i].get("content") or ""
-    bounds = []
-    for probe in (sentinel + content, content + sentinel):
-        other = renderer([*dicts[:i], {**dicts[i], "content": probe}, *dicts[i + 1 :]])
-        at = _lcp(text, other)
-        mark = other.find(sentinel, at)
-        # the sentinel must be where the renderings part (after whitespace the template trimmed)
-        if mark < 0 or other[at:mark].strip():
-            if not content and dicts[i].get("tool_calls"):
-                prompt = _Renderer.with_generation_prompt(renderer)(dicts[:i])
-                if text.startswith(prompt):
-                    return len(prompt), len(prompt)
-                start = _locate_call(text, dicts, i, renderer, sentinel)
-                return start, start
-            raise ChatTemplateError(
-                f"chat template {renderer.name}: message {i} ({dicts[i]['role']}) content is not written "
-                "verbatim, so its tokens cannot be located"
-            )
-        bounds.append(at)
-        if not content:
-            break
-    return bounds[0], bounds[-1]
+
+    def probe(value: str) -> str:
+        return renderer([*dicts[:i], {**dicts[i], "content": value}, *dicts[i + 1 :]])
+
+    before = probe(sentinel + content)
+    start = _lcp(text, before)
+    mark = before.find(sentinel, start)
+    # the sentinel must be where the renderings part (after whitespace the template trimmed)
+    if mark < 0 or before[start:mark].strip():
+        if not content and dicts[i].get("tool_calls"):
+            prompt = _Renderer.with_generation_prompt(renderer)(dicts[:i])
+            at = len(prompt) if text.startswith(prompt) else _locate_call(text, dicts, i, renderer, sentinel)
+            return at, at
+        raise ChatTemplateError(
+            f"chat template {renderer.name}: message {i} ({dicts[i]['role']}) content is not written "
+            "verbatim, so its tokens cannot be located"
+        )
+    if not content:
+        return start, start
+    after = probe(content + sentinel)
+    tail = _lcs(text, after)
+    end = len(text) - tail
+    if after[: len(after) - tail].rstrip()[-1:] != sentinel or end < start:
+        raise ChatTemplateError(
+            f"chat template {renderer.name}: message {i} ({dicts[i]['role']}) content is not written "
+            "verbatim, so its tokens cannot be located"
+        )
+    return start, end
 
 
 def _locate_call(text: str, dicts: list[dict[str, Any]], i: int, renderer: _Renderer, sentinel: str) -> int:
