@@ -52,3 +52,23 @@ def test_preset_lookup_across_families() -> None:
     assert ft_models.preset_config("gemma2-9b", dtype="bfloat16").dtype == "bfloat16"
     with pytest.raises(ConfigError, match=r"qwen2\.5-7b"):  # the message lists the known names
         ft_models.preset_config("qwen9-1t")
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"model_type": "gemma2", "hidden_activation": "relu"}, "hidden_activation"),
+        ({"model_type": "qwen2", "hidden_act": "gelu"}, "hidden_act"),
+        ({"model_type": "gemma2", "layer_types": ["full_attention"]}, "layer_types"),
+        (
+            {"model_type": "qwen3", "layer_types": ["full_attention", "chunked", "full_attention"]},
+            "layer_types",
+        ),
+        ({"model_type": "mistral", "sliding_window": 0}, "sliding_window"),
+    ],
+)
+def test_bad_family_keys_name_file_and_key(change: dict[str, object], key: str, tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**shape("gqa7"), **change}))
+    with pytest.raises(ConfigError, match=rf"{path}.*{key}"):
+        DecoderConfig.from_file(path)

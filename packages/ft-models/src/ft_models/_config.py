@@ -195,7 +195,10 @@ class DecoderConfig:
             "mlp_bias": bool(data.get("mlp_bias", False)),
             "hidden_act": data.get("hidden_act", "silu"),
         }
-        fields.update(family.read(data, source))  # family keys and family defaults
+        try:
+            fields.update(family.read(data, source))  # family keys and family defaults
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{source}: a {model_type} key has an invalid value ({e})") from None
         act_key = family.activation_key
         if fields["hidden_act"] not in family.activations:
             raise ConfigError(
