@@ -344,3 +344,39 @@ def test_content_trimmed_by_template(case: str, tokenizers, llama_cpp_templates:
     assert chat.input_ids == hf.apply_chat_template(messages, tokenize=True, return_dict=False, **kw)
     marker = "<|eot_id|>" if case == "llama3.1" else "<end_of_turn>"
     assert _trained_runs(tok, chat) == ["Trimmed answer." + marker]
+
+
+def test_end_of_turn_must_precede_next_message(tokenizers, llama_cpp_templates: Path) -> None:
+    """Solar ends a tool-call turn with `<|calls|>`: no known marker lies before the tool result, which
+    must never be trained; the error asks for the marker, and with it the turn ends there."""
+    tok, _ = tokenizers["smollm"]
+    source = (llama_cpp_templates / "upstage-Solar-Open-100B.jinja").read_text(encoding="utf-8")
+    messages = [SYSTEM, *TOOL_CHAT]
+    with pytest.raises(ChatTemplateError, match="no end-of-turn marker after assistant message 2"):
+        ft_data.tokenize_chat(messages, tokenizer=tok, template=source, tools=TOOLS)
+    chat = ft_data.tokenize_chat(
+        messages, tokenizer=tok, template=source, tools=TOOLS, end_of_turn=["<|calls|>"]
+    )
+    runs = _trained_runs(tok, chat)
+    assert len(runs) == 2
+    # the marker is plain text for this tokenizer: the token that crosses its end ("><") is trained too
+    assert runs[0].removesuffix("<").endswith("<|calls|>")
+    assert '{"temp": 21}' not in "".join(runs)
+
+
+def test_sentencepiece_tokenizer_ids(tokenizers, mistral_data: Path, tmp_path: Path) -> None:
+    """A SentencePiece tokenizer (Mistral v3, `[INST]` special) gives transformers' ids and masks."""
+    tok = ft_data.load_tokenizer(mistral_data / "mistral_instruct_tokenizer_240323.model.v3")
+    tok.save_pretrained(tmp_path)
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(tmp_path)
+    source = (
+        "{{ bos_token }}{% for m in messages %}{% if m.role == 'user' %}[INST] {{ m.content }} [/INST]"
+        "{% else %}{{ m.content }}{{ eos_token }}{% endif %}{% endfor %}"
+    )
+    chat = ft_data.tokenize_chat(PLAIN, tokenizer=tok, template=source)
+    assert chat.input_ids == hf.apply_chat_template(
+        PLAIN, chat_template=source, tokenize=True, return_dict=False
+    )
+    assert [r.strip() for r in _trained_runs(tok, chat)] == ["13023.</s>", "26046, twice the sum.</s>"]

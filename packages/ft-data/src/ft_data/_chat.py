@@ -20,6 +20,7 @@ with special-token text as plain text (data cannot inject control tokens), which
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 from collections.abc import Mapping, Sequence
@@ -163,18 +164,20 @@ def _locate(
 
 
 def _locate_call(text: str, dicts: list[dict[str, Any]], i: int, renderer: _Renderer, sentinel: str) -> int:
-    """Start of a tool-call-only message: the last special token before its first function name
-    (e.g. Mistral's ``[TOOL_CALLS]``), found by putting the sentinel into that name."""
+    """Start of a tool-call-only message: the last special token (e.g. Mistral's ``[TOOL_CALLS]``)
+    between the previous message's content and its first function name (found by putting the
+    sentinel into that name), else the end of the previous message's content."""
     calls = [dict(c) for c in dicts[i]["tool_calls"]]
     fn = dict(calls[0].get("function", calls[0]))
     fn["name"] = sentinel + str(fn.get("name", ""))
     calls[0] = {**calls[0], "function": fn} if "function" in calls[0] else fn
     other = renderer([*dicts[:i], {**dicts[i], "tool_calls": calls}, *dicts[i + 1 :]])
     at = _lcp(text, other)
-    specials = [m for m in renderer.specials if m in text[:at]]
-    if other[at : at + 1] != sentinel or not specials:
+    if other[at : at + 1] != sentinel:
         raise ChatTemplateError(f"chat template {renderer.name}: cannot locate the tool calls of message {i}")
-    return max(text.rfind(m, 0, at) for m in specials)
+    lower = _locate(text, dicts, i - 1, renderer, sentinel)[1] if i > 0 else 0
+    found = [text.rfind(m, lower, at) for m in renderer.specials]
+    return max([lower, *found])
 
 
 def _special_spans(
@@ -231,6 +234,7 @@ def tokenize_chat(
     tools: Sequence[Mapping[str, Any]] | None = None,
     train_on: TrainOn = "assistant",
     special_in_content: Literal["text", "match"] = "text",
+    end_of_turn: Sequence[str] = (),
     **template_kwargs: Any,
 ) -> TokenizedChat:
     """Render and tokenise a conversation, with its loss mask and labels.
@@ -244,6 +248,7 @@ def tokenize_chat(
         train_on: ``assistant`` (every assistant turn), ``last`` (the last assistant turn) or ``all``.
         special_in_content: ``text`` encodes special-token text inside message content as plain
             text; ``match`` matches it as control tokens, exactly as transformers does.
+        end_of_turn: Extra end-of-turn marker texts (searched with `END_OF_TURN_MARKERS` and EOS).
         **template_kwargs: Extra template variables.
 
     Raises:
@@ -259,7 +264,7 @@ def tokenize_chat(
     sentinel = next(chr(c) for c in range(0xE000, 0xF8FF) if chr(c) not in text)
     specials = tokenizer.special_tokens
     eos = special_token_strings(tokenizer).get("eos_token")
-    markers = [m for m in (eos, *END_OF_TURN_MARKERS) if m]
+    markers = [m for m in (*end_of_turn, eos, *END_OF_TURN_MARKERS) if m]
 
     assistants = [i for i, d in enumerate(dicts) if d["role"] == "assistant"]
     if train_on == "last":
@@ -270,12 +275,17 @@ def tokenize_chat(
     else:
         for i in assistants:
             start, end = _locate(text, dicts, i, renderer, sentinel)
-            hits = [(text.find(m, end), m) for m in markers]
+            bound = len(text)
+            if i + 1 < len(dicts):  # the marker must come before the next message's content
+                with contextlib.suppress(ChatTemplateError):
+                    bound = _locate(text, dicts, i + 1, renderer, sentinel)[0]
+            hits = [(text.find(m, end, bound), m) for m in markers]
             found = [(at, m) for at, m in hits if at >= 0]
             if not found:
                 raise ChatTemplateError(
-                    f"chat template {renderer.name}: no end-of-turn marker after assistant message {i}; "
-                    "the model would never learn to stop"
+                    f"chat template {renderer.name}: no end-of-turn marker after assistant message {i} "
+                    "(pass end_of_turn=[...] with the marker the template writes); the model would never "
+                    "learn to stop"
                 )
             at, marker = min(found)
             spans.append((start, at + len(marker)))
