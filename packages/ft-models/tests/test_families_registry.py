@@ -65,6 +65,7 @@ def test_preset_lookup_across_families() -> None:
             "layer_types",
         ),
         ({"model_type": "mistral", "sliding_window": 0}, "sliding_window"),
+        ({"model_type": "gemma2", "use_bidirectional_attention": True}, "use_bidirectional_attention"),
     ],
 )
 def test_bad_family_keys_name_file_and_key(change: dict[str, object], key: str, tmp_path: Path) -> None:

@@ -89,6 +89,10 @@ def _cap(data: dict[str, Any], key: str, default: float) -> float | None:
 
 
 def _read(data: dict[str, Any], source: str) -> dict[str, Any]:
+    if data.get("use_bidirectional_attention"):
+        raise ConfigError(
+            f"{source}: key 'use_bidirectional_attention' = true is not supported (decoder only)"
+        )
     layers = int(data["num_hidden_layers"])
     window = data.get("sliding_window", 4096)
     types = data.get("layer_types") or [SLIDING if i % 2 == 0 else FULL for i in range(layers)]
