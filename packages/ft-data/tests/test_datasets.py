@@ -132,6 +132,14 @@ def test_preference(tok, hf, tmp_path: Path) -> None:
         ]
         assert ex[f"{side}_input_ids"] == hf.apply_chat_template(messages, tokenize=True, return_dict=False)
         assert tok.decode([t for t in ex[f"{side}_labels"] if t != -100]) == rows[0][side] + "<|im_end|>"
+    batch = ft_data.collate_preference([ex, ex], pad_id=tok.pad_id)
+    n = max(len(ex["chosen_input_ids"]), len(ex["rejected_input_ids"]))
+    assert batch["input_ids"].shape == (4, n)
+    for r, side in enumerate(("chosen", "chosen", "rejected", "rejected")):
+        real = batch["document_ids"][r] == 0
+        assert batch["input_ids"][r][real].tolist() == ex[f"{side}_input_ids"]
+        assert batch["labels"][r][real].tolist() == ex[f"{side}_labels"]
+        assert (batch["labels"][r][~real] == -100).all()
 
 
 def test_length_policy(tok, hf, tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from ft_data._sources import RowSource, read_rows
 from ft_data._template import BUILTIN_TEMPLATES, apply_chat_template, load_chat_template
 
 if TYPE_CHECKING:
-    from ft_data._collate import collate_generation, collate_rows
+    from ft_data._collate import collate_generation, collate_preference, collate_rows
     from ft_data._loader import Loader, pack_rows, row_order
 
 __version__ = "0.1.0"
@@ -39,6 +39,7 @@ _LAZY = {
     "row_order": "ft_data._loader",
     "collate_rows": "ft_data._collate",
     "collate_generation": "ft_data._collate",
+    "collate_preference": "ft_data._collate",
 }
 
 __all__ = [
@@ -59,6 +60,7 @@ __all__ = [
     "apply_chat_template",
     "build_dataset",
     "collate_generation",
+    "collate_preference",
     "collate_rows",
     "format_example",
     "from_alpaca",

@@ -20,7 +20,7 @@ import torch
 
 from ft_data._labels import IGNORE_INDEX
 
-__all__ = ["collate_generation", "collate_rows"]
+__all__ = ["collate_generation", "collate_preference", "collate_rows"]
 
 
 def collate_rows(
@@ -90,3 +90,24 @@ def collate_generation(prompts: Sequence[Sequence[int]], *, pad_id: int = 0) -> 
             position_ids[r, s - n :] = torch.arange(n)
             document_ids[r, s - n :] = 0
     return {"input_ids": input_ids, "position_ids": position_ids, "document_ids": document_ids}
+
+
+def collate_preference(
+    examples: Sequence[Mapping[str, Sequence[int]]], *, pad_id: int = 0
+) -> dict[str, torch.Tensor]:
+    """Preference batch: rows ``0..n-1`` are the chosen answers, rows ``n..2n-1`` the rejected ones.
+
+    Args:
+        examples: ``n`` examples with ``chosen_input_ids``, ``chosen_labels``, ``rejected_input_ids``
+            and ``rejected_labels`` (as `build_dataset(kind="preference")` makes them).
+        pad_id: Id written on padding.
+
+    Returns:
+        The four batch tensors, each ``[2n, s]``, right-padded to the longest of all ``2n`` rows.
+    """
+    rows = [
+        [{"input_ids": ex[f"{side}_input_ids"], "labels": ex[f"{side}_labels"]}]
+        for side in ("chosen", "rejected")
+        for ex in examples
+    ]
+    return collate_rows(rows, pad_id=pad_id)

@@ -170,6 +170,7 @@ def build_dataset(
     system: str | None = None,
     train_on: TrainOn | None = None,
     special_in_content: Literal["text", "match"] = "text",
+    end_of_turn: Sequence[str] = (),
     max_seq_len: int = 2048,
     length_policy: LengthPolicy = "truncate",
     cache_dir: str | os.PathLike[str] | None = None,
@@ -190,6 +191,7 @@ def build_dataset(
         system: System prompt added to chats that have none.
         train_on: ``assistant`` (default), ``last`` (default for preference) or ``all``.
         special_in_content: See `tokenize_chat`.
+        end_of_turn: Extra end-of-turn markers, see `tokenize_chat`.
         max_seq_len: Longest example kept (tokens).
         length_policy: ``truncate`` or ``drop`` examples over `max_seq_len`.
         cache_dir: Cache directory (default `$FT_DATA_CACHE` or ``~/.cache/ft/data``).
@@ -217,6 +219,7 @@ def build_dataset(
         "system": system,
         "train_on": train_on,
         "special_in_content": special_in_content,
+        "end_of_turn": list(end_of_turn),
         "max_seq_len": max_seq_len,
         "length_policy": length_policy,
     }
@@ -246,6 +249,7 @@ def build_dataset(
         tools=tools,
         train_on=train_on,
         special_in_content=special_in_content,
+        end_of_turn=end_of_turn,
         **(template_kwargs or {}),
     )
     fields: dict[str, list[list[int]]] = {}
