@@ -270,7 +270,7 @@ def inspect_cmd(config: str, overrides: tuple[str, ...], index: int, color: bool
     from ft_recipes.inspect import inspect_example
 
     use_color = sys.stdout.isatty() if color is None else color
-    click.echo(inspect_example(config, overrides, index=index, color=use_color), nl=False)
+    click.echo(inspect_example(config, overrides, index=index, color=use_color), nl=False, color=use_color)
 
 
 @main.command("completion")

@@ -32,6 +32,7 @@ __all__ = ["SHORT_NAMES", "check_components", "component_nodes", "instantiate", 
 SHORT_NAMES: dict[str, str] = {
     "from_pretrained": "ft_models.from_pretrained",
     "load_tokenizer": "ft_data.load_tokenizer",
+    "build_dataset": "ft_data.build_dataset",
     "apply_lora": "ft_peft.apply_lora",
     "QuantConfig": "ft_peft.QuantConfig",
     "AdamW": "torch.optim.AdamW",

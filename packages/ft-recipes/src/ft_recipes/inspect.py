@@ -1,0 +1,57 @@
+"""``tune data inspect``: one example of a config's dataset as the model sees it, token by token.
+
+The config needs a ``tokenizer`` and a ``dataset`` component (``ft_data.build_dataset``, which
+receives the tokenizer). The trained flag of each token is read back from the example's labels by
+ft-data, so the view shows what the loss will actually train on. In a terminal, trained tokens are
+green and the rest dim, inline; otherwise one token per line with ``+`` (trained) or ``.``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ft_recipes.config import COMPONENT, load_config
+from ft_recipes.config._components import instantiate, resolve_component
+from ft_recipes.errors import ConfigError, UserError
+from ft_recipes.registry import find_config
+
+__all__ = ["inspect_example"]
+
+_GREEN, _DIM, _RESET = "\x1b[42;30m", "\x1b[2m", "\x1b[0m"
+
+
+def inspect_example(
+    config: str, overrides: Sequence[str] = (), *, index: int = 0, color: bool = False
+) -> str:
+    """The rendering of example ``index`` of the config's dataset.
+
+    Raises:
+        ConfigError: The config lacks a ``tokenizer`` or ``dataset`` component.
+        UserError: ``index`` out of range, or an example without ``input_ids`` and ``labels``.
+    """
+    import ft_data
+
+    path = find_config(config)
+    cfg = load_config(path, overrides)
+    for key in ("tokenizer", "dataset"):
+        node = cfg.data.get(key)
+        if not isinstance(node, dict) or COMPONENT not in node:
+            raise ConfigError(
+                f"{cfg.at(key)}: {key}: `tune data inspect` needs a {key} component in the config"
+            )
+        resolve_component(node[COMPONENT], key=key, where=cfg.at(key), config_dir=path.resolve().parent)
+    tokenizer = instantiate(cfg.data["tokenizer"], key="tokenizer", config_dir=path.resolve().parent)
+    dataset = instantiate(
+        cfg.data["dataset"], key="dataset", config_dir=path.resolve().parent, tokenizer=tokenizer
+    )
+    if not 0 <= index < len(dataset):
+        raise UserError(f"--index {index}: the dataset has {len(dataset)} examples")
+    example = dataset[index]
+    if "input_ids" not in example or "labels" not in example:
+        raise UserError(f"{config}: example {index} has fields {sorted(example)}, not input_ids and labels")
+    if not color:
+        return ft_data.format_example(example["input_ids"], example["labels"], tokenizer) + "\n"
+    views = ft_data.inspect_example(example["input_ids"], example["labels"], tokenizer)
+    trained = sum(v.trained for v in views)
+    body = "".join(f"{_GREEN if v.trained else _DIM}{v.text}{_RESET}" for v in views)
+    return f"{len(views)} tokens, {trained} trained (green)\n{body}\n"
