@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ft_models import CausalLM, KVCache
+
 __all__ = ["SamplingOptions", "Session", "TextStream", "sample", "warp"]
 
 
@@ -54,10 +56,10 @@ def sample(logits: torch.Tensor, opts: SamplingOptions, generator: torch.Generat
 class Session:
     """A model, its cache and the tokens the cache holds; one per conversation."""
 
-    model: torch.nn.Module
+    model: CausalLM
     device: torch.device
     context: list[int] = field(default_factory=list)
-    cache: object | None = None
+    cache: KVCache | None = None
     reused: int = 0
 
     def _feed(self, ids: Sequence[int]) -> torch.Tensor:

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ft_models import CausalLM
 from ft_recipes._assets import resolve_path
 from ft_recipes.config import instantiate
 from ft_recipes.errors import MissingFileError, UserError
@@ -46,7 +47,7 @@ def load_model_and_tokenizer(
     adapter: str | None,
     device: torch.device,
     dtype: torch.dtype,
-) -> tuple[torch.nn.Module, Any]:
+) -> tuple[CausalLM, Any]:
     """Instantiate model and tokenizer from their config nodes and load a PEFT adapter if given.
 
     Args:
@@ -57,7 +58,7 @@ def load_model_and_tokenizer(
         device: Target device.
         dtype: Parameter dtype.
     """
-    model = instantiate(model_node, key="model", allow_any=True, dtype=dtype, device=device)
+    model: CausalLM = instantiate(model_node, key="model", allow_any=True, dtype=dtype, device=device)
     if adapter is not None:
         import ft_peft
 

@@ -91,7 +91,10 @@ def apply_overrides(cfg: Located, overrides: Sequence[str]) -> Located:
                 raise OverrideError(f"override {item!r}: no key {key!r} to delete{_suggest(key, cfg.data)}")
             parent_key, _, last = key.rpartition(".")
             parent = get_dotted(cfg.data, parent_key)[1] if parent_key else cfg.data
-            del parent[int(last) if isinstance(parent, list) else last]
+            if isinstance(parent, list):
+                del parent[int(last)]
+            else:
+                del parent[last]
             continue
         value = _parse_value(text, item)
         _set(cfg.data, key, value, item)
