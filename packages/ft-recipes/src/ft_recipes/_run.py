@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,11 +134,14 @@ def prepare(
 
 
 def run(prepared: Prepared) -> None:
-    """Write the resolved config to the output directory (when the schema has one) and run ``main``."""
+    """Write the resolved config to the output directory (when the schema has one) and run ``main``.
+
+    Under torchrun every rank validates and runs; only rank 0 writes the config.
+    """
     from ft_recipes.config import to_yaml
 
     out = getattr(prepared.config, "output_dir", None)
-    if out:
+    if out and os.environ.get("RANK", "0") == "0":  # one writer under torchrun
         directory = Path(str(out)).expanduser()
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "config.yaml").write_text(to_yaml(prepared.cfg), encoding="utf-8")
