@@ -10,6 +10,7 @@ from ._attention import AttentionKernel, EagerKernel, GroupedQueryAttention, SDP
 from ._cache import KVCache
 from ._checkpoint import from_pretrained
 from ._config import DecoderConfig, RopeConfig
+from ._decode_step import DecodeStep
 from ._decoder import (
     CausalLM,
     DecoderLayer,
@@ -29,7 +30,10 @@ from ._qwen2 import QWEN2_PRESETS, build_qwen2, qwen2_config
 from ._qwen3 import QWEN3_PRESETS, build_qwen3, qwen3_config
 from ._registry import FAMILIES, PRESETS, build_model, preset_config
 from ._rope import RotaryEmbedding
+from ._sampling import SamplingConfig
 from ._save import save_pretrained
+from ._stopping import Decode, GenerationStats, read_stop_token_ids
+from ._stream import StreamChunk, TextBuffer, generate_stream
 from .errors import CacheError, CheckpointError, ConfigError, FtModelsError
 
 __version__ = "0.1.0"
@@ -49,19 +53,25 @@ __all__ = [
     "CausalLM",
     "CheckpointError",
     "ConfigError",
+    "Decode",
+    "DecodeStep",
     "DecoderConfig",
     "DecoderLayer",
     "EagerKernel",
     "Family",
     "FtModelsError",
     "GatedMLP",
+    "GenerationStats",
     "GroupedQueryAttention",
     "KVCache",
     "RMSNorm",
     "RopeConfig",
     "RotaryEmbedding",
     "SDPAKernel",
+    "SamplingConfig",
     "SandwichDecoderLayer",
+    "StreamChunk",
+    "TextBuffer",
     "TransformerDecoder",
     "UnitOffsetRMSNorm",
     "__version__",
@@ -73,6 +83,7 @@ __all__ = [
     "from_pretrained",
     "gemma2_config",
     "generate",
+    "generate_stream",
     "left_pad",
     "llama_config",
     "mistral_config",
@@ -80,6 +91,7 @@ __all__ = [
     "preset_config",
     "qwen2_config",
     "qwen3_config",
+    "read_stop_token_ids",
     "save_pretrained",
     "smollm2_gguf_path",
     "soft_cap",

@@ -25,20 +25,37 @@ __all__ = ["KVCache", "KVCacheLayer"]
 
 
 class KVCacheLayer:
-    """One layer's view of a :class:`KVCache`; attention calls :meth:`append`."""
+    """One layer's view of a :class:`KVCache`; attention calls :meth:`append`.
 
-    def __init__(self, cache: KVCache, index: int) -> None:
-        self.cache, self.index = cache, index
+    Two modes: by default the new keys fill the slots just reserved by the current forward and the
+    filled prefix ``[0, t)`` is returned; with ``slot`` (a 0-d/1-element long tensor, the static decode
+    step) one new key is written at that slot and the whole buffer is returned, so shapes never change
+    from step to step and a compiled step is captured once per capacity.
+
+    Args:
+        keys: This layer's key buffer ``[b, n_kv, capacity, h_d]``.
+        values: This layer's value buffer, same shape.
+        end: Filled slots after the current forward (dynamic mode).
+        slot: Where the single new token goes (static mode), or ``None``.
+    """
+
+    def __init__(
+        self, keys: torch.Tensor, values: torch.Tensor, end: int = 0, slot: torch.Tensor | None = None
+    ) -> None:
+        self.keys, self.values, self.end, self.slot = keys, values, end, slot
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write ``k``/``v`` ``[b, n_kv, s, h_d]`` into the slots reserved by the current forward.
+        """Write ``k``/``v`` ``[b, n_kv, s, h_d]`` into the reserved slots.
 
         Returns:
-            All filled keys and values, each ``[b, n_kv, t, h_d]``.
+            Keys and values to attend to, each ``[b, n_kv, t, h_d]`` (``t = capacity`` in static mode).
         """
-        c = self.cache
-        end = c.length
-        kb, vb = c.keys[self.index], c.values[self.index]
+        kb, vb = self.keys, self.values
+        if self.slot is not None:
+            kb.index_copy_(2, self.slot, k.to(kb.dtype))
+            vb.index_copy_(2, self.slot, v.to(vb.dtype))
+            return kb, vb
+        end = self.end
         kb[:, :, end - k.shape[2] : end] = k
         vb[:, :, end - v.shape[2] : end] = v
         return kb[:, :, :end], vb[:, :, :end]
@@ -75,6 +92,8 @@ class KVCache:
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.valid = torch.zeros(batch, capacity, dtype=torch.bool, device=device)  # [b, capacity]
         self.positions = torch.zeros(batch, dtype=torch.long, device=device)  # next position per row
+        # Token id held by each slot (-1: padding or unknown), kept by generation for prefix reuse.
+        self.token_ids = torch.full((batch, capacity), -1, dtype=torch.long, device=device)  # [b, capacity]
         self.length = 0  # filled slots, shared by all rows
 
     @property
@@ -94,7 +113,7 @@ class KVCache:
 
     def layer(self, index: int) -> KVCacheLayer:
         """The view of layer ``index`` that attention writes to."""
-        return KVCacheLayer(self, index)
+        return KVCacheLayer(self.keys[index], self.values[index], end=self.length)
 
     def reserve(self, slots: int) -> None:
         """Make room for ``slots`` slots, growing to the next power of two when needed."""
@@ -104,6 +123,7 @@ class KVCache:
         self.keys = [_grow(k, 2, new_cap) for k in self.keys]  # [b, n_kv, new_cap, h_d]
         self.values = [_grow(v, 2, new_cap) for v in self.values]
         self.valid = _grow(self.valid, 1, new_cap)  # [b, new_cap]
+        self.token_ids = _grow(self.token_ids, 1, new_cap, fill=-1)  # [b, new_cap]
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep rows ``index`` ``[b']`` (e.g. surviving beams); rows may repeat."""
@@ -112,6 +132,49 @@ class KVCache:
         self.values = [v.index_select(0, index) for v in self.values]
         self.valid = self.valid.index_select(0, index)
         self.positions = self.positions.index_select(0, index)
+        self.token_ids = self.token_ids.index_select(0, index)
+
+    def truncate(self, slots: int) -> None:
+        """Forget every slot from ``slots`` on (buffers keep their capacity); positions follow."""
+        if not 0 <= slots <= self.length:
+            raise CacheError(f"KVCache: cannot truncate to {slots} slots, {self.length} are filled")
+        self.valid[:, slots:] = False
+        self.token_ids[:, slots:] = -1
+        self.length = slots
+        self.positions = self.valid[:, :slots].long().sum(-1)
+
+    def reusable_prefix(self, prompts: list[torch.Tensor]) -> int:
+        """Slots that can be kept for new ``prompts`` (multi-turn reuse of a longest common prefix).
+
+        Each row keeps the cached tokens that begin its new prompt (at least one prompt token is left to
+        recompute, which produces the next logits). Slots are shared by all rows, so the cut is the
+        earliest slot at which some row's cached tokens stop matching. Pads inside the kept range stay
+        invalid slots and are never attended.
+
+        Args:
+            prompts: One 1-D id tensor per row (the whole conversation so far).
+
+        Returns:
+            The number of leading slots to keep; :meth:`truncate` to it, then feed each row's rest.
+        """
+        if len(prompts) != self.batch_size:
+            raise CacheError(f"KVCache: {len(prompts)} prompts for a cache of {self.batch_size} rows")
+        cut = self.length
+        tokens = self.token_ids[:, : self.length].tolist()
+        for row, prompt in zip(tokens, prompts, strict=True):
+            want = prompt.tolist()
+            matched, slot_after = 0, 0
+            for slot, tok in enumerate(row):
+                if tok < 0:
+                    continue
+                if matched >= len(want) - 1 or want[matched] != tok:
+                    break
+                matched += 1
+                slot_after = slot + 1
+            else:  # every cached token matched: trailing pad slots may stay too
+                slot_after = len(row)
+            cut = min(cut, slot_after)
+        return cut
 
     def advance(
         self, new_valid: torch.Tensor, position_ids: torch.Tensor | None = None
@@ -141,10 +204,10 @@ class KVCache:
         return position_ids, AttentionMask.for_cache(new_valid, self.valid[:, : self.length])
 
 
-def _grow(t: torch.Tensor, dim: int, size: int) -> torch.Tensor:
-    """Copy ``t`` into a zero (False) tensor that is ``size`` long along ``dim``."""
+def _grow(t: torch.Tensor, dim: int, size: int, fill: int = 0) -> torch.Tensor:
+    """Copy ``t`` into a tensor filled with ``fill`` that is ``size`` long along ``dim``."""
     shape = list(t.shape)
     shape[dim] = size
-    out = t.new_zeros(shape)
+    out = t.new_full(shape, fill)
     out.narrow(dim, 0, t.shape[dim]).copy_(t)
     return out

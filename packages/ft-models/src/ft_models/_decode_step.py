@@ -1,0 +1,99 @@
+"""Static-shape single-token decode step over a preallocated KV cache (compile-once decoding).
+
+A prompt forward has a new shape every time, but one decode step need not: the new token of every
+row is written at the same cache slot, given as a *tensor* (``index_copy_``), and attention reads the
+whole ``capacity``-long buffer under a key mask ``valid & (slot <= current)``. Inputs are therefore the
+same shapes at every step of a generation and across generations with the same batch and cache
+capacity, and capacities come in power-of-two buckets (:meth:`KVCache.reserve`), so
+``torch.compile`` captures the step once per bucket (no recompilation per step or per prompt
+length). The step runs the model's own layers, norms and output projection; only the loop over
+them is written here, so every family that composes :class:`TransformerDecoder` works unchanged.
+The mask and RoPE tables are built once per step, not per layer, and nothing syncs with the host.
+
+Shape legend: b batch, t cache capacity, d model dim, v vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ._cache import KVCache, KVCacheLayer
+from ._decoder import CausalLM
+from ._mask import AttentionMask
+
+__all__ = ["DecodeStep"]
+
+_StepFn = Callable[..., torch.Tensor]
+_compiled: _StepFn | None = None
+
+
+def _compiled_forward() -> _StepFn:
+    """One compiled wrapper for the process: dynamo caches a graph per model, batch and capacity."""
+    global _compiled
+    if _compiled is None:
+        _compiled = torch.compile(_forward, dynamic=False)
+    return _compiled
+
+
+class DecodeStep:
+    """Feed one token per row through ``model`` on a cache; optionally compiled.
+
+    Args:
+        model: The model; its decoder must be a :class:`TransformerDecoder` whose layers have a
+            ``self_attn`` (the mask honours their sliding windows).
+        compile: Run the step through ``torch.compile(dynamic=False)``: captured once per model, batch
+            size and cache capacity. Worth it for long generations; the first step pays compilation.
+    """
+
+    def __init__(self, model: CausalLM, *, compile: bool = False) -> None:
+        self.model = model
+        self.windows: tuple[int | None, ...] = tuple(
+            sorted({getattr(layer.self_attn, "window", None) for layer in model.model.layers}, key=str)
+        )
+        self.fn: _StepFn = _compiled_forward() if compile else _forward
+
+    def __call__(self, cache: KVCache, tokens: torch.Tensor, new_valid: torch.Tensor) -> torch.Tensor:
+        """Append ``tokens`` ``[b]`` (``new_valid`` ``[b]`` False: padding); return fp32 logits ``[b, v]``."""
+        t = cache.length
+        cache.reserve(t + 1)
+        cache.valid[:, t] = new_valid
+        cache.token_ids[:, t] = torch.where(new_valid, tokens, -1)
+        slot = torch.full((1,), t, dtype=torch.long, device=tokens.device)
+        logits = self.fn(
+            self.model, self.windows, tokens, cache.positions, slot, cache.valid, cache.keys, cache.values
+        )
+        cache.positions = cache.positions + new_valid.long()
+        cache.length = t + 1
+        return logits
+
+
+def _forward(
+    model: CausalLM,
+    windows: tuple[int | None, ...],
+    tokens: torch.Tensor,
+    positions: torch.Tensor,
+    slot: torch.Tensor,
+    valid: torch.Tensor,
+    keys: list[torch.Tensor],
+    values: list[torch.Tensor],
+) -> torch.Tensor:
+    """The step itself: ``tokens`` ``[b]`` at RoPE ``positions`` ``[b]``, written at cache ``slot``."""
+    decoder = model.model
+    h = decoder.embed_tokens(tokens[:, None])  # [b, 1, d]
+    if decoder.embed_scale != 1.0:
+        h = h * torch.tensor(decoder.embed_scale, dtype=h.dtype)
+    rope = decoder.rotary_emb(positions[:, None])  # cos, sin [b, 1, h_d]
+    k_slot = torch.arange(valid.shape[1], device=valid.device)  # [t]
+    seen = valid & (k_slot <= slot)  # [b, t]
+    # The mask of every window the layers use, built once; each layer looks its own up.
+    dense = {
+        w: (seen if w is None else seen & (slot - k_slot < w))[:, None, None, :]  # [b, 1, 1, t]
+        for w in windows
+    }
+    mask = AttentionMask(1, valid.shape[1], None, None, valid.device, dense)
+    for i, layer in enumerate(decoder.layers):
+        h = layer(h, rope, mask, KVCacheLayer(keys[i], values[i], slot=slot))
+    h = decoder.norm(h)
+    return model.output_projection(h[:, -1]).float()  # [b, v]
