@@ -98,6 +98,15 @@ def test_instruct_and_text_fields(tok, tmp_path: Path) -> None:
     _one_line(exc, "row 1", "no trainable token")
 
 
+def test_preference_fields(tok, tmp_path: Path) -> None:
+    with pytest.raises(DataRowError) as exc:
+        _build(tok, tmp_path, [{"prompt": "Q", "chosen": "A"}], kind="preference")
+    _one_line(exc, "row 1", "field 'rejected'", "missing")
+    with pytest.raises(DataRowError) as exc:
+        _build(tok, tmp_path, [{"prompt": "Q", "chosen": "A", "rejected": 3}], kind="preference")
+    _one_line(exc, "row 1", "field 'rejected'", "expected a string or a non-empty list of messages")
+
+
 def test_drop_policy_counts_instead_of_failing(tok, tmp_path: Path) -> None:
     long = {"messages": [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]}
     with pytest.raises(DataRowError) as exc:  # truncation would cut away every trained token

@@ -130,13 +130,14 @@ def _chat_of(row: Mapping[str, Any], kind: Kind, columns: Mapping[str, str], whe
 
 
 def _pref_part(value: Any, where: str) -> list[Message]:
+    """A preference side: an answer string, assistant messages, or a whole conversation."""
     if isinstance(value, str):
         return [Message("assistant", value)]
-    return (
-        from_openai(value, where=where)
-        if value and value[0].get("role") != "assistant"
-        else [Message("assistant", str(m.get("content", ""))) for m in value]
-    )
+    if not isinstance(value, list) or not value or not all(isinstance(m, dict) for m in value):
+        raise DataRowError(f"{where}: expected a string or a non-empty list of messages")
+    if value[0].get("role") == "assistant":
+        return [Message("assistant", str(m.get("content") or "")) for m in value]
+    return from_openai(value, where=where)
 
 
 def _fit(
