@@ -87,9 +87,17 @@ def test_packed_loss_equals_unpacked(dataset, model) -> None:
         ex = dataset[i]
         logits = model(torch.tensor([ex["input_ids"]]))
         alone[i] = F.cross_entropy(logits.float()[0], torch.tensor(ex["labels"]), reduction="sum")
-    packed, leaked, seen = [], [], []
+    packed, leaked, shifted_twice, seen = [], [], [], []
     for step, batch in enumerate(loader):
         losses = _per_document_loss(model, batch)
+        # Wrong variant: shifting again in the loss (labels are already targets of their position).
+        logits = model(
+            batch["input_ids"], position_ids=batch["position_ids"], document_ids=batch["document_ids"]
+        )
+        again = F.cross_entropy(
+            logits.float()[:, :-1].transpose(1, 2), batch["labels"][:, 1:], reduction="none"
+        )
+        again = F.pad(again, (0, 1))  # [b, s]
         # Wrong variant: one document id per row lets packed examples attend to each other.
         leaky = {**batch, "document_ids": torch.where(batch["document_ids"] >= 0, 0, -1)}
         logits = model(
@@ -100,9 +108,11 @@ def test_packed_loss_equals_unpacked(dataset, model) -> None:
             example = rows[step * 2 + r][d]
             packed.append(loss)
             leaked.append(ce[r][batch["document_ids"][r] == d].sum())
+            shifted_twice.append(again[r][batch["document_ids"][r] == d].sum())
             seen.append(example)
     assert len(set(seen)) == len(seen) >= len(dataset) // 2  # each example once, most of the epoch
     expected = torch.stack([alone[i] for i in seen])
     torch.testing.assert_close(torch.stack(packed), expected, rtol=RTOL, atol=0)
-    with pytest.raises(AssertionError):
-        torch.testing.assert_close(torch.stack(leaked), expected, rtol=RTOL, atol=0)
+    for wrong in (leaked, shifted_twice):
+        with pytest.raises(AssertionError):
+            torch.testing.assert_close(torch.stack(wrong), expected, rtol=RTOL, atol=0)

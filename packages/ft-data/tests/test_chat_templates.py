@@ -195,6 +195,8 @@ def test_mask_matches_transformers_generation_blocks(tokenizers) -> None:
     chat = ft_data.tokenize_chat(messages, tokenizer=tok, template=GENERATION_CHATML)
     assert chat.input_ids == ref["input_ids"]
     assert [int(m) for m in chat.mask] == ref["assistant_masks"]
+    everything = ft_data.tokenize_chat(messages, tokenizer=tok, template=GENERATION_CHATML, train_on="all")
+    assert everything.mask == [False] + [True] * (len(everything.mask) - 1)  # the first token has no context
     # Wrong variants: training on everything, or on the last turn only, differ from the reference.
     for train_on in ("all", "last"):
         other = ft_data.tokenize_chat(messages, tokenizer=tok, template=GENERATION_CHATML, train_on=train_on)
