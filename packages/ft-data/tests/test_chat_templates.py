@@ -382,3 +382,20 @@ def test_sentencepiece_tokenizer_ids(tokenizers, mistral_data: Path, tmp_path: P
         PLAIN, chat_template=source, tokenize=True, return_dict=False
     )
     assert [r.strip() for r in _trained_runs(tok, chat)] == ["13023.</s>", "26046, twice the sum.</s>"]
+
+
+def test_message_by_message_ids_differ(tokenizers) -> None:
+    """Wrong variant: encoding each message's rendering separately gives ids transformers never
+    produces (BPE merges across the boundary: Alpaca's blank line before `### Instruction`)."""
+    tok, hf = tokenizers["smollm"]
+    messages = [SYSTEM, *PLAIN]
+    source = ft_data.BUILTIN_TEMPLATES["alpaca"]
+    ref = hf.apply_chat_template(messages, chat_template=source, tokenize=True, return_dict=False)
+    assert ft_data.tokenize_chat(messages, tokenizer=tok, template="alpaca").input_ids == ref
+    pieces, prev = [], ""
+    for i in range(len(messages)):
+        text = ft_data.apply_chat_template(messages[: i + 1], tokenizer=tok, template="alpaca")
+        assert text.startswith(prev)
+        pieces += tok.encode(text[len(prev) :], allow_special=True)
+        prev = text
+    assert pieces != ref
