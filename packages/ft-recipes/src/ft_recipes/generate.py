@@ -21,7 +21,7 @@ from ft_recipes.config import Component
 if TYPE_CHECKING:
     import torch
 
-    from ft_recipes._decode import Session
+    from ft_models import KVCache
 
 # torch and the model code are imported inside `main`, so `tune validate` checks this file's schema
 # without paying for them.
@@ -42,6 +42,8 @@ class Sampling:
     temperature: float = 0.0
     top_k: int | None = None
     top_p: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float = 1.0
     seed: int | None = 0
 
 
@@ -58,6 +60,7 @@ class Config:
     system: str | None = None
     chat_template: bool = True
     max_new_tokens: int = 256
+    stop: list[str] = field(default_factory=list)
     sampling: Sampling = field(default_factory=Sampling)
 
 
@@ -75,35 +78,72 @@ def _render(messages: list[dict[str, str]], tokenizer: Any, use_template: bool) 
     return turns + "<|im_start|>assistant\n"
 
 
-def _answer(
-    session: Session, tokenizer: Any, messages: list[dict[str, str]], cfg: Config, gen: torch.Generator
-) -> str:
-    """Stream one assistant answer to stdout and return its text."""
-    from ft_recipes._decode import SamplingOptions, TextStream
-    from ft_recipes._setup import stop_token_ids
+@dataclass
+class _Chat:
+    """What a conversation keeps between turns: the model, its KV cache and the random generator."""
 
-    text = _render(messages, tokenizer, cfg.chat_template)
-    prompt = tokenizer.encode(text, allow_special=cfg.chat_template)
-    stops = stop_token_ids(tokenizer)
-    opts = SamplingOptions(cfg.sampling.temperature, cfg.sampling.top_k, cfg.sampling.top_p)
-    stream, ids = TextStream(tokenizer.decode), []
-    for token in session.generate(prompt, cfg.max_new_tokens, opts=opts, stop_ids=stops, generator=gen):
-        if token in stops:
-            break
-        ids.append(token)
-        sys.stdout.write(stream.push(token))
+    model: Any
+    tokenizer: Any
+    stops: list[int]
+    generator: torch.Generator
+    cache: KVCache | None = None
+    reused: int = 0
+
+
+def _answer(chat: _Chat, messages: list[dict[str, str]], cfg: Config) -> str:
+    """Stream one assistant answer to stdout and return its text.
+
+    The cache keeps the conversation: ft-models keeps its longest common prefix with the new prompt
+    and computes only the rest.
+    """
+    import ft_models
+
+    text = _render(messages, chat.tokenizer, cfg.chat_template)
+    prompt = chat.tokenizer.encode(text, allow_special=cfg.chat_template)
+    s = cfg.sampling
+    sampling = ft_models.SamplingConfig(
+        do_sample=s.temperature > 0,
+        temperature=s.temperature,
+        top_k=s.top_k,
+        top_p=s.top_p,
+        min_p=s.min_p,
+        repetition_penalty=s.repetition_penalty,
+    )
+    if chat.cache is None:
+        chat.cache = chat.model.new_cache(1, len(prompt) + cfg.max_new_tokens)
+    stats = ft_models.GenerationStats()
+    stops = set(chat.stops)
+
+    def decode(ids: Any) -> str:  # the stop token ends the turn; it is not part of the answer
+        return str(chat.tokenizer.decode([i for i in ids if i not in stops]))
+
+    pieces = []
+    for chunk in ft_models.generate_stream(
+        chat.model,
+        [prompt],
+        cfg.max_new_tokens,
+        decode=decode,
+        eos_token_id=chat.stops or None,
+        stop_strings=cfg.stop or None,
+        sampling=sampling,
+        generator=chat.generator,
+        cache=chat.cache,
+        stats=stats,
+    ):
+        pieces.append(chunk.text[0])
+        sys.stdout.write(chunk.text[0])
         sys.stdout.flush()
     sys.stdout.write("\n")
     sys.stdout.flush()
-    return str(tokenizer.decode(ids))
+    chat.reused = len(prompt) - stats.prompt_tokens
+    return "".join(pieces)
 
 
 def main(cfg: Config) -> None:
     """Set up, then answer the prompt or chat until stdin ends (or a line ``/exit``)."""
     import torch
 
-    from ft_recipes._decode import Session
-    from ft_recipes._setup import load_model_and_tokenizer, pick_device, pick_dtype
+    from ft_recipes._setup import load_model_and_tokenizer, pick_device, pick_dtype, stop_token_ids
 
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.precision, device)
@@ -111,10 +151,10 @@ def main(cfg: Config) -> None:
     print(f"[generate] device={device} dtype={str(dtype).removeprefix('torch.')}", file=sys.stderr)
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.sampling.seed if cfg.sampling.seed is not None else torch.seed())
-    session = Session(model, device)
+    chat = _Chat(model, tokenizer, sorted(stop_token_ids(tokenizer)), gen)
     messages = [{"role": "system", "content": cfg.system}] if cfg.system else []
     if cfg.prompt is not None:
-        _answer(session, tokenizer, [*messages, {"role": "user", "content": cfg.prompt}], cfg, gen)
+        _answer(chat, [*messages, {"role": "user", "content": cfg.prompt}], cfg)
         return
     interactive = sys.stdin.isatty()
     while True:
@@ -127,6 +167,6 @@ def main(cfg: Config) -> None:
         if not line.strip():
             continue
         messages.append({"role": "user", "content": line.rstrip("\n")})
-        reply = _answer(session, tokenizer, messages, cfg, gen)
+        reply = _answer(chat, messages, cfg)
         messages.append({"role": "assistant", "content": reply})
-        print(f"[generate] turn {len(messages) // 2}: {session.reused} cached tokens reused", file=sys.stderr)
+        print(f"[generate] turn {len(messages) // 2}: {chat.reused} cached tokens reused", file=sys.stderr)
