@@ -41,7 +41,8 @@ def test_greedy_matches_transformers_ragged_and_alone(pair: tuple[PreTrainedMode
     hf, model = pair
     rows = ragged_prompts(hf.config.vocab_size)
     new, lengths = ft_models.generate(model, rows, NEW)
-    assert new.shape == (3, NEW) and lengths.tolist() == [NEW] * 3
+    assert new.shape == (3, NEW)
+    assert lengths.tolist() == [NEW] * 3
     assert_diverse(new)
     got = ft_rows(new, lengths)
     assert got == hf_new_tokens(hf, rows, NEW, do_sample=False)
@@ -51,7 +52,9 @@ def test_greedy_matches_transformers_ragged_and_alone(pair: tuple[PreTrainedMode
         assert alone[0].tolist() == got[i]
     # Wrong variant: the same weights with another RoPE base generate other tokens.
     config = model.config
-    wrong = ft_models.build_model(dataclasses.replace(config, rope=dataclasses.replace(config.rope, theta=77.0)))
+    wrong = ft_models.build_model(
+        dataclasses.replace(config, rope=dataclasses.replace(config.rope, theta=77.0))
+    )
     wrong.load_state_dict(model.state_dict())
     assert ft_rows(*ft_models.generate(wrong.eval(), rows, NEW)) != got
 
@@ -69,7 +72,8 @@ def test_rows_stop_at_their_own_eos_like_transformers(llama: tuple[PreTrainedMod
     new, lengths = ft_models.generate(model, rows, NEW, eos_token_id=eos)
     expected = hf_new_tokens(hf, rows, NEW, do_sample=False, eos_token_id=eos)
     assert ft_rows(new, lengths) == expected
-    assert lengths[0] <= 5 and lengths[2] <= 10
+    assert lengths[0] <= 5
+    assert lengths[2] <= 10
     assert new.shape[1] == max(len(r) for r in expected)
     for i, n in enumerate(lengths.tolist()):
         assert (new[i, n:] == 0).all()
@@ -121,7 +125,8 @@ def test_multi_turn_reuses_the_common_prefix(llama: tuple[PreTrainedModel, Causa
     stats = GenerationStats()
     got = ft_models.generate(model, turn2, 10, cache=cache, stats=stats)
     fresh = ft_models.generate(model, turn2, 10)
-    assert torch.equal(got[0], fresh[0]) and torch.equal(got[1], fresh[1])
+    assert torch.equal(got[0], fresh[0])
+    assert torch.equal(got[1], fresh[1])
     assert_diverse(got[0])
     # Everything but the last generated token (never fed) and the new user turn came from the cache.
     assert stats.prompt_tokens == sum(len(u) + 1 for u in user)
@@ -146,9 +151,10 @@ def test_multi_turn_reuses_the_common_prefix(llama: tuple[PreTrainedModel, Causa
 def test_timing_report(llama: tuple[PreTrainedModel, CausalLM]) -> None:
     _, model = llama
     stats = GenerationStats()
-    new, lengths = ft_models.generate(model, ragged_prompts(131), NEW, stats=stats)
+    _new, lengths = ft_models.generate(model, ragged_prompts(131), NEW, stats=stats)
     assert stats.prompt_tokens == 3 + 11 + 7
     assert stats.new_tokens == int(lengths.sum()) == 3 * NEW
-    assert stats.prompt_tokens_per_s > 0 and stats.decode_tokens_per_s > 0
+    assert stats.prompt_tokens_per_s > 0
+    assert stats.decode_tokens_per_s > 0
     assert stats.peak_memory_bytes > 2**20
     assert "decode 48 tok" in str(stats)
