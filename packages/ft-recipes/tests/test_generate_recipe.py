@@ -118,3 +118,15 @@ def test_one_prompt_raw_and_seeded_sampling(
     c, _ = _run(config, [*sample, "sampling.seed=2"], "", monkeypatch, capsys)
     assert a == b
     assert a != c
+
+
+def test_a_directory_written_by_ft_save_pretrained(
+    tiny: tuple[Path, Any, LlamaForCausalLM], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    # What a training run writes: ft's own save_pretrained, tokenizer files beside the weights.
+    model_dir, tok, hf = tiny
+    ours = ft_models.from_pretrained(model_dir, dtype=torch.float32)
+    tokenizer_files = {p.name: p for p in model_dir.iterdir() if p.name.startswith(("tokenizer", "special"))}
+    saved = ft_models.save_pretrained(ours, tmp_path / "trained", extra_files=tokenizer_files)
+    out, _ = _run(_config(tmp_path, saved), ["prompt=Hello"], "", monkeypatch, capsys)
+    assert out == _reference(hf, tok, [{"role": "user", "content": "Hello"}]) + "\n"
