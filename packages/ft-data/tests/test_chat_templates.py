@@ -107,16 +107,21 @@ def test_real_templates_match_transformers(
             prompt, tokenizer=tok, template=source, tools=tools, add_generation_prompt=True, **KWARGS
         )
         assert gen == hf.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True, **kw), name
-        # mask: one trained run per assistant turn, its content then the end-of-turn marker
-        answers = [m for m in messages if m["role"] == "assistant"]
+        # mask: one trained run per assistant turn, from the end of transformers' generation prompt
+        # (where the conversation before it renders as a prefix) to the end-of-turn marker
+        answers = [(i, m) for i, m in enumerate(messages) if m["role"] == "assistant"]
         runs = _trained_runs(tok, chat)
         assert len(runs) == len(answers), (name, runs)
-        for run, answer in zip(runs, answers):
+        for run, (i, answer) in zip(runs, answers):
             marker = next(
                 m for m in (*ft_data.END_OF_TURN_MARKERS, tok.decode([tok.eos_id])) if run.endswith(m)
             )
+            prompt = hf.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True, **kw)
+            if text.startswith(prompt):
+                assert text[len(prompt) :].startswith(run), (name, run)
             if answer["content"]:
-                assert run == answer["content"] + marker, (name, run)
+                assert run.endswith(answer["content"] + marker), (name, run)
+                assert text.startswith(prompt) or run == answer["content"] + marker, (name, run)
             else:
                 assert "get_weather" in run, (name, run)
                 assert '"Paris"' in run, (name, run)
@@ -399,3 +404,29 @@ def test_message_by_message_ids_differ(tokenizers) -> None:
         pieces += tok.encode(text[len(prev) :], allow_special=True)
         prev = text
     assert pieces != ref
+
+
+def test_reasoning_is_trained_after_the_generation_prompt(tokenizers, llama_cpp_templates: Path) -> None:
+    """Qwen3 writes the last turn's reasoning in a think block after the generation prompt: the model
+    generates it, so it is trained; earlier turns' reasoning is dropped by the template."""
+    tok, hf = tokenizers["smollm"]
+    source = (llama_cpp_templates / CASES["qwen3"][0]).read_text(encoding="utf-8")
+    messages = [
+        *PLAIN[:2],
+        {"role": "user", "content": "And twice that?"},
+        {"role": "assistant", "content": "26046.", "reasoning_content": "Double 13023."},
+    ]
+    chat = ft_data.tokenize_chat(messages, tokenizer=tok, template=source)
+    assert chat.text == hf.apply_chat_template(messages, chat_template=source, tokenize=False)
+    assert chat.input_ids == hf.apply_chat_template(
+        messages, chat_template=source, tokenize=True, return_dict=False
+    )
+    assert _trained_runs(tok, chat) == [
+        "13023.<|im_end|>",
+        "<think>\nDouble 13023.\n</think>\n\n26046.<|im_end|>",
+    ]
+    # the same through Message objects (reasoning under its transformers names)
+    objects = [
+        ft_data.Message(m["role"], m["content"], reasoning=m.get("reasoning_content")) for m in messages
+    ]
+    assert ft_data.tokenize_chat(objects, tokenizer=tok, template=source).input_ids == chat.input_ids

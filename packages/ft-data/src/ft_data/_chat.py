@@ -30,7 +30,7 @@ from typing import Any, Literal
 from ft_data._labels import labels_from_mask
 from ft_data._messages import Message
 from ft_data._protocol import Tokenizer
-from ft_data._template import render, resolve_template, special_token_strings
+from ft_data._template import message_dicts, render, resolve_template, special_token_strings
 from ft_data.errors import ChatTemplateError
 
 __all__ = ["END_OF_TURN_MARKERS", "TokenizedChat", "TrainOn", "tokenize_chat"]
@@ -90,10 +90,10 @@ class _Renderer:
         self.tools, self.gen, self.kwargs = tools, add_generation_prompt, kwargs
         self.specials = tuple(tokenizer.special_tokens)
 
-    def with_generation_prompt(self) -> _Renderer:
-        """The same renderer with ``add_generation_prompt=True``."""
+    def with_generation_prompt(self, gen: bool = True) -> _Renderer:
+        """The same renderer with ``add_generation_prompt=gen``."""
         other = object.__new__(_Renderer)
-        other.__dict__.update(self.__dict__, gen=True)
+        other.__dict__.update(self.__dict__, gen=gen)
         return other
 
     def __call__(self, dicts: Sequence[Mapping[str, Any]]) -> str:
@@ -256,10 +256,7 @@ def tokenize_chat(
             marker after an assistant turn.
     """
     renderer = _Renderer(tokenizer, template, tools, add_generation_prompt, template_kwargs)
-    dicts = [
-        m.to_dict() if isinstance(m, Message) else {k: v for k, v in m.items() if v is not None}
-        for m in messages
-    ]
+    dicts = message_dicts(messages)
     text = renderer(dicts)
     sentinel = next(chr(c) for c in range(0xE000, 0xF8FF) if chr(c) not in text)
     specials = tokenizer.special_tokens
@@ -273,8 +270,15 @@ def tokenize_chat(
     if train_on == "all":
         spans = [(0, len(text))]
     else:
+        prompted, unprompted = renderer.with_generation_prompt(True), renderer.with_generation_prompt(False)
         for i in assistants:
             start, end = _locate(text, dicts, i, renderer, sentinel)
+            # what the model generates after the generation prompt (e.g. Qwen3's think block) is
+            # trained, when the template has a generation prompt and the turns before render as a prefix
+            with contextlib.suppress(ChatTemplateError):  # a template may refuse a partial chat
+                prompt = prompted(dicts[:i])
+                if len(unprompted(dicts[:i])) < len(prompt) <= start and text.startswith(prompt):
+                    start = len(prompt)
             bound = len(text)
             if i + 1 < len(dicts):  # the marker must come before the next message's content
                 with contextlib.suppress(ChatTemplateError):

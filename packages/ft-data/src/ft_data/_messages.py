@@ -30,6 +30,7 @@ __all__ = [
 
 Role = Literal["system", "user", "assistant", "tool"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
+REASONING_KEYS: tuple[str, ...] = ("reasoning_content", "thinking", "reasoning")
 SHAREGPT_ROLES: Mapping[str, str] = {
     "system": "system",
     "human": "user",
@@ -78,6 +79,8 @@ class Message:
         tool_calls: Calls made by an assistant message.
         tool_call_id: For a ``tool`` message, the id of the call it answers.
         name: For a ``tool`` message, the function name (some templates print it).
+        reasoning: An assistant's reasoning, given to templates as ``reasoning_content`` and
+            ``thinking`` (the names transformers fills).
     """
 
     role: Role
@@ -85,6 +88,7 @@ class Message:
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
     name: str | None = None
+    reasoning: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The dict a Jinja chat template sees (keys that are unset are left out, as transformers does)."""
@@ -95,6 +99,8 @@ class Message:
             out["tool_call_id"] = self.tool_call_id
         if self.name is not None:
             out["name"] = self.name
+        if self.reasoning is not None:
+            out["thinking"] = out["reasoning_content"] = self.reasoning
         return out
 
 
@@ -151,6 +157,7 @@ def from_openai(messages: Any, *, where: str = "messages") -> list[Message]:
                 tool_calls=calls,
                 tool_call_id=raw.get("tool_call_id"),
                 name=raw.get("name"),
+                reasoning=next((raw[k] for k in REASONING_KEYS if isinstance(raw.get(k), str)), None),
             )
         )
     validate_roles(out, where=where)

@@ -27,11 +27,17 @@ import jinja2.nodes
 import jinja2.utils
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from ft_data._messages import Message
+from ft_data._messages import REASONING_KEYS, Message
 from ft_data._protocol import Tokenizer
 from ft_data.errors import ChatTemplateError
 
-__all__ = ["BUILTIN_TEMPLATES", "apply_chat_template", "load_chat_template", "resolve_template"]
+__all__ = [
+    "BUILTIN_TEMPLATES",
+    "apply_chat_template",
+    "load_chat_template",
+    "message_dicts",
+    "resolve_template",
+]
 
 _CHATML = (
     "{%- for message in messages %}"
@@ -271,7 +277,7 @@ def apply_chat_template(
         **template_kwargs: Extra template variables (``enable_thinking``, ``date_string``...).
     """
     name, source = resolve_template(template, tokenizer)
-    dicts = [m.to_dict() if isinstance(m, Message) else _plain(m) for m in messages]
+    dicts = message_dicts(messages)
     return render(
         source,
         dicts,
@@ -283,6 +289,13 @@ def apply_chat_template(
     )
 
 
-def _plain(message: Mapping[str, Any]) -> dict[str, Any]:
-    # Keys set to None are dropped, as transformers does (templates test `is defined`).
-    return {k: v for k, v in message.items() if v is not None}
+def message_dicts(messages: Sequence[Message | Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The dicts templates see, prepared as transformers prepares them: keys set to ``None`` dropped
+    (templates test ``is defined``), and a reasoning given under ``reasoning_content``, ``thinking``
+    or ``reasoning`` also available as ``reasoning_content`` and ``thinking``."""
+    out = []
+    for m in messages:
+        d = m.to_dict() if isinstance(m, Message) else {k: v for k, v in m.items() if v is not None}
+        reasoning = next((d[k] for k in REASONING_KEYS if d.get(k) is not None), None)
+        out.append(d if reasoning is None else {"thinking": reasoning, **d, "reasoning_content": reasoning})
+    return out
