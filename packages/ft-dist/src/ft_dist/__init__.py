@@ -1,5 +1,40 @@
-"""ft-dist: FSDP2 sharding, activation checkpointing and sharded (DCP) checkpoints for ft."""
+"""ft-dist: activation checkpointing and atomic DCP training checkpoints, applied from outside the model.
+
+Everything here works in one process without ``init_process_group`` and unchanged under
+``torch.distributed`` (FSDP2 sharding adds to it, it does not replace it).
+"""
+
+from ft_dist._activation_checkpointing import apply_activation_checkpointing, decoder_layers
+from ft_dist._checkpointer import (
+    MARKER,
+    ModelOptimizerState,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    read_rank_state,
+    save_checkpoint,
+)
+from ft_dist._rng import rng_state, set_rng_state
+from ft_dist._safe_io import read_metadata
+from ft_dist.errors import CheckpointError, FtDistError, UnsafeCheckpointError
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "MARKER",
+    "CheckpointError",
+    "FtDistError",
+    "ModelOptimizerState",
+    "UnsafeCheckpointError",
+    "__version__",
+    "apply_activation_checkpointing",
+    "decoder_layers",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "prune_checkpoints",
+    "read_metadata",
+    "read_rank_state",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+]

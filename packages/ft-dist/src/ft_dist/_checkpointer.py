@@ -1,0 +1,303 @@
+"""Intermediate training checkpoints on ``torch.distributed.checkpoint`` (DCP), written atomically.
+
+Layout of one checkpoint, ``{output_dir}/step_{step}/``::
+
+    .metadata, __{r}_{i}.distcp   DCP: app state (model or adapter, optimizer, scheduler, counters)
+    rank_{r}.pt                   per-rank sidecar: a flat dict of tensors (RNG states), one per rank
+    .ft-checkpoint.json           completion marker, written last: {"format", "step", "world_size"}
+
+DCP keeps one copy of a key that is not sharded, so per-rank values (each rank's RNG) would silently
+collapse to rank 0's under FSDP2: they go in the sidecar, loaded with ``torch.load(weights_only=True)``.
+DCP works in one process without ``init_process_group``, so a run saved on one device resumes on
+several and the reverse.
+
+Atomicity (the usual write-to-temp, fsync, rename protocol): everything is written into
+``.tmp-step_{step}`` beside the target, every file and the directory are fsynced, the directory is
+renamed into place, then the marker is written and fsynced. A crash at any point leaves either the
+previous checkpoints untouched and a temp dir that :func:`latest_checkpoint` ignores, or a complete
+directory. Only directories carrying the marker are ever pruned.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint import FileSystemWriter
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+from ft_dist._safe_io import SafeFileSystemReader, SafeLoadPlanner, read_metadata
+from ft_dist.errors import CheckpointError
+
+__all__ = [
+    "MARKER",
+    "ModelOptimizerState",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "prune_checkpoints",
+    "read_rank_state",
+    "save_checkpoint",
+]
+
+log = logging.getLogger(__name__)
+
+MARKER = ".ft-checkpoint.json"
+_FORMAT = 1
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+class ModelOptimizerState:
+    """A DCP ``Stateful`` for a model and its optimizer, through DCP's ``get/set_state_dict``.
+
+    Those functions give FQN-keyed optimizer state (not integer ids), so a checkpoint loads into a
+    freshly built model and optimizer, sharded or not. ``trainable_only=True`` stores only parameters
+    that require grad (the adapter of a LoRA model; the frozen base comes from the base checkpoint).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        trainable_only: bool = False,
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.options = StateDictOptions(ignore_frozen_params=trainable_only, strict=not trainable_only)
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"model": ..., "optim": ...}`` (``optim`` empty without an optimizer)."""
+        optims = [] if self.optimizer is None else [self.optimizer]
+        model_sd, optim_sd = get_state_dict(self.model, optims, options=self.options)
+        return {"model": model_sd, "optim": optim_sd}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load what :meth:`state_dict` returned (after DCP filled it in place)."""
+        optims = [] if self.optimizer is None else [self.optimizer]
+        set_state_dict(
+            self.model,
+            optims,
+            model_state_dict=state_dict["model"],
+            optim_state_dict=state_dict["optim"],
+            options=self.options,
+        )
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The first rank's underlying exception inside DCP's ``CheckpointException`` (else ``error``)."""
+    if isinstance(error, CheckpointException):
+        for failure in error.failures.values():
+            inner = failure[0] if isinstance(failure, tuple) else failure
+            if isinstance(inner, BaseException):
+                return inner
+    return error
+
+
+def _dist_on() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _rank_world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if _dist_on() else (0, 1)
+
+
+def _barrier() -> None:
+    if _dist_on():
+        dist.barrier()
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, write: Any) -> None:
+    with open(path, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _marker(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((path / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == _FORMAT else None
+
+
+def save_checkpoint(
+    directory: str | os.PathLike[str],
+    step: int,
+    *,
+    app_state: Mapping[str, Any],
+    rank_state: Mapping[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write ``{directory}/step_{step}`` atomically; call on every rank.
+
+    Args:
+        directory: the run's checkpoint root (created if missing).
+        step: the optimizer step this state follows; names the directory.
+        app_state: name -> DCP ``Stateful`` (:class:`ModelOptimizerState`, an LR scheduler) or a plain
+            dict of tensors and Python values (step and token counters, the loader position).
+        rank_state: this rank's tensors (e.g. :func:`ft_dist.rng_state`); tensors only.
+
+    Returns:
+        The checkpoint directory. An existing checkpoint of the same step is replaced.
+
+    Raises:
+        CheckpointError: a write failed (disk full, permissions); earlier checkpoints are untouched.
+    """
+    root = Path(directory)
+    rank, world = _rank_world()
+    final = root / f"step_{step}"
+    tmp = root / f".tmp-step_{step}"
+    for key, value in (rank_state or {}).items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{final}: rank_state[{key!r}] is {type(value).__name__}, not a tensor")
+    try:
+        if rank == 0:
+            root.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+        _barrier()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+            dcp.save(
+                dict(app_state), storage_writer=FileSystemWriter(tmp, sync_files=True), no_dist=not _dist_on()
+            )
+        sidecar = {k: v.detach().cpu().clone() for k, v in (rank_state or {}).items()}
+        _write_file(tmp / f"rank_{rank}.pt", lambda f: torch.save(sidecar, f))
+        _barrier()
+        if rank == 0:
+            for child in tmp.iterdir():
+                _fsync_path(child)
+            _fsync_path(tmp)
+            old = root / f".old-step_{step}"
+            if final.exists():
+                final.rename(old)
+            tmp.rename(final)
+            _fsync_path(root)
+            info = {"format": _FORMAT, "step": step, "world_size": world}
+            _write_file(final / MARKER, lambda f: f.write(json.dumps(info).encode()))
+            _fsync_path(final)
+            if old.exists():
+                shutil.rmtree(old)
+        _barrier()
+    except (OSError, CheckpointException) as e:
+        if rank == 0 and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        cause = _root_cause(e)
+        raise CheckpointError(f"{final}: saving failed ({type(cause).__name__}: {cause})") from e
+    log.info("saved checkpoint %s", final)
+    return final
+
+
+def latest_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
+    """The complete checkpoint with the highest step under ``output_dir`` (None if there is none).
+
+    Temp directories, directories without ft's marker and unreadable markers are ignored.
+    """
+    best: tuple[int, Path] | None = None
+    root = Path(output_dir)
+    if not root.is_dir():
+        return None
+    for child in root.iterdir():
+        match = _STEP_DIR.match(child.name)
+        info = _marker(child) if match and child.is_dir() else None
+        if info is not None and (best is None or int(info["step"]) > best[0]):
+            best = (int(info["step"]), child)
+    return None if best is None else best[1]
+
+
+def prune_checkpoints(output_dir: str | os.PathLike[str], *, keep_last: int) -> list[Path]:
+    """Delete all but the ``keep_last`` newest ft checkpoints; only marked directories are touched.
+
+    Call on rank 0 only. Returns the deleted directories.
+    """
+    if keep_last < 1:
+        raise CheckpointError(f"{output_dir}: keep_last must be >= 1, got {keep_last}")
+    root = Path(output_dir)
+    marked = []
+    for child in root.iterdir() if root.is_dir() else ():
+        info = _marker(child) if _STEP_DIR.match(child.name) and child.is_dir() else None
+        if info is not None:
+            marked.append((int(info["step"]), child))
+    marked.sort()
+    doomed = [path for _, path in marked[: max(0, len(marked) - keep_last)]]
+    for path in doomed:
+        (path / MARKER).unlink()  # unmark first: a crash mid-delete leaves an ignored directory
+        shutil.rmtree(path)
+    return doomed
+
+
+def read_rank_state(checkpoint: str | os.PathLike[str], rank: int) -> dict[str, torch.Tensor] | None:
+    """Rank ``rank``'s sidecar tensors from a checkpoint, or None when that rank did not save one."""
+    path = Path(checkpoint) / f"rank_{rank}.pt"
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError or EOFError on bad files
+        raise CheckpointError(f"{path}: unreadable rank state ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: rank state is not a dict of tensors")
+    return state
+
+
+def load_checkpoint(
+    checkpoint: str | os.PathLike[str], *, app_state: Mapping[str, Any]
+) -> dict[str, torch.Tensor] | None:
+    """Load a complete checkpoint into ``app_state`` in place (every rank); return this rank's sidecar.
+
+    ``app_state`` has the same names as at save time, holding freshly built objects (Statefuls are
+    loaded through ``load_state_dict``; plain dicts are filled in place). The world size may differ
+    from the saving run's; a rank that had no sidecar gets None (and a warning).
+
+    Raises:
+        CheckpointError: the directory is missing, incomplete (no marker) or does not fit ``app_state``.
+        UnsafeCheckpointError: the metadata names objects outside DCP's metadata types.
+    """
+    path = Path(checkpoint)
+    info = _marker(path)
+    if info is None:
+        raise CheckpointError(f"{path}: not a complete ft checkpoint (missing or unreadable {MARKER})")
+    read_metadata(str(path / ".metadata"))  # refuse a crafted file before DCP touches anything
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+            dcp.load(
+                dict(app_state),
+                storage_reader=SafeFileSystemReader(path),
+                planner=SafeLoadPlanner(),
+                no_dist=not _dist_on(),
+            )
+    except (Exception, CheckpointException) as e:
+        cause = _root_cause(e)
+        if isinstance(cause, CheckpointError):
+            raise cause from e
+        first = f"{type(cause).__name__}: {cause}".splitlines()[0]
+        raise CheckpointError(f"{path}: loading failed ({first[:300]})") from e
+    rank, _world = _rank_world()
+    state = read_rank_state(path, rank)
+    if state is None:
+        log.warning(
+            "%s: no rank state for rank %d (saved with world size %s)", path, rank, info["world_size"]
+        )
+    return state
