@@ -141,8 +141,9 @@ def run(prepared: Prepared) -> None:
     from ft_recipes.config import to_yaml
 
     out = getattr(prepared.config, "output_dir", None)
-    if out and os.environ.get("RANK", "0") == "0":  # one writer under torchrun
+    if out:
         directory = Path(str(out)).expanduser()
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.yaml").write_text(to_yaml(prepared.cfg), encoding="utf-8")
+        directory.mkdir(parents=True, exist_ok=True)  # every rank may write there
+        if os.environ.get("RANK", "0") == "0":  # one writer under torchrun
+            (directory / "config.yaml").write_text(to_yaml(prepared.cfg), encoding="utf-8")
     prepared.module.main(prepared.config)
