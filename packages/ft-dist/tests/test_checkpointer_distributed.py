@@ -54,7 +54,9 @@ def test_two_ranks_save_one_process_loads(tmp_path: Path) -> None:
     mine = ft_dist.load_checkpoint(ckpt, app_state={"train": ft_dist.ModelOptimizerState(model, opt)})
     for key, value in expected[0]["weights"].items():
         assert torch.equal(model.state_dict()[key], value), key
-    assert mine is not None and torch.equal(mine["torch"], expected[0]["rng"])
+    assert mine is not None
+    assert torch.equal(mine["torch"], expected[0]["rng"])
     other = ft_dist.read_rank_state(ckpt, 1)
-    assert other is not None and torch.equal(other["torch"], expected[1]["rng"])
+    assert other is not None
+    assert torch.equal(other["torch"], expected[1]["rng"])
     assert len(opt.state) == len(list(model.parameters()))

@@ -3,7 +3,8 @@ Sublinear Memory Cost") applied to a model from outside.
 
 Each selected layer's ``forward`` is replaced, on the instance, by a call through non-reentrant
 ``torch.utils.checkpoint.checkpoint``: the layer's activations are dropped after the forward and
-recomputed during the backward. No wrapper module is inserted, so module paths and state-dict keys
+recomputed during the backward. Anything that wrapped the layer's forward before (a cast of its
+weights to the compute dtype) runs inside the checkpointed region and is recomputed too. No wrapper module is inserted, so module paths and state-dict keys
 are unchanged (``model.layers.0.self_attn.q_proj.weight`` stays what it was), and the model code
 knows nothing about it. The RNG state is preserved across the recomputation (dropout masks match),
 so gradients are identical to a run without checkpointing.
@@ -64,8 +65,9 @@ def apply_activation_checkpointing(
     for layer in selected:
         if getattr(layer, _MARK, False):
             continue
-        # Bind the class's forward (not the instance attribute) so the wrapper never wraps itself.
-        inner = type(layer).forward.__get__(layer, type(layer))
+        # Wrap the current forward: an instance-level wrapper applied earlier (a precision cast of the
+        # layer's weights) then runs inside the checkpoint and is recomputed with it.
+        inner = layer.forward
         layer.forward = functools.partial(_checkpointed, inner)  # type: ignore[method-assign]
         object.__setattr__(layer, _MARK, True)
         count += 1

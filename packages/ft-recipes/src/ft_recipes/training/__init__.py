@@ -1,0 +1,31 @@
+"""Training utilities shared by every ft recipe: one implementation each.
+
+The chunked loss, the precision policy, optimizers, LR schedules and gradient clipping. Activation
+checkpointing and checkpoints live in ``ft_dist``.
+"""
+
+from ft_recipes.training._loss import IGNORE_INDEX, linear_cross_entropy
+from ft_recipes.training._precision import PRECISIONS, PrecisionPolicy, apply_precision, resolve_precision
+from ft_recipes.training.errors import (
+    LossError,
+    MissingOptimizerError,
+    OptimizerError,
+    PrecisionError,
+    ScheduleError,
+    TrainingError,
+)
+
+__all__ = [
+    "IGNORE_INDEX",
+    "PRECISIONS",
+    "LossError",
+    "MissingOptimizerError",
+    "OptimizerError",
+    "PrecisionError",
+    "PrecisionPolicy",
+    "ScheduleError",
+    "TrainingError",
+    "apply_precision",
+    "linear_cross_entropy",
+    "resolve_precision",
+]

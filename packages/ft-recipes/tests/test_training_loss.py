@@ -1,0 +1,149 @@
+"""linear_cross_entropy: parity with full-logit cross-entropy, no [b, s, v] tensor, accumulation invariance."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_training_support import GEMMA2, LLAMA, batch, tiny_model
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from ft_recipes.training import LossError, linear_cross_entropy
+
+
+def _reference(
+    model: torch.nn.Module, ids: torch.Tensor, labels: torch.Tensor, normalizer: float
+) -> torch.Tensor:
+    logits = model(ids).float()  # full [b, s, v] logits (the model applies its soft-cap)
+    return (
+        F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+        / normalizer
+    )
+
+
+def _grads(model: torch.nn.Module, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("config", [LLAMA, GEMMA2], ids=["llama", "gemma2"])
+def test_matches_full_logits_cross_entropy(config: dict[str, Any]) -> None:
+    model = tiny_model(config)
+    vocab = config["vocab_size"]
+    ids, labels = batch(vocab, 3, 17, [17, 4, 9])
+    normalizer = 41.0  # a window total larger than this batch's 30 trained tokens
+
+    expected = _reference(model, ids, labels, normalizer)
+    expected_grads = _grads(model, expected)
+    hidden = model(ids, return_hidden=True)
+    loss = linear_cross_entropy(hidden, model.output_projection, labels, normalizer=normalizer, chunk_size=7)
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=0)
+    got_grads = _grads(model, loss)
+    assert got_grads.keys() == expected_grads.keys()
+    for name, grad in expected_grads.items():
+        torch.testing.assert_close(got_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+    if config["model_type"] == "gemma2":  # wrong variant: projecting without the final soft-cap
+        hidden = model(ids, return_hidden=True)
+        uncapped = linear_cross_entropy(hidden, model.lm_head, labels, normalizer=normalizer, chunk_size=7)
+        assert not torch.allclose(uncapped, expected, rtol=1e-3, atol=0)
+
+
+def test_logprobs_are_per_position_and_differentiable() -> None:
+    model = tiny_model(LLAMA, seed=2)
+    ids, labels = batch(97, 2, 12, [12, 5])
+    logits = model(ids).float()
+    expected = -F.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")  # [b, s]
+    expected = expected.masked_fill(labels == -100, 0.0)
+    expected_grads = _grads(model, expected.sum(-1)[0] - 2 * expected.sum(-1)[1])
+
+    loss, logprobs = linear_cross_entropy(
+        model(ids, return_hidden=True),
+        model.output_projection,
+        labels,
+        normalizer=17,
+        chunk_size=4,
+        return_logprobs=True,
+    )
+    assert logprobs.shape == labels.shape
+    torch.testing.assert_close(logprobs, expected.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(loss, -expected.detach().sum() / 17, rtol=1e-6, atol=0)
+    got_grads = _grads(model, logprobs.sum(-1)[0] - 2 * logprobs.sum(-1)[1])
+    for name, grad in expected_grads.items():
+        torch.testing.assert_close(got_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+class _NumelRecorder(TorchDispatchMode):
+    """Records the element count of every tensor an op produces (forward and backward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.numels: set[int] = set()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        self.numels.update(t.numel() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
+        return out
+
+
+def test_never_materialises_batch_by_seq_by_vocab() -> None:
+    model = tiny_model(LLAMA)
+    b, s, v = 2, 13, 97
+    ids, labels = batch(v, b, s, [s, s])  # every position trained: only chunking keeps logits small
+    with _NumelRecorder() as chunked:
+        hidden = model(ids, return_hidden=True)
+        linear_cross_entropy(
+            hidden, model.output_projection, labels, normalizer=b * s, chunk_size=8
+        ).backward()
+    assert b * s * v not in chunked.numels
+    assert 8 * v in chunked.numels  # the chunks were there
+    with _NumelRecorder() as naive:  # wrong variant: full logits
+        _reference(model, ids, labels, b * s).backward()
+    assert b * s * v in naive.numels
+
+
+def _window_grads(
+    model: torch.nn.Module, micro: list[tuple[torch.Tensor, torch.Tensor]], *, naive: bool
+) -> torch.Tensor:
+    model.zero_grad()
+    window_tokens = sum(int((lab != -100).sum()) for _, lab in micro)
+    for ids, labels in micro:
+        hidden = model(ids, return_hidden=True)
+        if naive:  # the per-micro-batch mean, averaged over the window
+            per_mb = int((labels != -100).sum())
+            loss = linear_cross_entropy(hidden, model.output_projection, labels, normalizer=per_mb) / len(
+                micro
+            )
+        else:
+            loss = linear_cross_entropy(hidden, model.output_projection, labels, normalizer=window_tokens)
+        loss.backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def test_gradient_accumulation_invariance() -> None:
+    model = tiny_model(LLAMA, seed=3)
+    trained = [15, 14, 2, 3, 9, 10, 1, 4]  # micro-batches of 2 hold 29, 5, 19, 5 trained tokens (>= 2x apart)
+    ids, labels = batch(97, 8, 15, trained)
+    one = _window_grads(model, [(ids, labels)], naive=False)  # batch 8 x 1 step
+    micro = [(ids[i : i + 2], labels[i : i + 2]) for i in range(0, 8, 2)]
+    four = _window_grads(model, micro, naive=False)  # batch 2 x 4 accumulation steps
+    torch.testing.assert_close(four, one, rtol=1e-5, atol=1e-7)
+    naive = _window_grads(model, micro, naive=True)
+    assert not torch.allclose(naive, one, rtol=1e-5, atol=1e-7)
+
+
+def test_no_trained_token_and_bad_input() -> None:
+    model = tiny_model(LLAMA)
+    ids, labels = batch(97, 2, 6, [0, 0])
+    loss = linear_cross_entropy(model(ids, return_hidden=True), model.output_projection, labels, normalizer=1)
+    assert loss.item() == 0.0
+    loss.backward()
+    hidden = torch.zeros(2, 6, 24)
+    with pytest.raises(LossError, match="normalizer must be > 0, got 0"):
+        linear_cross_entropy(hidden, model.output_projection, labels, normalizer=0)
+    with pytest.raises(LossError, match=r"hidden \(2, 6, 24\) does not match labels \(2, 5\)"):
+        linear_cross_entropy(hidden, model.output_projection, labels[:, :5], normalizer=1)
