@@ -130,6 +130,8 @@ def test_multi_turn_reuses_the_common_prefix(llama: tuple[PreTrainedModel, Causa
     assert_diverse(got[0])
     # Everything but the last generated token (never fed) and the new user turn came from the cache.
     assert stats.prompt_tokens == sum(len(u) + 1 for u in user)
+    assert cache.capacity & (cache.capacity - 1) == 0  # grown in power-of-two buckets
+    assert cache.capacity >= cache.length
     # A template that rewrites an earlier turn: only the tokens after the first change are recomputed.
     rewritten = [t.clone() for t in turn2]
     rewritten[0][3] = (rewritten[0][3] + 1) % 131
