@@ -208,6 +208,34 @@ def test_component_keywords_checked_recursively() -> None:
         check_components(nested)
 
 
+@pytest.mark.parametrize(
+    ("node", "message"),
+    [
+        (
+            "_component_: from_pretrained\n  path: 3",
+            r"c\.yaml:3:3: x\.path: 'from_pretrained' expects str, got int 3",
+        ),
+        (
+            "_component_: torch.nn.Linear\n  in_features: 3\n  out_features: 2.5",
+            "out_features: .* expects int, got float",
+        ),
+        (
+            "_component_: torch.nn.Linear\n  in_features: 3\n  out_features: 2\n  bias: 1",
+            "bias: .* expects bool, got int 1",
+        ),
+        ("_component_: load_tokenizer\n  path: [a]", None),  # not a simple value: left to the callable
+        ("_component_: torch.nn.Linear\n  in_features: 3\n  out_features: 2\n  bias: false", None),
+    ],
+)
+def test_component_values_checked_against_simple_annotations(node: str, message: str | None) -> None:
+    cfg = _cfg(f"x:\n  {node}\n")
+    if message is None:
+        check_components(cfg, provided={"x": {"dtype", "device"}})
+        return
+    with pytest.raises(ComponentError, match=message):
+        check_components(cfg, provided={"x": {"dtype", "device"}})
+
+
 def test_missing_required_keyword_unless_the_recipe_provides_it() -> None:
     cfg = _cfg("opt:\n  _component_: torch.optim.SGD\n  lr: 0.1\n")
     with pytest.raises(ComponentError, match="needs keyword 'params'"):

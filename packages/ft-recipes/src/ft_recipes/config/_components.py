@@ -16,10 +16,13 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import os
 import sys
+import types
+import typing
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from ft_recipes._assets import ASSET_PREFIX, resolve_path
 from ft_recipes.config._edit import COMPONENT
@@ -149,6 +152,7 @@ def _check_signature(
         raise ComponentError(
             f"{cfg.at(f'{key}.{name}')}: {key}.{name}: {node[COMPONENT]!r} takes no keyword {name!r}{hint}"
         )
+    _check_values(fn, node, key, cfg)
     for name, p in params.items():
         required = p.default is inspect.Parameter.empty and p.kind in (
             p.POSITIONAL_OR_KEYWORD,
@@ -157,6 +161,52 @@ def _check_signature(
         if required and name not in node and name not in provided:
             raise ComponentError(
                 f"{cfg.at(key)}: {key}: {node[COMPONENT]!r} needs keyword {name!r}, which is missing"
+            )
+
+
+# Annotations whose YAML values can be checked statically; anything else is left to the callable.
+_SIMPLE: dict[Any, tuple[type, ...]] = {
+    int: (int,),
+    float: (int, float),
+    bool: (bool,),
+    str: (str,),
+    type(None): (type(None),),
+    Path: (str,),
+    os.PathLike: (str,),
+}
+
+
+def _accepted(annotation: Any) -> tuple[type, ...] | None:
+    """YAML value types an annotation accepts, or None when it is not made of simple types only."""
+    options = typing.get_args(annotation) if typing.get_origin(annotation) in (Union, types.UnionType) else ()
+    parts = options or (annotation,)
+    out: list[type] = []
+    for part in parts:
+        base = typing.get_origin(part) or part
+        if base not in _SIMPLE:
+            return None
+        out.extend(_SIMPLE[base])
+    return tuple(out)
+
+
+def _check_values(fn: Callable[..., Any], node: Mapping[str, Any], key: str, cfg: Located) -> None:
+    """Literal keyword values against simple annotations (``path: 3`` where a path is expected)."""
+    try:
+        hints = typing.get_type_hints(fn.__init__ if isinstance(fn, type) else fn)
+    except Exception:
+        return  # unresolvable annotations: nothing to check statically
+    for name, value in node.items():
+        accepted = _accepted(hints[name]) if name in hints else None
+        if accepted is None or isinstance(value, dict | list):
+            continue
+        if isinstance(value, str) and value.startswith(ASSET_PREFIX) and str in accepted:
+            continue
+        wrong_bool = isinstance(value, bool) and bool not in accepted
+        if wrong_bool or not isinstance(value, accepted):
+            names = " | ".join(dict.fromkeys(t.__name__ if t is not type(None) else "None" for t in accepted))
+            raise ComponentError(
+                f"{cfg.at(f'{key}.{name}')}: {key}.{name}: {node[COMPONENT]!r} expects {names}, "
+                f"got {type(value).__name__} {value!r}"
             )
 
 
