@@ -192,7 +192,7 @@ def _accepted(annotation: Any) -> tuple[type, ...] | None:
 def _check_values(fn: Callable[..., Any], node: Mapping[str, Any], key: str, cfg: Located) -> None:
     """Literal keyword values against simple annotations (``path: 3`` where a path is expected)."""
     try:
-        hints = typing.get_type_hints(fn.__init__ if isinstance(fn, type) else fn)
+        hints = typing.get_type_hints(getattr(fn, "__init__") if isinstance(fn, type) else fn)  # noqa: B009
     except Exception:
         return  # unresolvable annotations: nothing to check statically
     for name, value in node.items():
