@@ -4,8 +4,11 @@ The chunked loss, the precision policy, optimizers, LR schedules and gradient cl
 checkpointing and checkpoints live in ``ft_dist``.
 """
 
+from ft_recipes.training._clip import clip_grad_norm
 from ft_recipes.training._loss import IGNORE_INDEX, linear_cross_entropy
+from ft_recipes.training._optim import OPTIMIZERS, build_optimizer
 from ft_recipes.training._precision import PRECISIONS, PrecisionPolicy, apply_precision, resolve_precision
+from ft_recipes.training._schedules import SCHEDULES, WarmupSchedule, build_lr_scheduler
 from ft_recipes.training.errors import (
     LossError,
     MissingOptimizerError,
@@ -17,7 +20,9 @@ from ft_recipes.training.errors import (
 
 __all__ = [
     "IGNORE_INDEX",
+    "OPTIMIZERS",
     "PRECISIONS",
+    "SCHEDULES",
     "LossError",
     "MissingOptimizerError",
     "OptimizerError",
@@ -25,7 +30,11 @@ __all__ = [
     "PrecisionPolicy",
     "ScheduleError",
     "TrainingError",
+    "WarmupSchedule",
     "apply_precision",
+    "build_lr_scheduler",
+    "build_optimizer",
+    "clip_grad_norm",
     "linear_cross_entropy",
     "resolve_precision",
 ]
