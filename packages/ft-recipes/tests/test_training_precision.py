@@ -76,18 +76,19 @@ def _by_hand(weights: dict[str, torch.Tensor], ids: torch.Tensor, dtype: torch.d
     return F.linear(x, w["head.weight"]).float()
 
 
-def test_bf16_mixed_matches_explicit_casts() -> None:
+@pytest.mark.parametrize(("name", "dtype"), [("bf16-mixed", torch.bfloat16), ("fp16", torch.float16)])
+def test_mixed_precision_matches_explicit_casts(name: str, dtype: torch.dtype) -> None:
     torch.manual_seed(0)
     net = _Net()
     ids = torch.randint(0, 53, (3, 9))
     target = torch.randint(0, 53, (3, 9))
     masters = {k: v.detach().clone().requires_grad_() for k, v in net.state_dict().items()}
-    expected = F.cross_entropy(_by_hand(masters, ids, torch.bfloat16).flatten(0, 1), target.flatten())
+    expected = F.cross_entropy(_by_hand(masters, ids, dtype).flatten(0, 1), target.flatten())
     expected.backward()
     wrong = F.cross_entropy(_by_hand(masters, ids, torch.float32).flatten(0, 1), target.flatten())
 
     keys = list(net.state_dict())
-    policy = resolve_precision("bf16-mixed", "cpu")
+    policy = resolve_precision(name, "cpu")
     apply_precision(net, policy)
     assert list(net.state_dict()) == keys
     assert all(p.dtype == torch.float32 for p in net.parameters())  # masters stay fp32
@@ -99,10 +100,10 @@ def test_bf16_mixed_matches_explicit_casts() -> None:
         assert param.grad.dtype == torch.float32
         assert torch.equal(param.grad, masters[name].grad), name
     assert all(p.dtype == torch.float32 for p in net.parameters())  # restored after the forward
-    # Wrong variant, same (exact) tolerance: computing in fp32 gives another result, by bf16 rounding.
+    # Wrong variant, same (exact) tolerance: computing in fp32 gives another result, by the rounding.
     assert not torch.equal(wrong, expected)
     fp32_logits = _by_hand(masters, ids, torch.float32)
-    assert not torch.allclose(fp32_logits, _by_hand(masters, ids, torch.bfloat16), rtol=1e-3, atol=0)
+    assert not torch.allclose(fp32_logits, _by_hand(masters, ids, dtype), rtol=1e-4, atol=0)
 
 
 def test_bf16_mixed_lora_model_with_activation_checkpointing() -> None:
@@ -136,6 +137,7 @@ def test_bf16_mixed_lora_model_with_activation_checkpointing() -> None:
 
     checkpointed = apply_precision(build(), policy)
     assert ft_dist.apply_activation_checkpointing(checkpointed) == 2
+    assert list(checkpointed.state_dict()) == keys
     got = grads(checkpointed)
     for name, grad in expected.items():
         assert torch.equal(got[name], grad), name
@@ -163,6 +165,15 @@ def test_pure_and_fp16_policies() -> None:
     assert fp16.master_dtype == torch.float32
     scaler = fp16.make_grad_scaler("cpu")
     assert isinstance(scaler, torch.amp.GradScaler)
+    net = apply_precision(_Net(), fp16)  # one scaled step: the optimizer sees unscaled fp32 gradients
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    ids = torch.randint(0, 53, (2, 5))
+    scaler.scale(net(ids).float().logsumexp(-1).mean()).backward()
+    scaled = net.head.weight.grad.clone()
+    scaler.unscale_(opt)
+    torch.testing.assert_close(net.head.weight.grad * scaler.get_scale(), scaled, rtol=1e-6, atol=0)
+    scaler.step(opt)
+    scaler.update()
     assert resolve_precision("fp32", "cpu").make_grad_scaler("cpu") is None
     with pytest.raises(PrecisionError, match="precision: unknown value 'bf16'"):
         resolve_precision("bf16", "cpu")
