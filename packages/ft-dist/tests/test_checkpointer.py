@@ -178,3 +178,17 @@ def test_rank_state_must_be_tensors_and_sidecar_is_weights_only(tmp_path: Path) 
         ft_dist.read_rank_state(ckpt, 0)
     assert not (tmp_path / "pwned").exists()
     assert ft_dist.read_rank_state(ckpt, 5) is None
+
+
+def test_missing_or_corrupt_files_are_one_line_errors(tmp_path: Path) -> None:
+    model, opt, sched = _setup()
+    ckpt = ft_dist.save_checkpoint(tmp_path, 1, app_state=_state(model, opt, sched, {"step": 1}))
+    data = next(ckpt.glob("*.distcp"))
+    data.rename(tmp_path / "aside")
+    with pytest.raises(CheckpointError, match=r"step_1: loading failed \(FileNotFoundError") as missing:
+        ft_dist.load_checkpoint(ckpt, app_state=_state(model, opt, sched, {"step": 0}))
+    assert "\n" not in str(missing.value)
+    (tmp_path / "aside").rename(data)
+    (ckpt / ".metadata").write_bytes((ckpt / ".metadata").read_bytes()[:50])
+    with pytest.raises(CheckpointError, match=r"\.metadata: not a readable DCP metadata file"):
+        ft_dist.load_checkpoint(ckpt, app_state=_state(model, opt, sched, {"step": 0}))
