@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,10 @@ from dist_support import Tiny, loss_of
 import ft_dist
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
+
+def _full_disk(fd: int) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
 
 
 def _worker(rank: int, world: int, root: str) -> None:
@@ -36,12 +42,33 @@ def _worker(rank: int, world: int, root: str) -> None:
             f"{root}/out", 1, app_state={"train": ft_dist.ModelOptimizerState(model, opt)}, rank_state=state
         )
         torch.save({"rng": state["torch"], "weights": model.state_dict()}, f"{root}/expected_{rank}.pt")
+        if rank == 1:  # fault injection: this rank's disk is full for the next save
+            os.fsync = _full_disk  # type: ignore[assignment]
+        try:
+            ft_dist.save_checkpoint(
+                f"{root}/out", 2, app_state={"train": ft_dist.ModelOptimizerState(model, opt)}
+            )
+            outcome = "saved"
+        except ft_dist.CheckpointError as e:
+            outcome = str(e)
+        Path(f"{root}/outcome_{rank}.txt").write_text(outcome)
     finally:
         dist.destroy_process_group()
 
 
 def test_two_ranks_save_one_process_loads(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    context = mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=False)
+    deadline = time.monotonic() + 240
+    while not context.join(timeout=5):  # a rank stuck in a collective would hang here: bound it
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("ranks did not finish: a failed save left a rank waiting")
+    # The failed second save raised on both ranks and left no trace.
+    outcomes = [(tmp_path / f"outcome_{r}.txt").read_text() for r in range(2)]
+    assert all(o.startswith(f"{tmp_path}/out/step_2: saving failed") for o in outcomes), outcomes
+    assert "No space left on device" in outcomes[1]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["step_1"]
     ckpt = ft_dist.latest_checkpoint(tmp_path / "out")
     assert ckpt == tmp_path / "out" / "step_1"
     assert json.loads((ckpt / ft_dist.MARKER).read_text())["world_size"] == 2

@@ -113,9 +113,22 @@ def _rank_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if _dist_on() else (0, 1)
 
 
-def _barrier() -> None:
-    if _dist_on():
-        dist.barrier()
+def _attempt(phase: Any) -> BaseException | None:
+    try:
+        phase()
+    except (OSError, CheckpointException) as e:  # DCP raises CheckpointException (a BaseException)
+        return e
+    return None
+
+
+def _agree(ok: bool) -> bool:
+    """True when ``ok`` holds on every rank (a MIN all-reduce; no-op in one process)."""
+    if not _dist_on():
+        return ok
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    flag = torch.tensor([int(ok)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
 
 
 def _fsync_path(path: Path) -> None:
@@ -170,13 +183,15 @@ def save_checkpoint(
     for key, value in (rank_state or {}).items():
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{final}: rank_state[{key!r}] is {type(value).__name__}, not a tensor")
-    try:
-        if rank == 0:
-            root.mkdir(parents=True, exist_ok=True)
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir()
-        _barrier()
+    old = root / f".old-step_{step}"
+
+    def prepare() -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+
+    def write() -> None:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
             dcp.save(
@@ -184,27 +199,33 @@ def save_checkpoint(
             )
         sidecar = {k: v.detach().cpu().clone() for k, v in (rank_state or {}).items()}
         _write_file(tmp / f"rank_{rank}.pt", lambda f: torch.save(sidecar, f))
-        _barrier()
-        if rank == 0:
-            for child in tmp.iterdir():
-                _fsync_path(child)
-            _fsync_path(tmp)
-            old = root / f".old-step_{step}"
-            if final.exists():
-                final.rename(old)
-            tmp.rename(final)
-            _fsync_path(root)
-            info = {"format": _FORMAT, "step": step, "world_size": world}
-            _write_file(final / MARKER, lambda f: f.write(json.dumps(info).encode()))
-            _fsync_path(final)
-            if old.exists():
-                shutil.rmtree(old)
-        _barrier()
-    except (OSError, CheckpointException) as e:
-        if rank == 0 and tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        cause = _root_cause(e)
-        raise CheckpointError(f"{final}: saving failed ({type(cause).__name__}: {cause})") from e
+
+    def publish() -> None:
+        for child in tmp.iterdir():
+            _fsync_path(child)
+        _fsync_path(tmp)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        _fsync_path(root)
+        info = {"format": _FORMAT, "step": step, "world_size": world}
+        _write_file(final / MARKER, lambda f: f.write(json.dumps(info).encode()))
+        _fsync_path(final)
+        if old.exists():
+            shutil.rmtree(old)
+
+    # Each phase ends with every rank agreeing on success, so one rank's failure (a full disk) raises on
+    # all ranks instead of leaving the others waiting in a barrier.
+    for phase, everywhere in ((prepare, False), (write, True), (publish, False)):
+        error = _attempt(phase) if everywhere or rank == 0 else None
+        if not _agree(error is None):
+            if rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if old.exists() and not final.exists():
+                    old.rename(final)  # put a replaced checkpoint of the same step back
+            cause = _root_cause(error) if error is not None else "another rank failed"
+            detail = f"{type(cause).__name__}: {cause}" if isinstance(cause, BaseException) else cause
+            raise CheckpointError(f"{final}: saving failed ({detail})") from error
     log.info("saved checkpoint %s", final)
     return final
 
