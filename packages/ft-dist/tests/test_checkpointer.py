@@ -192,3 +192,22 @@ def test_missing_or_corrupt_files_are_one_line_errors(tmp_path: Path) -> None:
     (ckpt / ".metadata").write_bytes((ckpt / ".metadata").read_bytes()[:50])
     with pytest.raises(CheckpointError, match=r"\.metadata: not a readable DCP metadata file"):
         ft_dist.load_checkpoint(ckpt, app_state=_state(model, opt, sched, {"step": 0}))
+
+
+def test_trainable_only_checkpoint_names_a_missing_key(tmp_path: Path) -> None:
+    model, _, _ = _setup()
+    for p in model.embed.parameters():
+        p.requires_grad_(False)
+    ckpt = ft_dist.save_checkpoint(
+        tmp_path, 1, app_state={"t": ft_dist.ModelOptimizerState(model, trainable_only=True)}
+    )
+    stored = set(ft_dist.read_metadata(str(ckpt / ".metadata")).state_dict_metadata)
+    assert "t.model.embed.weight" not in stored
+    assert "t.model.head.weight" in stored
+    other, _, _ = _setup(seed=4)  # everything trainable: it needs embed.weight, which was not stored
+    with pytest.raises(
+        CheckpointError, match=r"Missing key in checkpoint state_dict: t\.model\.embed\.weight"
+    ):
+        ft_dist.load_checkpoint(
+            ckpt, app_state={"t": ft_dist.ModelOptimizerState(other, trainable_only=True)}
+        )
