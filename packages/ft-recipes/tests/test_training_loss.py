@@ -11,7 +11,15 @@ from test_training_support import GEMMA2, LLAMA, batch, tiny_model
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from ft_recipes.training import LossError, linear_cross_entropy
+import ft_dist
+from ft_recipes.training import (
+    LossError,
+    apply_precision,
+    build_optimizer,
+    clip_grad_norm,
+    linear_cross_entropy,
+    resolve_precision,
+)
 
 
 def _reference(
@@ -90,15 +98,21 @@ class _NumelRecorder(TorchDispatchMode):
         return out
 
 
-def test_never_materialises_batch_by_seq_by_vocab() -> None:
+@pytest.mark.parametrize("precision", ["fp32", "bf16-mixed"])
+def test_never_materialises_batch_by_seq_by_vocab(precision: str) -> None:
     model = tiny_model(LLAMA)
+    apply_precision(model, resolve_precision(precision, "cpu"))
+    ft_dist.apply_activation_checkpointing(model)
+    optimizer = build_optimizer(model, "adamw", lr=1e-3)
     b, s, v = 2, 13, 97
     ids, labels = batch(v, b, s, [s, s])  # every position trained: only chunking keeps logits small
-    with _NumelRecorder() as chunked:
+    with _NumelRecorder() as chunked:  # one whole training step
         hidden = model(ids, return_hidden=True)
-        linear_cross_entropy(
-            hidden, model.output_projection, labels, normalizer=b * s, chunk_size=8
-        ).backward()
+        loss = linear_cross_entropy(hidden, model.output_projection, labels, normalizer=b * s, chunk_size=8)
+        loss.backward()
+        clip_grad_norm(model, 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
     assert b * s * v not in chunked.numels
     assert 8 * v in chunked.numels  # the chunks were there
     with _NumelRecorder() as naive:  # wrong variant: full logits
