@@ -134,12 +134,18 @@ def prepare(
 
 
 def run(prepared: Prepared) -> None:
-    """Write the resolved config to the output directory (when the schema has one) and run ``main``.
+    """Call the module's ``before_run(cfg)`` if any, write the resolved config to the output directory
+    (when the schema has one) and run ``main``.
 
     Under torchrun every rank validates and runs; only rank 0 writes the config.
     """
     from ft_recipes.config import to_yaml
 
+    before = getattr(prepared.module, "before_run", None)
+    if (
+        before is not None
+    ):  # e.g. a training recipe refusing a non-empty output dir, before anything is written
+        before(prepared.config)
     out = getattr(prepared.config, "output_dir", None)
     if out:
         directory = Path(str(out)).expanduser()

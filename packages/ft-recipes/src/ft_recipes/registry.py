@@ -56,6 +56,64 @@ RECIPES: dict[str, RecipeInfo] = {
             distributed=False,
             configs=("smollm2/135M_generate",),
         ),
+        RecipeInfo(
+            name="lora_finetune_single_device",
+            module="ft_recipes.lora_finetune_single_device",
+            summary="LoRA / DoRA / QLoRA fine-tuning on one device (CPU or CUDA), exact resume",
+            distributed=False,
+            configs=(
+                "smollm2/135M_lora",
+                "smollm2/135M_qlora",
+                "smollm2/360M_lora",
+                "smollm2/1.7B_lora",
+                "smollm2/1.7B_qlora",
+                "llama3_2/1B_lora",
+                "llama3_2/1B_qlora",
+                "llama3_2/3B_lora",
+                "llama3_2/3B_qlora",
+                "llama3_1/8B_lora",
+                "llama3_1/8B_qlora",
+                "qwen2_5/0.5B_lora",
+                "qwen2_5/1.5B_lora",
+                "qwen2_5/1.5B_qlora",
+                "qwen2_5/3B_lora",
+                "qwen2_5/3B_qlora",
+                "qwen2_5/7B_lora",
+                "qwen2_5/7B_qlora",
+                "qwen3/0.6B_lora",
+                "qwen3/1.7B_lora",
+                "qwen3/1.7B_qlora",
+                "qwen3/4B_lora",
+                "qwen3/4B_qlora",
+                "qwen3/8B_lora",
+                "qwen3/8B_qlora",
+                "mistral/7B_lora",
+                "mistral/7B_qlora",
+                "gemma2/2B_lora",
+                "gemma2/2B_qlora",
+                "gemma2/9B_lora",
+                "gemma2/9B_qlora",
+            ),
+        ),
+        RecipeInfo(
+            name="full_finetune_single_device",
+            module="ft_recipes.full_finetune_single_device",
+            summary="Full fine-tuning on one device (CPU or CUDA), exact resume",
+            distributed=False,
+            configs=(
+                "smollm2/135M_full",
+                "smollm2/360M_full",
+                "smollm2/1.7B_full",
+                "llama3_2/1B_full",
+                "llama3_2/3B_full",
+                "qwen2_5/0.5B_full",
+                "qwen2_5/1.5B_full",
+                "qwen2_5/3B_full",
+                "qwen3/0.6B_full",
+                "qwen3/1.7B_full",
+                "gemma2/2B_full",
+            ),
+        ),
     )
 }
 
@@ -77,8 +135,9 @@ def shipped_configs() -> dict[str, Path]:
 
 
 def _suggest(name: str, names: list[str]) -> str:
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-    return f"; did you mean {', '.join(close)}?" if close else ""
+    # The single closest name: with many shipped configs, a list of near misses reads as noise.
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def find_recipe(name: str) -> RecipeInfo:

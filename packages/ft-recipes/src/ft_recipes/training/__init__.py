@@ -15,6 +15,7 @@ from ft_recipes.training.errors import (
     OptimizerError,
     PrecisionError,
     ScheduleError,
+    TrainingDivergedError,
     TrainingError,
 )
 
@@ -29,6 +30,7 @@ __all__ = [
     "PrecisionError",
     "PrecisionPolicy",
     "ScheduleError",
+    "TrainingDivergedError",
     "TrainingError",
     "WarmupSchedule",
     "apply_precision",

@@ -15,6 +15,7 @@ __all__ = [
     "OptimizerError",
     "PrecisionError",
     "ScheduleError",
+    "TrainingDivergedError",
     "TrainingError",
 ]
 
@@ -41,3 +42,7 @@ class LossError(TrainingError):
 
 class MissingOptimizerError(ExpectedFailure):
     """An optimizer from an optional package (bitsandbytes) that is not installed or not usable here."""
+
+
+class TrainingDivergedError(ExpectedFailure):
+    """A non-finite loss or gradient norm: the run stops and keeps its last good checkpoint."""

@@ -1,0 +1,331 @@
+"""Steps shared by every training recipe, one implementation each, so no feature differs between recipes.
+
+A recipe file reads as setup -> train -> save -> cleanup and calls these: the output-directory rule,
+model + tokenizer loading and checks, the data path (dataset -> packed rows -> batches, optionally read
+by worker processes), the token-normalised forward/backward over one accumulation window, the optimizer
+step with clipping, checkpoints (``ft_dist``) and resume, metrics (tqdm + JSONL) and the final outputs.
+
+Gradient accumulation follows the rule that a step's loss is the mean over every trained token of the
+window: each micro-batch's summed loss is divided by the window's trained-token count (not by its own),
+so 8 x 1 and 2 x 4 give the same gradients whatever the lengths.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import ft_data
+import ft_dist
+import ft_models
+from ft_recipes.config import instantiate
+from ft_recipes.errors import UserError
+from ft_recipes.training import IGNORE_INDEX, clip_grad_norm, linear_cross_entropy
+from ft_recipes.training.errors import TrainingDivergedError
+
+__all__ = [
+    "MetricsLog",
+    "build_loader",
+    "check_output_dir",
+    "forward_backward",
+    "load_model",
+    "load_tokenizer",
+    "micro_batches",
+    "optimizer_step",
+    "peak_memory_mib",
+    "resume_checkpoint",
+    "save_checkpoint",
+    "save_hf_dir",
+]
+
+CHECKPOINTS = "checkpoints"
+METRICS = "metrics.jsonl"
+# Files `tune run` itself writes before the recipe starts (the resolved config).
+_OWN_FILES = {"config.yaml"}
+
+
+def check_output_dir(output_dir: str, resume: str | None) -> None:
+    """Refuse a non-empty output directory unless the run resumes (nothing is overwritten by accident).
+
+    Raises:
+        UserError: ``output_dir`` holds files and ``resume`` is not set.
+    """
+    path = Path(output_dir).expanduser()
+    if resume is None and path.is_dir() and any(p.name not in _OWN_FILES for p in path.iterdir()):
+        raise UserError(
+            f"output_dir: {output_dir} is not empty; pass resume=auto to continue it or pick another"
+        )
+
+
+def load_tokenizer(tokenizer_node: Mapping[str, Any]) -> Any:
+    """The tokenizer from its config node (``load_tokenizer``)."""
+    return instantiate(tokenizer_node, key="tokenizer", allow_any=True)
+
+
+def load_model(model_node: Mapping[str, Any], tokenizer: Any, device: torch.device) -> ft_models.CausalLM:
+    """Load the fp32 model (precision is applied later, after freezing) and check the tokenizer fits it.
+
+    Raises:
+        UserError: The tokenizer has ids the model's embedding has no row for.
+    """
+    model: ft_models.CausalLM = instantiate(
+        model_node, key="model", allow_any=True, dtype=torch.float32, device=device
+    )
+    rows = model.model.embed_tokens.weight.shape[0]
+    if tokenizer.vocab_size > rows:
+        raise UserError(
+            f"tokenizer: its largest id {tokenizer.vocab_size - 1} is not below the model's {rows} embedding rows"
+        )
+    return model.train()
+
+
+def build_loader(
+    dataset_node: Mapping[str, Any],
+    tokenizer: Any,
+    *,
+    batch_size: int,
+    max_seq_len: int,
+    seed: int,
+    packed: bool,
+    shuffle: bool,
+    accumulation: int,
+    epochs: int,
+    max_steps: int | None,
+) -> tuple[Any, int]:
+    """Tokenise the dataset (ft-data caches it) and build its loader; returns (loader, optimizer steps).
+
+    Raises:
+        UserError: The data gives no complete optimizer step.
+    """
+    dataset = instantiate(
+        dataset_node, key="dataset", allow_any=True, tokenizer=tokenizer, max_seq_len=max_seq_len
+    )
+    print(f"[data] {dataset.report}", file=sys.stderr)
+    loader = ft_data.Loader(
+        dataset,
+        batch_size=batch_size,
+        max_seq_len=max_seq_len,
+        seed=seed,
+        packed=packed,
+        shuffle=shuffle,
+        pad_id=tokenizer.pad_id if tokenizer.pad_id is not None else 0,
+    )
+    per_epoch = loader.steps_per_epoch() // accumulation
+    total = epochs * per_epoch if max_steps is None else min(max_steps, epochs * per_epoch)
+    if total <= 0:
+        raise UserError(
+            f"dataset: {len(dataset)} examples give no complete step of batch_size={batch_size} x "
+            f"gradient_accumulation_steps={accumulation}"
+        )
+    return loader, total
+
+
+class _EpochBatches(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """Batch ``k`` of one epoch (collated rows), a pure function of (epoch order, k): safe in workers."""
+
+    def __init__(self, loader: Any, epoch: int) -> None:
+        self.loader, self.epoch = loader, epoch
+        self.per_step = loader.batch_size * loader.world_size
+
+    def __len__(self) -> int:
+        return len(self.loader.rows(self.epoch)) // self.per_step
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        chosen = self.loader.rank_rows(self.epoch, k * self.per_step)
+        return ft_data.collate_rows(  # type: ignore[no-any-return]
+            [[self.loader.dataset[i] for i in row] for row in chosen],
+            pad_id=self.loader.pad_id,
+            length=self.loader.max_seq_len if self.loader.packed else None,
+        )
+
+
+def micro_batches(loader: Any, num_workers: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches from the loader's position on, across epochs, forever; the position advances per batch.
+
+    The loader's ``epoch`` / ``rows_consumed`` always name the next batch to read, so saving
+    ``loader.state_dict()`` between optimizer steps is exact whatever ``num_workers`` prefetched.
+    """
+    while True:
+        batches = _EpochBatches(loader, loader.epoch)
+        start = loader.rows_consumed // batches.per_step
+        data = torch.utils.data.DataLoader(
+            batches, batch_size=None, sampler=range(start, len(batches)), num_workers=num_workers
+        )
+        for batch in data:
+            loader.rows_consumed += batches.per_step
+            yield batch
+        loader.epoch += 1
+        loader.rows_consumed = 0
+
+
+def forward_backward(
+    model: ft_models.CausalLM,
+    window: list[dict[str, torch.Tensor]],
+    device: torch.device,
+    scaler: Any = None,
+) -> tuple[float, int, int]:
+    """Forward and backward over one accumulation window with the window-normalised loss.
+
+    Args:
+        model: The model (train mode); gradients accumulate into its parameters.
+        window: Micro-batches with ``input_ids``, ``labels``, ``position_ids``, ``document_ids`` [b, s].
+        device: Where to compute.
+        scaler: A ``GradScaler`` (fp16) or None.
+
+    Returns:
+        (the window's mean loss per trained token, trained tokens, non-padding tokens).
+    """
+    normalizer = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in window)
+    real = sum(int((b["document_ids"] != -1).sum()) for b in window)
+    if normalizer == 0:
+        raise UserError("dataset: an accumulation window has no trained token (check the loss mask)")
+    total = 0.0
+    for b in window:
+        b = {k: v.to(device, non_blocking=True) for k, v in b.items()}
+        hidden = model(
+            b["input_ids"], position_ids=b["position_ids"], document_ids=b["document_ids"], return_hidden=True
+        )
+        loss = linear_cross_entropy(hidden, model.output_projection, b["labels"], normalizer=normalizer)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        total += float(loss.detach())
+    return total, normalizer, real
+
+
+def optimizer_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    max_norm: float | None,
+    scaler: Any = None,
+    *,
+    step: int = 0,
+    output_dir: str = ".",
+) -> float:
+    """Clip, step the optimizer and the LR schedule, zero the gradients; returns the pre-clip norm.
+
+    Raises:
+        TrainingDivergedError: The gradient norm is not finite (nothing is stepped).
+    """
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    norm = float(clip_grad_norm(model, max_norm))
+    if not math.isfinite(norm) and scaler is None:
+        raise diverged(step, "gradient norm", norm, output_dir)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm
+
+
+def diverged(step: int, what: str, value: float, output_dir: str) -> TrainingDivergedError:
+    """The error that stops a run on a non-finite loss or norm, naming where its last good checkpoint is."""
+    return TrainingDivergedError(
+        f"step {step}: {what} is {value}; stopped before the optimizer step, the last good checkpoint "
+        f"is kept in {Path(output_dir) / CHECKPOINTS}"
+    )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch's and Python's global generators (adapter init, dropout); loaders own theirs."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+
+
+def app_state(
+    model: torch.nn.Module, optimizer: Any, scheduler: Any, loader: Any, counters: dict[str, int], lora: bool
+) -> dict[str, Any]:
+    """What a checkpoint holds (DCP keys): weights or adapter + optimizer, schedule, loader, counters."""
+    return {
+        "train": ft_dist.ModelOptimizerState(model, optimizer, trainable_only=lora),
+        "scheduler": scheduler,
+        "loader": loader,
+        "counters": counters,
+    }
+
+
+def save_checkpoint(output_dir: str, step: int, state: dict[str, Any], keep_last: int) -> Path:
+    """Write ``output_dir/checkpoints/step_{step}`` atomically (with this rank's RNG) and prune old ones."""
+    root = Path(output_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    path = ft_dist.save_checkpoint(root, step, app_state=state, rank_state=ft_dist.rng_state())
+    ft_dist.prune_checkpoints(root, keep_last=keep_last)
+    return path
+
+
+def resume_checkpoint(output_dir: str, resume: str | None, state: dict[str, Any]) -> Path | None:
+    """Load ``resume`` (``auto``: the newest complete checkpoint, none is a fresh start) into ``state``.
+
+    Raises:
+        UserError: ``resume`` names a directory that is not a complete checkpoint.
+    """
+    if resume is None:
+        return None
+    if resume == "auto":
+        path = ft_dist.latest_checkpoint(Path(output_dir) / CHECKPOINTS)
+        if path is None:
+            return None
+    else:
+        path = Path(resume).expanduser()
+        if not (path / ".ft-checkpoint.json").is_file():
+            raise UserError(f"resume: {resume}: not a complete ft checkpoint (no .ft-checkpoint.json)")
+    rank_state = ft_dist.load_checkpoint(path, app_state=state)
+    if rank_state is not None:
+        ft_dist.set_rng_state(rank_state)
+    return path
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak CUDA memory allocated, or the process's peak RSS on CPU, in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+class MetricsLog:
+    """One JSON line per logged step in ``output_dir/metrics.jsonl``, plus a tqdm bar on stderr."""
+
+    def __init__(self, output_dir: str, total_steps: int, start_step: int) -> None:
+        from tqdm import tqdm
+
+        self.file = open(Path(output_dir) / METRICS, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self.bar = tqdm(
+            total=total_steps, initial=start_step, unit="step", file=sys.stderr, dynamic_ncols=True
+        )
+        self.last = time.perf_counter()
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Write ``record`` (step, loss, lr, tokens, ...) and advance the bar."""
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        self.bar.set_postfix(
+            loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}"
+        )
+        self.bar.update(1)
+
+    def close(self) -> None:
+        """Close the file and the bar."""
+        self.bar.close()
+        self.file.close()
+
+
+def save_hf_dir(model: ft_models.CausalLM, tokenizer: Any, directory: Path) -> Path:
+    """``model`` as an HF directory with the tokenizer files and chat template, in one atomic write."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        extra = {p.name: p for p in Path(tmp).iterdir() if p.is_file()}
+        return ft_models.save_pretrained(model, directory, extra_files=extra)

@@ -1,0 +1,36 @@
+"""Config schemas shared by the training recipes (plain dataclasses, no torch: ``tune validate`` reads them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = ["CheckpointConfig", "OptimizerConfig", "ScheduleConfig"]
+
+
+@dataclass
+class OptimizerConfig:
+    """``ft_recipes.training.build_optimizer`` options (``adamw``, ``sgd``, ``adamw8bit``, ...)."""
+
+    name: str = "adamw"
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+
+@dataclass
+class ScheduleConfig:
+    """LR schedule with linear warmup (``ft_recipes.training.build_lr_scheduler``)."""
+
+    kind: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class CheckpointConfig:
+    """Intermediate checkpoints: every ``every_n_steps`` optimizer steps (and at the end), keep ``keep_last``."""
+
+    every_n_steps: int | None = None
+    keep_last: int = 2

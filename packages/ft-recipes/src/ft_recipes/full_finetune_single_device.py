@@ -1,0 +1,202 @@
+"""Recipe ``full_finetune_single_device``: every parameter trained, on one device.
+
+``tune run full_finetune_single_device --config smollm2/135M_full``. Flow: setup (device, precision,
+model, data, optimizer, resume) -> train (accumulation windows with the token-normalised loss, clipping,
+LR schedule, checkpoints every N steps) -> save (an HF directory ``model/`` with the tokenizer files and
+chat template, which transformers loads as is) -> cleanup.
+
+Copy it with ``tune cp full_finetune_single_device ./my_full.py`` and change what you need.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ft_recipes._train_config import CheckpointConfig, OptimizerConfig, ScheduleConfig
+from ft_recipes.config import Component
+
+# torch and the model code are imported inside the functions, so `tune validate` reads this schema cheaply.
+
+__all__ = ["FILE_KEYS", "PROVIDED", "Config", "before_run", "main", "setup"]
+
+DISTRIBUTED = False
+# The recipe passes these keywords itself.
+PROVIDED = {"model": {"dtype", "device"}, "dataset": {"tokenizer", "max_seq_len"}}
+FILE_KEYS = ("model.path", "tokenizer.path", "dataset.source")
+
+
+@dataclass
+class Config:
+    """Schema of a ``full_finetune_single_device`` config (every key is checked)."""
+
+    model: Component
+    tokenizer: Component
+    dataset: Component
+    output_dir: str
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    lr_schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resume: str | None = None  # null | auto | a checkpoint directory
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16-mixed", "bf16-pure", "fp16"] = "auto"
+    batch_size: int = 4
+    max_seq_len: int = 1024
+    packed: bool = True
+    shuffle: bool = True
+    num_workers: int = 0
+    gradient_accumulation_steps: int = 1
+    epochs: int = 1
+    max_steps: int | None = None
+    seed: int = 0
+    clip_grad_norm: float | None = 1.0
+    activation_checkpointing: bool = False
+    compile: bool = False
+
+
+def before_run(cfg: Config) -> None:
+    """Called by ``tune run`` before it writes anything: refuse a non-empty output dir without resume."""
+    from ft_recipes._train import check_output_dir
+
+    check_output_dir(cfg.output_dir, cfg.resume)
+
+
+@dataclass
+class Run:
+    """Everything the loop needs, built by :func:`setup`."""
+
+    cfg: Config
+    device: Any
+    model: Any
+    tokenizer: Any
+    loader: Any
+    optimizer: Any
+    scheduler: Any
+    scaler: Any
+    state: dict[str, Any]
+    counters: dict[str, int]
+    total_steps: int
+
+
+def setup(cfg: Config) -> Run:
+    """Device, precision, model, data, optimizer, schedule; then resume if asked."""
+    import ft_dist
+    from ft_recipes import _train
+    from ft_recipes._setup import pick_device
+    from ft_recipes.training import apply_precision, build_lr_scheduler, build_optimizer, resolve_precision
+
+    device = pick_device(cfg.device)
+    policy = resolve_precision(cfg.precision, device)
+    print(f"[full] device={device} precision={policy.name} ({policy.reason})", file=sys.stderr)
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    tokenizer = _train.load_tokenizer(cfg.tokenizer)
+    loader, total = _train.build_loader(
+        cfg.dataset,
+        tokenizer,
+        batch_size=cfg.batch_size,
+        max_seq_len=cfg.max_seq_len,
+        seed=cfg.seed,
+        packed=cfg.packed,
+        shuffle=cfg.shuffle,
+        accumulation=cfg.gradient_accumulation_steps,
+        epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+    )
+    model = _train.load_model(cfg.model, tokenizer, device)
+
+    apply_precision(model, policy)
+    if cfg.activation_checkpointing:
+        ft_dist.apply_activation_checkpointing(model)
+    if cfg.compile:
+        for layer in model.model.layers:
+            layer.compile()  # per block: state-dict keys keep their names
+
+    o = cfg.optimizer
+    optimizer = build_optimizer(
+        model, o.name, lr=o.lr, weight_decay=o.weight_decay, betas=(o.betas[0], o.betas[1]), eps=o.eps
+    )
+    s = cfg.lr_schedule
+    scheduler = build_lr_scheduler(
+        optimizer,
+        s.kind,
+        warmup_steps=min(s.warmup_steps, total),
+        total_steps=total,
+        min_lr_ratio=s.min_lr_ratio,
+    )
+    counters = {"step": 0, "tokens": 0}
+    state = _train.app_state(model, optimizer, scheduler, loader, counters, lora=False)
+    resumed = _train.resume_checkpoint(cfg.output_dir, cfg.resume, state)
+    if resumed is not None:
+        print(f"[full] resumed from {resumed} at step {counters['step']}", file=sys.stderr)
+    return Run(
+        cfg, device, model, tokenizer, loader, optimizer, scheduler,
+        policy.make_grad_scaler(device), state, counters, total,
+    )  # fmt: skip
+
+
+def train(run: Run) -> None:
+    """The loop: one optimizer step per accumulation window until ``total_steps``."""
+    import math
+
+    from ft_recipes import _train
+
+    cfg, counters = run.cfg, run.counters
+    batches = _train.micro_batches(run.loader, cfg.num_workers)
+    log = _train.MetricsLog(cfg.output_dir, run.total_steps, counters["step"])
+    try:
+        while counters["step"] < run.total_steps:
+            start = time.perf_counter()
+            window = [next(batches) for _ in range(cfg.gradient_accumulation_steps)]
+            loss, trained, real = _train.forward_backward(run.model, window, run.device, run.scaler)
+            step = counters["step"] + 1
+            if not math.isfinite(loss):
+                raise _train.diverged(step, "loss", loss, cfg.output_dir)
+            lr = float(run.scheduler.get_last_lr()[0])
+            norm = _train.optimizer_step(
+                run.model,
+                run.optimizer,
+                run.scheduler,
+                cfg.clip_grad_norm,
+                run.scaler,
+                step=step,
+                output_dir=cfg.output_dir,
+            )
+            counters["step"] = step
+            counters["tokens"] += real
+            elapsed = time.perf_counter() - start
+            log.log(
+                {
+                    "step": step,
+                    "epoch": run.loader.epoch,
+                    "loss": loss,
+                    "lr": lr,
+                    "grad_norm": norm,
+                    "trained_tokens": trained,
+                    "tokens_per_s": real / elapsed,
+                    "peak_memory_mib": _train.peak_memory_mib(run.device),
+                }
+            )
+            every = cfg.checkpoint.every_n_steps
+            if (every and step % every == 0) or step == run.total_steps:
+                _train.save_checkpoint(cfg.output_dir, step, run.state, cfg.checkpoint.keep_last)
+    finally:
+        log.close()
+
+
+def save(run: Run) -> None:
+    """The trained model as an HF directory (``model/``) with its tokenizer files and chat template."""
+    from ft_recipes import _train
+
+    path = _train.save_hf_dir(run.model, run.tokenizer, Path(run.cfg.output_dir) / "model")
+    print(f"[full] model: {path}", file=sys.stderr)
+
+
+def main(cfg: Config) -> None:
+    """setup -> train -> save -> cleanup."""
+    run = setup(cfg)
+    train(run)
+    save(run)
+    del run  # cleanup: the model and loader worker processes go with it

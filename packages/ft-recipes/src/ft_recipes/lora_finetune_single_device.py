@@ -1,0 +1,258 @@
+"""Recipe ``lora_finetune_single_device``: LoRA (Hu et al., 2021), DoRA (Liu et al., 2024) and QLoRA
+(Dettmers et al., 2023) fine-tuning on one device, chosen by config (``lora.use_dora``, ``lora.quantize``).
+
+``tune run lora_finetune_single_device --config smollm2/135M_lora``. Flow: setup (device, precision,
+model, adapters, data, optimizer, resume) -> train (accumulation windows with the token-normalised
+loss, clipping, LR schedule, checkpoints every N steps) -> save (PEFT adapter; for a GGUF base the
+dequantised base as an HF directory beside it; the merged model when ``merge: true``) -> cleanup.
+
+Copy it with ``tune cp lora_finetune_single_device ./my_lora.py`` and change what you need.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ft_recipes._train_config import CheckpointConfig, OptimizerConfig, ScheduleConfig
+from ft_recipes.config import Component
+
+# torch and the model code are imported inside the functions, so `tune validate` reads this schema cheaply.
+
+__all__ = ["FILE_KEYS", "PROVIDED", "Config", "LoraConfig", "before_run", "main", "setup"]
+
+DISTRIBUTED = False
+# The recipe passes these keywords itself.
+PROVIDED = {"model": {"dtype", "device"}, "dataset": {"tokenizer", "max_seq_len"}}
+FILE_KEYS = ("model.path", "tokenizer.path", "dataset.source")
+
+
+@dataclass
+class LoraConfig:
+    """Which layers get adapters and how (``ft_peft.apply_lora``); ``quantize`` makes it QLoRA."""
+
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    use_dora: bool = False
+    use_rslora: bool = False
+    quantize: Literal["nf4", "fp4", "int8"] | None = None
+
+
+@dataclass
+class Config:
+    """Schema of a ``lora_finetune_single_device`` config (every key is checked)."""
+
+    model: Component
+    tokenizer: Component
+    dataset: Component
+    output_dir: str
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    lr_schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resume: str | None = None  # null | auto | a checkpoint directory
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16-mixed", "bf16-pure", "fp16"] = "auto"
+    batch_size: int = 4
+    max_seq_len: int = 1024
+    packed: bool = True
+    shuffle: bool = True
+    num_workers: int = 0
+    gradient_accumulation_steps: int = 1
+    epochs: int = 1
+    max_steps: int | None = None
+    seed: int = 0
+    clip_grad_norm: float | None = 1.0
+    activation_checkpointing: bool = False
+    compile: bool = False
+    merge: bool = False
+
+
+def before_run(cfg: Config) -> None:
+    """Called by ``tune run`` before it writes anything: refuse a non-empty output dir without resume."""
+    from ft_recipes._train import check_output_dir
+
+    check_output_dir(cfg.output_dir, cfg.resume)
+
+
+@dataclass
+class Run:
+    """Everything the loop needs, built by :func:`setup`."""
+
+    cfg: Config
+    device: Any
+    model: Any
+    tokenizer: Any
+    loader: Any
+    optimizer: Any
+    scheduler: Any
+    scaler: Any
+    state: dict[str, Any]
+    counters: dict[str, int]
+    total_steps: int
+    base_path: str
+
+
+def setup(cfg: Config) -> Run:
+    """Device, precision, model + adapters, data, optimizer, schedule; then resume if asked."""
+    import ft_dist
+    import ft_peft
+    from ft_recipes import _train
+    from ft_recipes._assets import resolve_path
+    from ft_recipes._setup import pick_device
+    from ft_recipes.training import apply_precision, build_lr_scheduler, build_optimizer, resolve_precision
+
+    device = pick_device(cfg.device)
+    policy = resolve_precision(cfg.precision, device)
+    print(f"[lora] device={device} precision={policy.name} ({policy.reason})", file=sys.stderr)
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    tokenizer = _train.load_tokenizer(cfg.tokenizer)
+    loader, total = _train.build_loader(
+        cfg.dataset,
+        tokenizer,
+        batch_size=cfg.batch_size,
+        max_seq_len=cfg.max_seq_len,
+        seed=cfg.seed,
+        packed=cfg.packed,
+        shuffle=cfg.shuffle,
+        accumulation=cfg.gradient_accumulation_steps,
+        epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+    )
+    model = _train.load_model(cfg.model, tokenizer, device)
+
+    written = None  # removed again if setup fails, so a refused run leaves nothing behind
+    base_path = str(resolve_path(cfg.model["path"]).resolve())
+    if model.gguf_metadata is not None:  # PEFT needs an HF base: write the dequantised one beside the adapter
+        base_dir = Path(cfg.output_dir) / "base"
+        if not (base_dir / "config.json").is_file():
+            _train.save_hf_dir(model, tokenizer, base_dir)
+            written = base_dir
+        base_path = str(base_dir.resolve())
+
+    try:
+        _train.seed_everything(cfg.seed)  # the adapter's initialisation
+        lc = cfg.lora
+        ft_peft.apply_lora(
+            model,
+            lc.target_modules,
+            rank=lc.rank,
+            alpha=lc.alpha,
+            dropout=lc.dropout,
+            use_rslora=lc.use_rslora,
+            use_dora=lc.use_dora,
+            quantize=lc.quantize,
+        )
+        ft_peft.set_trainable(model)
+        apply_precision(model, policy)
+        if cfg.activation_checkpointing:
+            ft_dist.apply_activation_checkpointing(model)
+        if cfg.compile:
+            for layer in model.model.layers:
+                layer.compile()  # per block: state-dict keys keep their names
+
+        o = cfg.optimizer
+        optimizer = build_optimizer(
+            model, o.name, lr=o.lr, weight_decay=o.weight_decay, betas=(o.betas[0], o.betas[1]), eps=o.eps
+        )
+        s = cfg.lr_schedule
+        scheduler = build_lr_scheduler(
+            optimizer,
+            s.kind,
+            warmup_steps=min(s.warmup_steps, total),
+            total_steps=total,
+            min_lr_ratio=s.min_lr_ratio,
+        )
+        counters = {"step": 0, "tokens": 0}
+        state = _train.app_state(model, optimizer, scheduler, loader, counters, lora=True)
+        resumed = _train.resume_checkpoint(cfg.output_dir, cfg.resume, state)
+        if resumed is not None:
+            print(f"[lora] resumed from {resumed} at step {counters['step']}", file=sys.stderr)
+    except BaseException:
+        if written is not None:
+            shutil.rmtree(written, ignore_errors=True)
+        raise
+    return Run(
+        cfg, device, model, tokenizer, loader, optimizer, scheduler,
+        policy.make_grad_scaler(device), state, counters, total, base_path,
+    )  # fmt: skip
+
+
+def train(run: Run) -> None:
+    """The loop: one optimizer step per accumulation window until ``total_steps``."""
+    import math
+
+    from ft_recipes import _train
+
+    cfg, counters = run.cfg, run.counters
+    batches = _train.micro_batches(run.loader, cfg.num_workers)
+    log = _train.MetricsLog(cfg.output_dir, run.total_steps, counters["step"])
+    try:
+        while counters["step"] < run.total_steps:
+            start = time.perf_counter()
+            window = [next(batches) for _ in range(cfg.gradient_accumulation_steps)]
+            loss, trained, real = _train.forward_backward(run.model, window, run.device, run.scaler)
+            step = counters["step"] + 1
+            if not math.isfinite(loss):
+                raise _train.diverged(step, "loss", loss, cfg.output_dir)
+            lr = float(run.scheduler.get_last_lr()[0])
+            norm = _train.optimizer_step(
+                run.model,
+                run.optimizer,
+                run.scheduler,
+                cfg.clip_grad_norm,
+                run.scaler,
+                step=step,
+                output_dir=cfg.output_dir,
+            )
+            counters["step"] = step
+            counters["tokens"] += real
+            elapsed = time.perf_counter() - start
+            log.log(
+                {
+                    "step": step,
+                    "epoch": run.loader.epoch,
+                    "loss": loss,
+                    "lr": lr,
+                    "grad_norm": norm,
+                    "trained_tokens": trained,
+                    "tokens_per_s": real / elapsed,
+                    "peak_memory_mib": _train.peak_memory_mib(run.device),
+                }
+            )
+            every = cfg.checkpoint.every_n_steps
+            if (every and step % every == 0) or step == run.total_steps:
+                _train.save_checkpoint(cfg.output_dir, step, run.state, cfg.checkpoint.keep_last)
+    finally:
+        log.close()
+
+
+def save(run: Run) -> None:
+    """The PEFT adapter (``adapter/``) and, with ``merge: true``, the merged HF model (``merged/``)."""
+    import torch
+
+    import ft_peft
+    from ft_recipes import _train
+
+    out = Path(run.cfg.output_dir)
+    ft_peft.save_adapter(run.model, out / "adapter", base_model_name_or_path=run.base_path)
+    print(f"[lora] adapter: {out / 'adapter'} (base {run.base_path})", file=sys.stderr)
+    if run.cfg.merge:
+        ft_peft.merge_adapters(run.model)
+        run.model.to(torch.float32)
+        _train.save_hf_dir(run.model, run.tokenizer, out / "merged")
+        print(f"[lora] merged model: {out / 'merged'}", file=sys.stderr)
+
+
+def main(cfg: Config) -> None:
+    """setup -> train -> save -> cleanup."""
+    run = setup(cfg)
+    train(run)
+    save(run)
+    del run  # cleanup: the model and loader worker processes go with it
