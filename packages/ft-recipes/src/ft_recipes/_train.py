@@ -158,8 +158,14 @@ def micro_batches(loader: Any, num_workers: int = 0) -> Iterator[dict[str, torch
     while True:
         batches = _EpochBatches(loader, loader.epoch)
         start = loader.rows_consumed // batches.per_step
+        # Its own generator: a DataLoader otherwise draws its workers' seed from the global RNG each time
+        # it starts, and a resumed run (started mid-epoch) would then see other dropout masks.
         data = torch.utils.data.DataLoader(
-            batches, batch_size=None, sampler=range(start, len(batches)), num_workers=num_workers
+            batches,
+            batch_size=None,
+            sampler=range(start, len(batches)),
+            num_workers=num_workers,
+            generator=torch.Generator(),
         )
         for batch in data:
             loader.rows_consumed += batches.per_step
