@@ -44,6 +44,7 @@ __all__ = [
     "optimizer_step",
     "peak_memory_mib",
     "resume_checkpoint",
+    "run_eval",
     "save_checkpoint",
     "save_hf_dir",
 ]
@@ -335,3 +336,21 @@ def save_hf_dir(model: ft_models.CausalLM, tokenizer: Any, directory: Path) -> P
         tokenizer.save_pretrained(tmp)
         extra = {p.name: p for p in Path(tmp).iterdir() if p.is_file()}
         return ft_models.save_pretrained(model, directory, extra_files=extra)
+
+
+def run_eval(model: Any, tokenizer: Any, cfg: Any, output_dir: str, name: str) -> float:
+    """Score the model on ``cfg.data`` (an ``EvalConfig``), print and write ``eval_{name}.jsonl``."""
+    from ft_recipes.eval import evaluate, read_items
+
+    items = read_items(Path(cfg.data).expanduser())
+    result = evaluate(
+        model,
+        tokenizer,
+        items,
+        metric=cfg.metric,
+        batch_size=cfg.batch_size,
+        max_new_tokens=cfg.max_new_tokens,
+    )
+    result.write(Path(output_dir) / f"eval_{name}.jsonl")
+    print(f"[eval] {name} {cfg.metric}: {result.score:.1f} ({len(items)} prompts)", flush=True)
+    return result.score

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["CheckpointConfig", "OptimizerConfig", "ScheduleConfig"]
+__all__ = ["CheckpointConfig", "EvalConfig", "OptimizerConfig", "ScheduleConfig"]
 
 
 @dataclass
@@ -34,3 +34,14 @@ class CheckpointConfig:
 
     every_n_steps: int | None = None
     keep_last: int = 2
+
+
+@dataclass
+class EvalConfig:
+    """Greedy evaluation (``ft_recipes.eval``) of prompt/answer JSONL items before and after training."""
+
+    data: str
+    metric: str = "exact_match"
+    batch_size: int = 16
+    max_new_tokens: int = 32
+    before: bool = True

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ft_recipes._train_config import CheckpointConfig, OptimizerConfig, ScheduleConfig
+from ft_recipes._train_config import CheckpointConfig, EvalConfig, OptimizerConfig, ScheduleConfig
 from ft_recipes.config import Component
 
 # torch and the model code are imported inside the functions, so `tune validate` reads this schema cheaply.
@@ -72,6 +72,7 @@ class Config:
     activation_checkpointing: bool = False
     compile: bool = False
     merge: bool = False
+    eval: EvalConfig | None = None
 
 
 def before_run(cfg: Config) -> None:
@@ -251,8 +252,16 @@ def save(run: Run) -> None:
 
 
 def main(cfg: Config) -> None:
-    """setup -> train -> save -> cleanup."""
+    """setup -> (evaluate the base) -> train -> (evaluate the result) -> save -> cleanup."""
+    from ft_recipes import _train
+
     run = setup(cfg)
+    if cfg.eval is not None and cfg.eval.before:
+        base = _train.run_eval(run.model, run.tokenizer, cfg.eval, cfg.output_dir, "base")
     train(run)
+    if cfg.eval is not None:
+        tuned = _train.run_eval(run.model, run.tokenizer, cfg.eval, cfg.output_dir, "tuned")
+        if cfg.eval.before:
+            print(f"[eval] {cfg.eval.metric}: base {base:.1f} -> tuned {tuned:.1f}", flush=True)
     save(run)
     del run  # cleanup: the model and loader worker processes go with it

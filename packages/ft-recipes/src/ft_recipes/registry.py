@@ -57,11 +57,19 @@ RECIPES: dict[str, RecipeInfo] = {
             configs=("smollm2/135M_generate",),
         ),
         RecipeInfo(
+            name="eval",
+            module="ft_recipes.eval",
+            summary="Score greedy answers to prompt/answer JSONL items (exact match or your metric)",
+            distributed=False,
+            configs=("smollm2/135M_eval",),
+        ),
+        RecipeInfo(
             name="lora_finetune_single_device",
             module="ft_recipes.lora_finetune_single_device",
             summary="LoRA / DoRA / QLoRA fine-tuning on one device (CPU or CUDA), exact resume",
             distributed=False,
             configs=(
+                "smollm2/135M_lora_demo",
                 "smollm2/135M_lora",
                 "smollm2/135M_qlora",
                 "smollm2/360M_lora",
