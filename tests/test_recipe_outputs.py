@@ -104,3 +104,17 @@ def test_diverging_run_stops_and_keeps_last_good_checkpoint(tiny: tuple[Path, Pa
         run(prepare("full_finetune_single_device", _config(tmp_path, model_dir, data), overrides))
     assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == ["step_1"]
     assert not (tmp_path / "out" / "model").exists()
+
+
+def test_tokenizer_larger_than_the_embedding_is_refused(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    model_dir, data = tiny
+    small = tmp_path / "small"
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    hf.resize_token_embeddings(1000)  # fewer rows than the tokenizer's ids
+    hf.save_pretrained(small)
+    cfg = _config(tmp_path, small, data)
+    with pytest.raises(
+        UserError, match=r"tokenizer: its largest id \d+ is not below the model's 1000 embedding rows"
+    ):
+        run(prepare("full_finetune_single_device", cfg, [f"tokenizer.path={model_dir}"]))
+    assert not (tmp_path / "out" / "model").exists()

@@ -1,0 +1,38 @@
+"""The offline demo job, verbatim: LoRA on the real SmolLM2-135M-Instruct GGUF, base vs tuned scores.
+
+Runs the command of ft-recipes' README in a fresh directory as a real subprocess and reads the two
+printed held-out scores (exact match on generated dates the training never saw).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+COMMAND = "tune run lora_finetune_single_device --config smollm2/135M_lora_demo"
+README = Path(__file__).resolve().parents[1] / "packages" / "ft-recipes" / "README.md"
+
+
+def test_demo_job_tunes_the_real_model_past_80(tmp_path: Path) -> None:
+    assert COMMAND in README.read_text()
+    args = shlex.split(COMMAND)
+    args[0] = str(Path(sys.executable).parent / "tune")
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = re.search(r"\[eval\] exact_match: base ([\d.]+) -> tuned ([\d.]+)", done.stdout)
+    assert found, done.stdout
+    base, tuned = float(found[1]), float(found[2])
+    assert tuned >= 80, (base, tuned)
+    assert tuned - base >= 40, (base, tuned)
+    out = tmp_path / "output" / "smollm2-135M-lora-demo"
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert len((out / "eval_tuned.jsonl").read_text().splitlines()) >= 50
