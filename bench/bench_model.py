@@ -55,7 +55,13 @@ def bench_train(lib: str, model: torch.nn.Module, device: str, batch: int, seq: 
 
 
 def bench_decode(
-    lib: str, model: torch.nn.Module, device: str, batch: int, prompt_len: int, new: int
+    lib: str,
+    model: torch.nn.Module,
+    device: str,
+    batch: int,
+    prompt_len: int,
+    new: int,
+    compile: bool = False,
 ) -> dict:
     vocab = model.config.vocab_size
     torch.manual_seed(0)
@@ -64,7 +70,7 @@ def bench_decode(
         import ft_models
 
         def run() -> torch.Tensor:
-            ids, lengths = ft_models.generate(model, prompt, new)
+            ids, lengths = ft_models.generate(model, prompt, new, compile=compile)
             assert int(lengths.min()) == new
             return ids
     else:
@@ -107,6 +113,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--compile", action="store_true", help="ft only: torch.compile the decode step")
     args = ap.parse_args()
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     torch.manual_seed(0)
@@ -118,13 +125,13 @@ def main() -> None:
     else:
         model.eval()
         batch = args.batch or 1
-        res = bench_decode(args.lib, model, args.device, batch, 64, 128)
+        res = bench_decode(args.lib, model, args.device, batch, 64, 128, compile=args.compile)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(
         json.dumps(
             {
                 "mode": args.mode,
-                "lib": args.lib,
+                "lib": args.lib + ("+compile" if args.compile else ""),
                 "dtype": args.dtype,
                 "batch": batch,
                 "device": args.device,

@@ -63,6 +63,8 @@ def main() -> None:
                 ft = _run([*cmd, "ft", dtype, str(ckpt), "--batch", str(batch), *dev])
                 hf = _run([*cmd, "hf", dtype, str(ckpt), "--batch", str(batch), *dev])
                 _ratio(f"decode b{batch} {args.shape} {dtype}", ft, hf, "decode_tokens_per_s")
+                ftc = _run([*cmd, "ft", dtype, str(ckpt), "--batch", str(batch), "--compile", *dev])
+                _ratio(f"decode b{batch} {args.shape} {dtype} compiled", ftc, hf, "decode_tokens_per_s")
     if "tokenize" in only and (HERE / "bench_tokenize.py").exists():
         subprocess.run([sys.executable, str(HERE / "bench_tokenize.py")], check=False)
     if "cli" in only:
