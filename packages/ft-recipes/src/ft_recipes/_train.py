@@ -3,7 +3,8 @@
 A recipe file reads as setup -> train -> save -> cleanup and calls these: the output-directory rule,
 model + tokenizer loading and checks, the data path (dataset -> packed rows -> batches, optionally read
 by worker processes), the token-normalised forward/backward over one accumulation window, the optimizer
-step with clipping, checkpoints (``ft_dist``) and resume, metrics (tqdm + JSONL) and the final outputs.
+step with clipping, checkpoints (``ft_dist``) and resume, validation, metrics (``_metrics``: tqdm + the
+configured loggers) and the final outputs.
 
 Gradient accumulation follows the rule that a step's loss is the mean over every trained token of the
 window: each micro-batch's summed loss is divided by the window's trained-token count (not by its own),
@@ -12,13 +13,11 @@ so 8 x 1 and 2 x 4 give the same gradients whatever the lengths.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import resource
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,14 +27,23 @@ import torch
 import ft_data
 import ft_dist
 import ft_models
+from ft_recipes._metrics import METRICS, MetricsLog
+from ft_recipes._validation import (
+    build_validation_loader,
+    check_trained_tokens,
+    validation_due,
+    validation_loss,
+)
 from ft_recipes.config import instantiate
-from ft_recipes.errors import UserError
+from ft_recipes.errors import CheckpointLoadError, CheckpointSaveError, UserError
 from ft_recipes.training import IGNORE_INDEX, clip_grad_norm, linear_cross_entropy
 from ft_recipes.training.errors import TrainingDivergedError
 
 __all__ = [
+    "METRICS",
     "MetricsLog",
     "build_loader",
+    "build_validation_loader",
     "check_output_dir",
     "forward_backward",
     "load_model",
@@ -47,10 +55,11 @@ __all__ = [
     "run_eval",
     "save_checkpoint",
     "save_hf_dir",
+    "validation_due",
+    "validation_loss",
 ]
 
 CHECKPOINTS = "checkpoints"
-METRICS = "metrics.jsonl"
 # Files `tune run` itself writes before the recipe starts (the resolved config).
 _OWN_FILES = {"config.yaml"}
 
@@ -112,6 +121,7 @@ def build_loader(
         dataset_node, key="dataset", allow_any=True, tokenizer=tokenizer, max_seq_len=max_seq_len
     )
     print(f"[data] {dataset.report}", file=sys.stderr)
+    check_trained_tokens(dataset, "dataset")
     loader = ft_data.Loader(
         dataset,
         batch_size=batch_size,
@@ -253,22 +263,42 @@ def seed_everything(seed: int) -> None:
 
 
 def app_state(
-    model: torch.nn.Module, optimizer: Any, scheduler: Any, loader: Any, counters: dict[str, int], lora: bool
+    model: torch.nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    loader: Any,
+    counters: dict[str, int],
+    lora: bool,
+    scaler: Any = None,
 ) -> dict[str, Any]:
-    """What a checkpoint holds (DCP keys): weights or adapter + optimizer, schedule, loader, counters."""
-    return {
+    """What a checkpoint holds (DCP keys): weights or adapter + optimizer, schedule, loader, counters,
+    and with fp16 the gradient scaler (its scale and growth tracker), so a resumed run scales alike."""
+    state = {
         "train": ft_dist.ModelOptimizerState(model, optimizer, trainable_only=lora),
         "scheduler": scheduler,
         "loader": loader,
         "counters": counters,
     }
+    if scaler is not None:
+        state["scaler"] = scaler
+    return state
 
 
 def save_checkpoint(output_dir: str, step: int, state: dict[str, Any], keep_last: int) -> Path:
-    """Write ``output_dir/checkpoints/step_{step}`` atomically (with this rank's RNG) and prune old ones."""
+    """Write ``output_dir/checkpoints/step_{step}`` atomically (with this rank's RNG) and prune old ones.
+
+    Raises:
+        CheckpointSaveError: The write failed (disk full, permissions); the newest complete checkpoint
+            is untouched and named in the message, and nothing is pruned.
+    """
     root = Path(output_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
-    path = ft_dist.save_checkpoint(root, step, app_state=state, rank_state=ft_dist.rng_state())
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        path = ft_dist.save_checkpoint(root, step, app_state=state, rank_state=ft_dist.rng_state())
+    except (ft_dist.CheckpointError, OSError) as e:
+        last = ft_dist.latest_checkpoint(root)
+        kept = f"the last complete checkpoint {last} is kept" if last else "no earlier checkpoint exists"
+        raise CheckpointSaveError(f"checkpoint: {e}; {kept}") from e
     ft_dist.prune_checkpoints(root, keep_last=keep_last)
     return path
 
@@ -278,6 +308,7 @@ def resume_checkpoint(output_dir: str, resume: str | None, state: dict[str, Any]
 
     Raises:
         UserError: ``resume`` names a directory that is not a complete checkpoint.
+        CheckpointLoadError: The checkpoint is incomplete, truncated or does not fit this run.
     """
     if resume is None:
         return None
@@ -289,7 +320,10 @@ def resume_checkpoint(output_dir: str, resume: str | None, state: dict[str, Any]
         path = Path(resume).expanduser()
         if not (path / ".ft-checkpoint.json").is_file():
             raise UserError(f"resume: {resume}: not a complete ft checkpoint (no .ft-checkpoint.json)")
-    rank_state = ft_dist.load_checkpoint(path, app_state=state)
+    try:
+        rank_state = ft_dist.load_checkpoint(path, app_state=state)
+    except ft_dist.CheckpointError as e:
+        raise CheckpointLoadError(f"resume: {e}") from e
     if rank_state is not None:
         ft_dist.set_rng_state(rank_state)
     return path
@@ -301,33 +335,6 @@ def peak_memory_mib(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
-
-
-class MetricsLog:
-    """One JSON line per logged step in ``output_dir/metrics.jsonl``, plus a tqdm bar on stderr."""
-
-    def __init__(self, output_dir: str, total_steps: int, start_step: int) -> None:
-        from tqdm import tqdm
-
-        self.file = open(Path(output_dir) / METRICS, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        self.bar = tqdm(
-            total=total_steps, initial=start_step, unit="step", file=sys.stderr, dynamic_ncols=True
-        )
-        self.last = time.perf_counter()
-
-    def log(self, record: dict[str, Any]) -> None:
-        """Write ``record`` (step, loss, lr, tokens, ...) and advance the bar."""
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-        self.bar.set_postfix(
-            loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}"
-        )
-        self.bar.update(1)
-
-    def close(self) -> None:
-        """Close the file and the bar."""
-        self.bar.close()
-        self.file.close()
 
 
 def save_hf_dir(model: ft_models.CausalLM, tokenizer: Any, directory: Path) -> Path:

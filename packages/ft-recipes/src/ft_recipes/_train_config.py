@@ -5,7 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["CheckpointConfig", "EvalConfig", "OptimizerConfig", "ScheduleConfig"]
+from ft_recipes.config import Component
+
+__all__ = [
+    "CheckpointConfig",
+    "EvalConfig",
+    "LoggerName",
+    "OptimizerConfig",
+    "ScheduleConfig",
+    "ValidationConfig",
+    "WandbConfig",
+]
+
+LoggerName = Literal["jsonl", "tensorboard", "wandb"]
 
 
 @dataclass
@@ -45,3 +57,27 @@ class EvalConfig:
     batch_size: int = 16
     max_new_tokens: int = 32
     before: bool = True
+
+
+@dataclass
+class ValidationConfig:
+    """Validation loss every ``every_n_steps`` optimizer steps (and after the last one), without gradients.
+
+    ``dataset`` is built like the training one (the recipe passes ``tokenizer`` and ``max_seq_len``);
+    rows are read in order (no shuffle), packed as the training rows are. The loss is the sum of the
+    cross-entropy over every trained token of the first ``max_batches`` batches (null: the whole split)
+    divided by their count, the training loss's token normalisation.
+    """
+
+    dataset: Component
+    every_n_steps: int = 100
+    max_batches: int | None = None
+    batch_size: int | None = None  # null: the training batch_size
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases run options (``loggers: [..., wandb]``); ``WANDB_MODE=offline`` keeps it local."""
+
+    project: str = "ft"
+    name: str | None = None

@@ -9,12 +9,15 @@ line naming the file, the dotted key or the module, and the offending value.
 from __future__ import annotations
 
 __all__ = [
+    "CheckpointLoadError",
+    "CheckpointSaveError",
     "ComponentError",
     "ConfigError",
     "ConfigSyntaxError",
     "DownloadError",
     "ExpectedFailure",
     "FtRecipesError",
+    "MissingExtraError",
     "MissingFileError",
     "OverrideError",
     "RecipeNotFoundError",
@@ -66,3 +69,15 @@ class MissingFileError(UserError):
 
 class DownloadError(ExpectedFailure):
     """A download failed for a reason outside the user's input (network, gated repository, disk)."""
+
+
+class MissingExtraError(ExpectedFailure):
+    """A feature whose optional library is not installed (the message names the ``ft-recipes[extra]``)."""
+
+
+class CheckpointLoadError(UserError):
+    """A checkpoint to resume from is incomplete, truncated or does not fit the run (a file is named)."""
+
+
+class CheckpointSaveError(ExpectedFailure):
+    """Writing a checkpoint failed (disk full, permissions); the previous complete checkpoint is kept."""

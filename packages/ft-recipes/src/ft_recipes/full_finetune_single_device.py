@@ -12,11 +12,18 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ft_recipes._train_config import CheckpointConfig, OptimizerConfig, ScheduleConfig
+from ft_recipes._train_config import (
+    CheckpointConfig,
+    LoggerName,
+    OptimizerConfig,
+    ScheduleConfig,
+    ValidationConfig,
+    WandbConfig,
+)
 from ft_recipes.config import Component
 
 # torch and the model code are imported inside the functions, so `tune validate` reads this schema cheaply.
@@ -25,8 +32,12 @@ __all__ = ["FILE_KEYS", "PROVIDED", "Config", "before_run", "main", "setup"]
 
 DISTRIBUTED = False
 # The recipe passes these keywords itself.
-PROVIDED = {"model": {"dtype", "device"}, "dataset": {"tokenizer", "max_seq_len"}}
-FILE_KEYS = ("model.path", "tokenizer.path", "dataset.source")
+PROVIDED = {
+    "model": {"dtype", "device"},
+    "dataset": {"tokenizer", "max_seq_len"},
+    "validation.dataset": {"tokenizer", "max_seq_len"},
+}
+FILE_KEYS = ("model.path", "tokenizer.path", "dataset.source", "validation.dataset.source")
 
 
 @dataclass
@@ -55,13 +66,19 @@ class Config:
     clip_grad_norm: float | None = 1.0
     activation_checkpointing: bool = False
     compile: bool = False
+    validation: ValidationConfig | None = None
+    loggers: list[LoggerName] = field(default_factory=lambda: ["jsonl"])
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 def before_run(cfg: Config) -> None:
-    """Called by ``tune run`` before it writes anything: refuse a non-empty output dir without resume."""
+    """Called by ``tune run`` before it writes anything: refuse a non-empty output dir without resume
+    and a logger whose optional library is missing."""
+    from ft_recipes._metrics import check_loggers
     from ft_recipes._train import check_output_dir
 
     check_output_dir(cfg.output_dir, cfg.resume)
+    check_loggers(cfg.loggers)
 
 
 @dataclass
@@ -79,6 +96,7 @@ class Run:
     state: dict[str, Any]
     counters: dict[str, int]
     total_steps: int
+    val_loader: Any
 
 
 def setup(cfg: Config) -> Run:
@@ -86,7 +104,13 @@ def setup(cfg: Config) -> Run:
     import ft_dist
     from ft_recipes import _train
     from ft_recipes._setup import pick_device
-    from ft_recipes.training import apply_precision, build_lr_scheduler, build_optimizer, resolve_precision
+    from ft_recipes.training import (
+        apply_precision,
+        build_lr_scheduler,
+        build_optimizer,
+        compile_blocks,
+        resolve_precision,
+    )
 
     device = pick_device(cfg.device)
     policy = resolve_precision(cfg.precision, device)
@@ -105,14 +129,22 @@ def setup(cfg: Config) -> Run:
         epochs=cfg.epochs,
         max_steps=cfg.max_steps,
     )
+    val_loader = None
+    if cfg.validation is not None:
+        val_loader = _train.build_validation_loader(
+            cfg.validation.dataset,
+            tokenizer,
+            batch_size=cfg.validation.batch_size or cfg.batch_size,
+            max_seq_len=cfg.max_seq_len,
+            packed=cfg.packed,
+        )
     model = _train.load_model(cfg.model, tokenizer, device)
 
     apply_precision(model, policy)
     if cfg.activation_checkpointing:
         ft_dist.apply_activation_checkpointing(model)
     if cfg.compile:
-        for layer in model.model.layers:
-            layer.compile()  # per block: state-dict keys keep their names
+        compile_blocks(model)  # per block: state-dict keys keep their names
 
     o = cfg.optimizer
     optimizer = build_optimizer(
@@ -126,15 +158,26 @@ def setup(cfg: Config) -> Run:
         total_steps=total,
         min_lr_ratio=s.min_lr_ratio,
     )
+    scaler = policy.make_grad_scaler(device)  # fp16 only; checkpointed with the rest
     counters = {"step": 0, "tokens": 0}
-    state = _train.app_state(model, optimizer, scheduler, loader, counters, lora=False)
+    state = _train.app_state(model, optimizer, scheduler, loader, counters, lora=False, scaler=scaler)
     resumed = _train.resume_checkpoint(cfg.output_dir, cfg.resume, state)
     if resumed is not None:
         print(f"[full] resumed from {resumed} at step {counters['step']}", file=sys.stderr)
     return Run(
-        cfg, device, model, tokenizer, loader, optimizer, scheduler,
-        policy.make_grad_scaler(device), state, counters, total,
-    )  # fmt: skip
+        cfg,
+        device,
+        model,
+        tokenizer,
+        loader,
+        optimizer,
+        scheduler,
+        scaler,
+        state,
+        counters,
+        total,
+        val_loader,
+    )
 
 
 def train(run: Run) -> None:
@@ -145,7 +188,15 @@ def train(run: Run) -> None:
 
     cfg, counters = run.cfg, run.counters
     batches = _train.micro_batches(run.loader, cfg.num_workers)
-    log = _train.MetricsLog(cfg.output_dir, run.total_steps, counters["step"])
+    log = _train.MetricsLog(
+        cfg.output_dir,
+        run.total_steps,
+        counters["step"],
+        cfg.loggers,
+        wandb_project=cfg.wandb.project,
+        wandb_name=cfg.wandb.name,
+        config=asdict(cfg),
+    )
     try:
         while counters["step"] < run.total_steps:
             start = time.perf_counter()
@@ -167,18 +218,24 @@ def train(run: Run) -> None:
             counters["step"] = step
             counters["tokens"] += real
             elapsed = time.perf_counter() - start
-            log.log(
-                {
-                    "step": step,
-                    "epoch": run.loader.epoch,
-                    "loss": loss,
-                    "lr": lr,
-                    "grad_norm": norm,
-                    "trained_tokens": trained,
-                    "tokens_per_s": real / elapsed,
-                    "peak_memory_mib": _train.peak_memory_mib(run.device),
-                }
-            )
+            record = {
+                "step": step,
+                "epoch": run.loader.epoch,
+                "loss": loss,
+                "lr": lr,
+                "grad_norm": norm,
+                "trained_tokens": trained,
+                "tokens_per_s": real / elapsed,
+                "peak_memory_mib": _train.peak_memory_mib(run.device),
+            }
+            v = cfg.validation
+            if v is not None and _train.validation_due(v.every_n_steps, step, run.total_steps):
+                val_loss, val_tokens = _train.validation_loss(
+                    run.model, run.val_loader, v.max_batches, run.device
+                )
+                record.update(val_loss=val_loss, val_tokens=val_tokens)
+                log.print(f"[val] step {step}: loss {val_loss:.4f} over {val_tokens} trained tokens")
+            log.log(record)
             every = cfg.checkpoint.every_n_steps
             if (every and step % every == 0) or step == run.total_steps:
                 _train.save_checkpoint(cfg.output_dir, step, run.state, cfg.checkpoint.keep_last)

@@ -1,10 +1,11 @@
 """Training utilities shared by every ft recipe: one implementation each.
 
-The chunked loss, the precision policy, optimizers, LR schedules and gradient clipping. Activation
-checkpointing and checkpoints live in ``ft_dist``.
+The chunked loss, the precision policy, optimizers, LR schedules, gradient clipping and per-block
+compilation. Activation checkpointing and checkpoints live in ``ft_dist``.
 """
 
 from ft_recipes.training._clip import clip_grad_norm
+from ft_recipes.training._compile import compile_blocks
 from ft_recipes.training._loss import IGNORE_INDEX, linear_cross_entropy
 from ft_recipes.training._optim import OPTIMIZERS, build_optimizer
 from ft_recipes.training._precision import PRECISIONS, PrecisionPolicy, apply_precision, resolve_precision
@@ -37,6 +38,7 @@ __all__ = [
     "build_lr_scheduler",
     "build_optimizer",
     "clip_grad_norm",
+    "compile_blocks",
     "linear_cross_entropy",
     "resolve_precision",
 ]
