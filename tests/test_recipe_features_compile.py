@@ -51,7 +51,9 @@ def _loss_and_grads(model: torch.nn.Module) -> tuple[torch.Tensor, dict[str, tor
     pos = torch.arange(13).expand(2, -1)
     model.zero_grad(set_to_none=True)
     hidden = model(ids, position_ids=pos, document_ids=docs, return_hidden=True)
-    loss = linear_cross_entropy(hidden, model.output_projection, labels, normalizer=int((labels != -100).sum()))
+    loss = linear_cross_entropy(
+        hidden, model.output_projection, labels, normalizer=int((labels != -100).sum())
+    )
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
@@ -74,6 +76,7 @@ def test_compiled_blocks_keep_keys_and_match_eager(tiny: ft_models.CausalLM) -> 
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
 
 
+@pytest.mark.slow  # inductor generates and builds C++ kernels: ~20 s on a small CPU
 def test_compile_with_inductor_matches_eager(tiny: ft_models.CausalLM) -> None:
     """The default backend (what `compile: true` uses): generated kernels, equal within float tolerance."""
     torch._dynamo.reset()
