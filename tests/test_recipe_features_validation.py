@@ -97,7 +97,8 @@ def test_full_recipe_validation_loss_equals_transformers(
 
     sums = _example_sums(model_dir, tmp_path / "out" / "model", val)  # the weights after step 2
     batches = _batches(model_dir, val)
-    assert len(batches) >= 2 and sorted(i for b in batches for i in b) == list(range(5))
+    assert len(batches) >= 2
+    assert sorted(i for b in batches for i in b) == list(range(5))
     expected = sum(s for s, _ in sums) / sum(n for _, n in sums)
     logged = records[1]["val_loss"]
     assert records[1]["val_tokens"] == sum(n for _, n in sums)
@@ -107,7 +108,10 @@ def test_full_recipe_validation_loss_equals_transformers(
     wrong = sum(per_batch_means) / len(per_batch_means)
     assert abs(logged - wrong) > 1e-5 * expected, (logged, wrong)  # the wrong variant fails the tolerance
 
-    assert f"[val] step 2: loss {logged:.4f} over {records[1]['val_tokens']} trained tokens" in capsys.readouterr().out
+    assert (
+        f"[val] step 2: loss {logged:.4f} over {records[1]['val_tokens']} trained tokens"
+        in capsys.readouterr().out
+    )
 
 
 def test_lora_recipe_validation_with_max_batches(tiny: tuple[Path, Path, Path], tmp_path: Path) -> None:
