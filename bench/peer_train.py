@@ -1,0 +1,134 @@
+"""Training-step throughput of a peer library (torchtune 0.6.1, or transformers + PEFT); one JSON line.
+
+Runs inside the peer's own environment (see ``_peers.py``) and imports nothing from ft.
+
+Usage: python bench/peer_train.py {torchtune,hf} {lora,qlora,full} {fp32,bf16} [--steps N] [--ckpt DIR]
+
+Workload (../shared/PERFORMANCE.md, train-*): the SmolLM2-135M shape (Llama: 30 layers, d 576, 9 query /
+3 KV heads, FFN 1536, vocab 49,152, tied embeddings, RoPE base 100,000), random init, batch 4 x 256,
+LoRA rank 8 / alpha 16 / dropout 0 on q, v, o and the three MLP projections, the whole model cast to the
+dtype as each peer's own examples do, AdamW (lr 1e-4) over the trainable parameters, one optimizer step per
+batch, loss = fp32 cross-entropy over the full ``[b, s, v]`` logits (what both peers' training code does);
+median step time after 2 warm-up steps. QLoRA: the frozen base in 4-bit NF4 (torchtune's own NF4; for
+transformers, bitsandbytes through ``BitsAndBytesConfig``, compute dtype = the dtype), loading ``--ckpt``
+(a transformers checkpoint of the shape; one is written to a temporary directory when not given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+
+B, T, V = 4, 256, 49152
+SHAPE = dict(num_layers=30, num_heads=9, num_kv_heads=3, embed_dim=576, intermediate_dim=1536)
+LORA_MLP = ["gate_proj", "up_proj", "down_proj"]
+
+
+def _torchtune(method: str, dtype: torch.dtype) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
+    from torchtune.models.llama3_2 import llama3_2, lora_llama3_2
+    from torchtune.modules.peft import get_adapter_params, set_trainable_params
+
+    cfg = dict(vocab_size=V, max_seq_len=2048, norm_eps=1e-5, rope_base=100000, scale_factor=1, **SHAPE)
+    if method == "full":
+        model = llama3_2(**cfg)
+    else:
+        model = lora_llama3_2(
+            lora_attn_modules=["q_proj", "v_proj", "output_proj"],
+            apply_lora_to_mlp=True,
+            lora_rank=8,
+            lora_alpha=16,
+            lora_dropout=0.0,
+            quantize_base=method == "qlora",
+            **cfg,
+        )
+    model = model.to(dtype)
+    if method != "full":
+        set_trainable_params(model, get_adapter_params(model))
+    return model, lambda x: model(x)
+
+
+def _hf(
+    method: str, dtype: torch.dtype, ckpt: str | None
+) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=V, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+        num_key_value_heads=3, max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=100000.0,
+        tie_word_embeddings=True, attn_implementation="sdpa",
+    )  # fmt: skip
+    if method == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        if ckpt is None:
+            ckpt = tempfile.mkdtemp()
+            LlamaForCausalLM(config).save_pretrained(ckpt)
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+        model = LlamaForCausalLM.from_pretrained(
+            ckpt, dtype=dtype, quantization_config=quant, attn_implementation="sdpa"
+        )
+    else:
+        model = LlamaForCausalLM(config).to(dtype)
+    if method != "full":
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "o_proj", *LORA_MLP])
+        model = get_peft_model(model, lora)
+    return model, lambda x: model(input_ids=x).logits
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("lib", choices=["torchtune", "hf"])
+    ap.add_argument("method", choices=["lora", "qlora", "full"])
+    ap.add_argument("dtype", choices=["fp32", "bf16"])
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--ckpt", default=None, help="transformers checkpoint of the shape (hf qlora)")
+    args = ap.parse_args()
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    torch.manual_seed(0)
+    if args.lib == "torchtune":
+        model, fwd = _torchtune(args.method, dtype)
+    else:
+        model, fwd = _hf(args.method, dtype, args.ckpt)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    x = torch.randint(0, V, (B, T))
+    y = torch.randint(0, V, (B, T))
+    times = []
+    for _ in range(args.steps):
+        t = time.perf_counter()
+        logits = fwd(x)
+        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, V), y.reshape(-1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t)
+    steady = sorted(times[2:])[len(times[2:]) // 2]
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(
+        json.dumps(
+            {
+                "lib": args.lib,
+                "method": args.method,
+                "dtype": args.dtype,
+                "torch": torch.__version__,
+                "tokens_per_s": round(B * T / steady, 1),
+                "step_s": round(steady, 4),
+                "trainable": sum(p.numel() for p in params),
+                "loss": round(float(loss), 4),
+                "peak_rss_gib": round(rss, 2),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
