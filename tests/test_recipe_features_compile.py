@@ -104,3 +104,58 @@ def test_a_model_without_blocks_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(TrainingError, match="compile: Linear has no decoder blocks"):
         compile_blocks(torch.nn.Linear(3, 3))
+
+
+@pytest.mark.slow  # three `tune run` processes, one of them compiling with inductor
+def test_checkpoint_saved_with_compile_resumes_without(tmp_path: Path) -> None:
+    """A checkpoint written by a `compile: true` run loads every key into an eager run, bit for bit.
+
+    Run 1 (compiled) stops after its step-2 checkpoint and writes `model/` from its weights. Run 2 resumes
+    with `compile: false` and has no step left, so its `model/` is the checkpoint's weights as loaded
+    (the full recipe loads strictly: a missing or unexpected key is an error): it must equal run 1's
+    bytes. Run 3 resumes eagerly and trains on to step 4. Compiled and eager kernels round differently,
+    so the honest claim is exact loading, not equal losses after resume.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+    from test_recipe_support import make_tiny
+
+    model_dir, data = make_tiny(tmp_path)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        f"model: {{_component_: from_pretrained, path: {model_dir}}}\n"
+        f"tokenizer: {{_component_: load_tokenizer, path: {model_dir}}}\n"
+        f"dataset: {{_component_: build_dataset, source: {data}, use_cache: false}}\n"
+        f"output_dir: {tmp_path / 'out'}\ndevice: cpu\nprecision: fp32\nbatch_size: 2\nmax_seq_len: 96\n"
+        "epochs: 10\noptimizer: {lr: 0.01}\nlr_schedule: {kind: constant}\ncheckpoint: {every_n_steps: 2}\n"
+    )
+
+    def tune(*overrides: str) -> None:
+        cmd = [str(Path(sys.executable).parent / "tune"), "run", "full_finetune_single_device"]
+        done = subprocess.run(
+            [*cmd, "--config", str(cfg), *overrides],
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr
+
+    out = tmp_path / "out"
+    tune("compile=true", "max_steps=2")
+    compiled = load_file(out / "model" / "model.safetensors")
+    tune("compile=false", "max_steps=2", "resume=auto")
+    loaded = load_file(out / "model" / "model.safetensors")
+    assert compiled.keys() == loaded.keys()
+    assert not any("_orig_mod" in k for k in loaded)
+    assert all(torch.equal(compiled[k], loaded[k]) for k in compiled)
+
+    tune("compile=false", "max_steps=4", "resume=auto")
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert all(r["loss"] > 0 for r in records)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_2", "step_4"]
