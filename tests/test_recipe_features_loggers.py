@@ -150,3 +150,33 @@ def test_missing_logger_library_names_the_extra(
             prepare("lora_finetune_single_device", _config(tmp_path, model_dir, data, "[jsonl, tensorboard]"))
         )
     assert not (tmp_path / "out").exists()  # refused before the run wrote anything
+
+
+def test_a_resumed_run_logs_each_step_once(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    """Steps an earlier run logged after the checkpoint a run resumes from are dropped, not duplicated.
+
+    The first run logs steps 1-3; the second resumes from the step-2 checkpoint and logs step 3 again.
+    metrics.jsonl and TensorBoard (through its purge of later steps) then hold steps 1, 2, 3 once; the
+    raw event files still carry both step-3 records, so the purge is what removed one.
+    """
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    model_dir, data = tiny
+    cfg = _config(tmp_path, model_dir, data, "[jsonl, tensorboard]")
+    keep = ["checkpoint.every_n_steps=2", "checkpoint.keep_last=3"]
+    run(prepare("full_finetune_single_device", cfg, keep))
+    out = tmp_path / "out"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_2", "step_3"]
+    run(prepare("full_finetune_single_device", cfg, [*keep, f"resume={out / 'checkpoints' / 'step_2'}"]))
+
+    assert [s for s, _ in _jsonl_series(out)["loss"]] == [1, 2, 3]
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3]
+    raw = [
+        event.step
+        for path in sorted((out / "tensorboard").iterdir())
+        for event in EventFileLoader(str(path)).Load()
+        if any(v.tag == "loss" for v in event.summary.value)
+    ]
+    assert sorted(raw) == [1, 2, 3, 3]

@@ -2,7 +2,7 @@
 
 Every logged step is one record (``step``, ``loss``, ``lr``, ... and, at validation steps,
 ``val_loss`` / ``val_tokens``) handed to each :class:`MetricLogger`: ``jsonl`` (one JSON line per
-record in ``output_dir/metrics.jsonl``), ``tensorboard`` (event files in ``output_dir/tensorboard``,
+record in ``output_dir/metrics.jsonl``, continued on resume), ``tensorboard`` (event files in ``output_dir/tensorboard``,
 one scalar per numeric key, extra ``ft-recipes[tensorboard]``) and ``wandb`` (Weights & Biases, run
 files under ``output_dir/wandb``; ``WANDB_MODE=offline`` keeps them local; extra ``ft-recipes[wandb]``).
 The optional libraries are imported only when their logger is chosen; a missing one is a one-line
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -79,11 +80,39 @@ def _scalars(record: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
-class JsonlLogger:
-    """One JSON line per record in ``output_dir/metrics.jsonl`` (appended: a resumed run continues it)."""
+def _step_of(line: str) -> int | None:
+    """The ``step`` of one metrics line; None for a line that is not a complete record (a torn write)."""
+    if not line.endswith("\n"):
+        return None
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
-    def __init__(self, output_dir: str | Path) -> None:
-        self.file = open(Path(output_dir) / METRICS, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+class JsonlLogger:
+    """One JSON line per record in ``output_dir/metrics.jsonl``; a resumed run continues the file.
+
+    Resuming from step ``start_step`` first drops the records of later steps (logged by an interrupted
+    run after its last checkpoint; they are about to be redone) and any torn last line, rewriting the
+    file atomically, so the file reads like an uninterrupted run's.
+    """
+
+    def __init__(self, output_dir: str | Path, start_step: int = 0) -> None:
+        path = Path(output_dir) / METRICS
+        if path.is_file():
+            lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+            steps = [_step_of(line) for line in lines]
+            kept = [
+                line
+                for line, step in zip(lines, steps, strict=True)
+                if step is not None and step <= start_step
+            ]
+            if len(kept) != len(lines):
+                tmp = path.with_name(f".{METRICS}.tmp")
+                tmp.write_text("".join(kept), encoding="utf-8")
+                os.replace(tmp, path)
+        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def log(self, record: Mapping[str, Any], step: int) -> None:
         """Write ``record`` as one line and flush it (a killed run keeps every logged step)."""
@@ -170,7 +199,7 @@ class MetricsLog:
         try:
             for name in dict.fromkeys(loggers):  # once each, in the given order
                 if name == "jsonl":
-                    self.loggers.append(JsonlLogger(output_dir))
+                    self.loggers.append(JsonlLogger(output_dir, start_step))
                 elif name == "tensorboard":
                     self.loggers.append(TensorBoardLogger(output_dir, start_step))
                 else:

@@ -9,7 +9,6 @@ the tokens of short batches more, and differ from the training loss's definition
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -38,15 +37,27 @@ def check_trained_tokens(dataset: Any, key: str) -> None:
 
 
 def build_validation_loader(
-    validation_node: Mapping[str, Any], tokenizer: Any, *, batch_size: int, max_seq_len: int, packed: bool
+    validation: Any, tokenizer: Any, *, batch_size: int, max_seq_len: int, packed: bool
 ) -> Any:
     """The validation split's loader: rows in dataset order (no shuffle), packed like the training rows.
 
+    Args:
+        validation: The recipe's ``ValidationConfig`` (``dataset``, ``every_n_steps``, ``max_batches``,
+            ``batch_size``: null takes ``batch_size``).
+        tokenizer: The run's tokenizer.
+        batch_size: The training batch size.
+        max_seq_len: Row length (as in training).
+        packed: Pack several examples per row (as in training).
+
     Raises:
-        UserError: The split has no trained token.
+        UserError: A count that is not positive, or a split with no trained token.
     """
+    for key in ("every_n_steps", "max_batches", "batch_size"):
+        value = getattr(validation, key)
+        if value is not None and value < 1:
+            raise UserError(f"validation.{key}: must be at least 1, got {value}")
     dataset = instantiate(
-        validation_node,
+        validation.dataset,
         key="validation.dataset",
         allow_any=True,
         tokenizer=tokenizer,
@@ -56,7 +67,7 @@ def build_validation_loader(
     check_trained_tokens(dataset, "validation.dataset")
     return ft_data.Loader(
         dataset,
-        batch_size=batch_size,
+        batch_size=validation.batch_size or batch_size,
         max_seq_len=max_seq_len,
         packed=packed,
         shuffle=False,

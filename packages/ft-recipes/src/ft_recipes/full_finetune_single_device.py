@@ -2,8 +2,8 @@
 
 ``tune run full_finetune_single_device --config smollm2/135M_full``. Flow: setup (device, precision,
 model, data, optimizer, resume) -> train (accumulation windows with the token-normalised loss, clipping,
-LR schedule, checkpoints every N steps) -> save (an HF directory ``model/`` with the tokenizer files and
-chat template, which transformers loads as is) -> cleanup.
+LR schedule, validation and checkpoints every N steps) -> save (an HF directory ``model/`` with the
+tokenizer files and chat template, which transformers loads as is) -> cleanup.
 
 Copy it with ``tune cp full_finetune_single_device ./my_full.py`` and change what you need.
 """
@@ -132,9 +132,9 @@ def setup(cfg: Config) -> Run:
     val_loader = None
     if cfg.validation is not None:
         val_loader = _train.build_validation_loader(
-            cfg.validation.dataset,
+            cfg.validation,
             tokenizer,
-            batch_size=cfg.validation.batch_size or cfg.batch_size,
+            batch_size=cfg.batch_size,
             max_seq_len=cfg.max_seq_len,
             packed=cfg.packed,
         )

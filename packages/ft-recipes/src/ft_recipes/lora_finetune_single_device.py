@@ -3,8 +3,9 @@
 
 ``tune run lora_finetune_single_device --config smollm2/135M_lora``. Flow: setup (device, precision,
 model, adapters, data, optimizer, resume) -> train (accumulation windows with the token-normalised
-loss, clipping, LR schedule, checkpoints every N steps) -> save (PEFT adapter; for a GGUF base the
-dequantised base as an HF directory beside it; the merged model when ``merge: true``) -> cleanup.
+loss, clipping, LR schedule, validation and checkpoints every N steps) -> save (PEFT adapter; for a
+GGUF base the dequantised base as an HF directory beside it; the merged model when ``merge: true``)
+-> cleanup.
 
 Copy it with ``tune cp lora_finetune_single_device ./my_lora.py`` and change what you need.
 """
@@ -154,9 +155,9 @@ def setup(cfg: Config) -> Run:
     val_loader = None
     if cfg.validation is not None:
         val_loader = _train.build_validation_loader(
-            cfg.validation.dataset,
+            cfg.validation,
             tokenizer,
-            batch_size=cfg.validation.batch_size or cfg.batch_size,
+            batch_size=cfg.batch_size,
             max_seq_len=cfg.max_seq_len,
             packed=cfg.packed,
         )
