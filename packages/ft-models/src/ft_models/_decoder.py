@@ -129,6 +129,18 @@ def positions_from_documents(document_ids: torch.Tensor) -> torch.Tensor:
     return idx - start
 
 
+def _unless_one_document(document_ids: torch.Tensor | None) -> torch.Tensor | None:
+    """``None`` when every row is one document without padding (the plain causal mask), else the ids.
+
+    Unpacked, unpadded batches (what a collator gives for full rows) then take the attention kernels'
+    causal fast path instead of a materialised ``[b, 1, s, s]`` mask: the same attention, less work.
+    """
+    if document_ids is None or document_ids.shape[1] == 0:
+        return document_ids
+    one = bool(((document_ids == document_ids[:, :1]) & (document_ids >= 0)).all())
+    return None if one else document_ids
+
+
 class TransformerDecoder(nn.Module):
     """Embedding, layers, final norm: ``input_ids [b, s] -> hidden [b, s, d]``.
 
@@ -176,7 +188,7 @@ class TransformerDecoder(nn.Module):
             )
             position_ids, mask = cache.advance(new_valid, position_ids)
         else:
-            mask = AttentionMask.for_sequence(s, document_ids, device)
+            mask = AttentionMask.for_sequence(s, _unless_one_document(document_ids), device)
             if position_ids is None:
                 position_ids = (
                     positions_from_documents(document_ids)

@@ -45,6 +45,11 @@ def _default_adapter_dtype(weight: torch.Tensor) -> torch.dtype:
     return weight.dtype
 
 
+def _is_power_of_two(value: float) -> bool:
+    mantissa, _ = math.frexp(value)
+    return mantissa == 0.5
+
+
 def check_rank(rank: int, d_in: int, d_out: int, name: str) -> None:
     """Raise `InvalidRankError` unless 1 <= rank <= min(d_in, d_out) (a larger rank adds nothing)."""
     if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= min(d_in, d_out):
@@ -188,9 +193,9 @@ class LoRALinear(nn.Module):
             return result
         out_dtype = result.dtype
         x_a = self.lora_dropout(x).to(self.lora_A.weight.dtype)
-        lora_out = self.lora_B(self.lora_A(x_a))  # [..., r] -> [..., d_out]
         if self.lora_magnitude_vector is None:
-            return (result + lora_out * self.scaling).to(out_dtype)
+            return (result + self._scaled_lora(x_a)).to(out_dtype)
+        lora_out = self.lora_B(self.lora_A(x_a))  # [..., r] -> [..., d_out]
         dense = self.dense_weight(x_a.dtype)  # [d_out, d_in]
         norm = _dora.weight_norm(dense, self.lora_B.weight @ self.lora_A.weight, self.scaling)  # [d_out]
         if isinstance(self.lora_dropout, nn.Identity) or not self.training:
@@ -199,6 +204,18 @@ class LoRALinear(nn.Module):
             base_no_bias = F.linear(x_a, dense)  # W dropout(x): the adapter path sees dropped inputs
         delta = _dora.dora_delta(base_no_bias, lora_out, self.lora_magnitude_vector, norm, self.scaling)
         return (result + delta).to(out_dtype)
+
+    def _scaled_lora(self, x_a: torch.Tensor) -> torch.Tensor:
+        """``s * B A x`` ``[..., d_out]``; the scale is applied on the rank-r side when that is exact.
+
+        Multiplying by a power of two is exact in floating point, so scaling the ``[..., r]`` product
+        instead of the ``[..., d_out]`` output gives bit-identical values (forward and gradients) for a
+        fraction of the elementwise work; any other scale is applied to the output, as PEFT does.
+        """
+        s = self.scaling
+        if _is_power_of_two(s):
+            return self.lora_B(self.lora_A(x_a) * s)  # [..., r] -> [..., d_out]
+        return self.lora_B(self.lora_A(x_a)) * s
 
     # ---- merging ------------------------------------------------------------------------------
 

@@ -1,0 +1,88 @@
+"""One document per row without padding takes the causal fast path; anything else keeps its mask.
+
+A collator gives ``document_ids`` for every batch, also for unpacked full rows. The decoder then skips the
+materialised ``[b, 1, s, s]`` mask (kernels' ``is_causal`` path). References: transformers on the same
+rows, and the masked path forced on (the kernel handed the dense mask).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from llama_support import make_hf
+
+import ft_models
+from ft_models import AttentionMask, CausalLM
+
+
+class _Recorder:
+    """Wraps a kernel and records whether each call got a dense mask."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner, self.masked = inner, []
+
+    def __call__(self, q, k, v, mask, scale):  # type: ignore[no-untyped-def]
+        self.masked.append(mask is not None)
+        return self.inner(q, k, v, mask, scale)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    hf = make_hf("gqa4", tie=False, seed=5)
+    directory = tmp_path_factory.mktemp("fast")
+    hf.save_pretrained(directory)
+    return hf, ft_models.from_pretrained(directory)
+
+
+def _record(model: CausalLM) -> list[_Recorder]:
+    recorders = []
+    for layer in model.model.layers:
+        if isinstance(layer.self_attn.kernel, _Recorder):
+            layer.self_attn.kernel = layer.self_attn.kernel.inner
+        recorders.append(_Recorder(layer.self_attn.kernel))
+        layer.self_attn.kernel = recorders[-1]
+    return recorders
+
+
+@torch.no_grad()
+def test_one_document_rows_use_the_causal_path_and_match(pair) -> None:  # type: ignore[no-untyped-def]
+    hf, model = pair
+    ids = torch.randint(3, hf.config.vocab_size, (3, 23), generator=torch.Generator().manual_seed(0))
+    docs = torch.tensor([0, 4, 7])[:, None].expand(3, 23)  # one (differently numbered) document per row
+    recorders = _record(model)
+    fast = model(ids, document_ids=docs)
+    assert not any(m for r in recorders for m in r.masked)
+    reference = hf(ids).logits
+    torch.testing.assert_close(fast, reference, rtol=0, atol=1e-5)
+    # The masked path (what the decoder did before) gives the same logits.
+    dense = AttentionMask.for_sequence(23, docs, ids.device).dense()
+    for layer, recorder in zip(model.model.layers, recorders, strict=True):
+        inner = recorder.inner
+        layer.self_attn.kernel = lambda q, k, v, mask, scale, inner=inner: inner(q, k, v, dense, scale)
+    masked = model(ids, document_ids=docs)
+    for layer, recorder in zip(model.model.layers, recorders, strict=True):
+        layer.self_attn.kernel = recorder.inner
+    torch.testing.assert_close(fast, masked, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "docs",
+    [
+        [[0] * 10 + [1] * 13, [2] * 23],  # two packed documents in row 0
+        [[0] * 20 + [-1] * 3, [0] * 23],  # right padding
+        [[-1] * 23, [0] * 23],  # an all-padding row
+    ],
+    ids=["packed", "padded", "pad-row"],
+)
+@torch.no_grad()
+def test_packed_or_padded_rows_keep_their_mask(pair, docs) -> None:  # type: ignore[no-untyped-def]
+    hf, model = pair
+    docs = torch.tensor(docs)
+    ids = torch.randint(3, hf.config.vocab_size, (2, 23), generator=torch.Generator().manual_seed(1))
+    recorders = _record(model)
+    out = model(ids, document_ids=docs)
+    assert all(r.masked == [True] for r in recorders)
+    # Wrong variant: treating these rows as plain causal changes logits (a later document's tokens, or
+    # the pad queries, which attend only to themselves under the mask).
+    plain = model(ids, position_ids=ft_models.positions_from_documents(docs))
+    assert not torch.allclose(out, plain, rtol=0, atol=1e-5)
