@@ -43,6 +43,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> ft_models.CausalLM:
 
 
 def _loss_and_grads(model: torch.nn.Module) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Loss and every parameter gradient of one batch; the output (final hidden states) is in the grads'
+    ``"hidden"`` entry."""
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, 97, (2, 13), generator=g)  # [b, s]
     labels = torch.roll(ids, -1, 1)
@@ -55,7 +57,10 @@ def _loss_and_grads(model: torch.nn.Module) -> tuple[torch.Tensor, dict[str, tor
         hidden, model.output_projection, labels, normalizer=int((labels != -100).sum())
     )
     loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    return loss.detach(), {
+        "hidden": hidden.detach(),
+        **{n: p.grad.clone() for n, p in model.named_parameters()},
+    }
 
 
 def test_compiled_blocks_keep_keys_and_match_eager(tiny: ft_models.CausalLM) -> None:
