@@ -82,7 +82,9 @@ def flops_per_token(method: str) -> tuple[float, str]:
 # ---- ft side --------------------------------------------------------------------------------------------
 
 
-def build_ft(method: str, dtype: str, ckpt: Path, precision: str | None, compile: bool) -> tuple[Any, Any, str]:
+def build_ft(
+    method: str, dtype: str, ckpt: Path, precision: str | None, compile: bool
+) -> tuple[Any, Any, str]:
     """The model and optimizer exactly as the recipes set them up; returns (model, optimizer, precision)."""
     import ft_models
     import ft_peft
@@ -161,7 +163,12 @@ def run_peak(dtype: str) -> dict[str, Any]:
     b = torch.randn(n, n, dtype=DTYPES[dtype])
     a @ b
     best = min(_timed(lambda: a @ b) for _ in range(5))
-    return {"lib": "matmul", "dtype": dtype, "torch": torch.__version__, "gflops": round(2 * n**3 / best / 1e9, 1)}
+    return {
+        "lib": "matmul",
+        "dtype": dtype,
+        "torch": torch.__version__,
+        "gflops": round(2 * n**3 / best / 1e9, 1),
+    }
 
 
 def _timed(fn: Any) -> float:
@@ -183,7 +190,10 @@ def _sub(python: str | Path, cmd: list[str]) -> dict[str, Any] | None:
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         err = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-        print(f"FAILED {Path(str(python)).parent.parent.name}: {' '.join(cmd)}: {err[-1] if err else ''}", flush=True)
+        print(
+            f"FAILED {Path(str(python)).parent.parent.name}: {' '.join(cmd)}: {err[-1] if err else ''}",
+            flush=True,
+        )
         return None
     print(lines[-1], flush=True)
     return json.loads(lines[-1])
@@ -205,7 +215,7 @@ def run_all(args: argparse.Namespace) -> None:
     for dtype in args.dtypes.split(","):
         for method in args.methods.split(","):
             results: dict[str, dict[str, Any]] = {}
-            for rep in range(args.repeat):
+            for _ in range(args.repeat):
                 for c in compiles:
                     cmd = [__file__, "ft", method, dtype, "--ckpt", str(ckpt), *steps]
                     r = _sub(sys.executable, cmd + (["--compile"] if c else []))
@@ -214,9 +224,15 @@ def run_all(args: argparse.Namespace) -> None:
                     if name == "torchtune" and method == "qlora" and not args.torchtune_qlora:
                         # torchtune 0.6.1's NF4 needs every dimension divisible by its scaler block;
                         # the 576x192 k/v projections are not (see PERFORMANCE.md).
-                        print("SKIP torchtune qlora: NF4 cannot quantise the 576x192 k/v projections", flush=True)
+                        print(
+                            "SKIP torchtune qlora: NF4 cannot quantise the 576x192 k/v projections",
+                            flush=True,
+                        )
                         continue
-                    r = _sub(python, [str(HERE / "peer_train.py"), name, method, dtype, "--ckpt", str(ckpt), *steps])
+                    r = _sub(
+                        python,
+                        [str(HERE / "peer_train.py"), name, method, dtype, "--ckpt", str(ckpt), *steps],
+                    )
                     _keep(results, r)
             _report(method, dtype, results, peak.get(dtype))
 
@@ -232,7 +248,10 @@ def _report(method: str, dtype: str, results: dict[str, dict[str, Any]], peak: d
     for lib, r in results.items():
         if peak:
             mfu = fpt * r["tokens_per_s"] / (peak["gflops"] * 1e9)
-            print(f"MFU train-{method} {dtype} {lib}: {mfu:.1%} of {peak['gflops']} GFLOP/s ({formula})", flush=True)
+            print(
+                f"MFU train-{method} {dtype} {lib}: {mfu:.1%} of {peak['gflops']} GFLOP/s ({formula})",
+                flush=True,
+            )
     goal = GOALS.get((method, dtype))
     for lib in ("ft", "ft+compile"):
         for peer in ("torchtune", "hf"):
@@ -255,7 +274,9 @@ def main() -> None:
     ap.add_argument("dtype", nargs="?", help="fp32 | bf16")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--ckpt", default=None, help="random-init transformers checkpoint (made once if absent)")
-    ap.add_argument("--compile", nargs="?", const="on", default=None, help="ft: compile per layer; all: off|on|both")
+    ap.add_argument(
+        "--compile", nargs="?", const="on", default=None, help="ft: compile per layer; all: off|on|both"
+    )
     ap.add_argument("--precision", default=None, help="ft: override the precision policy")
     ap.add_argument("--profile", default=None, help="ft: write a profiler table of one step here")
     ap.add_argument("--methods", default="lora,qlora,full")

@@ -30,7 +30,9 @@ SHAPE = dict(num_layers=30, num_heads=9, num_kv_heads=3, embed_dim=576, intermed
 LORA_MLP = ["gate_proj", "up_proj", "down_proj"]
 
 
-def _torchtune(method: str, dtype: torch.dtype) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
+def _torchtune(
+    method: str, dtype: torch.dtype
+) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
     from torchtune.models.llama3_2 import llama3_2, lora_llama3_2
     from torchtune.modules.peft import get_adapter_params, set_trainable_params
 
@@ -78,7 +80,9 @@ def _hf(
     if method != "full":
         from peft import LoraConfig, get_peft_model
 
-        lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "o_proj", *LORA_MLP])
+        lora = LoraConfig(
+            r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "o_proj", *LORA_MLP]
+        )
         model = get_peft_model(model, lora)
     return model, lambda x: model(input_ids=x).logits
 
