@@ -88,7 +88,8 @@ def test_cp_recipe_and_config_then_validate_the_copies(tmp_path: Path) -> None:
     # The copy is a recipe of its own: an extra schema key added to it is accepted by it only.
     copied.write_text(
         copied.read_text().replace(
-            "    max_new_tokens: int = 256\n", "    max_new_tokens: int = 256\n    banner: str = ''\n"
+            "    max_new_tokens: PositiveInt = 256\n",
+            "    max_new_tokens: PositiveInt = 256\n    banner: str = ''\n",
         )
     )
     ok = run_tune("validate", str(tmp_path / "my_gen.yaml"), "--recipe", str(copied), "banner=hello")

@@ -12,6 +12,8 @@ import torch
 
 from ft_recipes.config import (
     Component,
+    NonNegativeInt,
+    PositiveInt,
     apply_overrides,
     check_components,
     instantiate,
@@ -133,7 +135,9 @@ class Optim:
 class Schema:
     optim: Optim
     mode: Literal["fast", "exact"] = "fast"
-    steps: int = 1
+    steps: PositiveInt = 1
+    every: PositiveInt | None = None
+    workers: NonNegativeInt = 0
     name: str | None = None
     model: Component | None = None
 
@@ -141,6 +145,8 @@ class Schema:
 def test_schema_builds_typed_instances() -> None:
     out = validate(_cfg("optim:\n  lr: 1\nmode: exact\nsteps: 3\n"), Schema)
     assert out == Schema(optim=Optim(lr=1.0), mode="exact", steps=3)
+    # Bounds are inclusive and a bounded optional still takes null.
+    assert validate(_cfg("optim:\n  lr: 1\nsteps: 1\nevery: null\nworkers: 0\n"), Schema).steps == 1
     assert isinstance(out.optim.lr, float)
 
 
@@ -159,6 +165,10 @@ def test_schema_builds_typed_instances() -> None:
         ("mode: fast\n", "optim: required key is missing"),
         ("optim: {}\n", r"optim\.lr: required key is missing"),
         ("optim:\n  lr: 1\nmodel: {lr: 1}\n", "model: expected a mapping with _component_"),
+        ("optim:\n  lr: 1\nsteps: 0\n", r"c\.yaml:3:1: steps: must be at least 1, got 0"),
+        ("optim:\n  lr: 1\nevery: -2\n", r"c\.yaml:3:1: every: must be at least 1, got -2"),
+        ("optim:\n  lr: 1\nevery: 1.5\n", r"every: expected int, got float 1\.5"),
+        ("optim:\n  lr: 1\nworkers: -1\n", "workers: must be at least 0, got -1"),
     ],
 )
 def test_schema_errors_name_file_line_key_and_suggestion(text: str, message: str) -> None:

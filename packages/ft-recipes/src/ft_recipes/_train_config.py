@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ft_recipes.config import Component
+from ft_recipes.config import Component, NonNegativeInt, PositiveInt
 
 __all__ = [
     "CheckpointConfig",
@@ -36,7 +36,7 @@ class ScheduleConfig:
     """LR schedule with linear warmup (``ft_recipes.training.build_lr_scheduler``)."""
 
     kind: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_steps: int = 0
+    warmup_steps: NonNegativeInt = 0
     min_lr_ratio: float = 0.0
 
 
@@ -44,8 +44,8 @@ class ScheduleConfig:
 class CheckpointConfig:
     """Intermediate checkpoints: every ``every_n_steps`` optimizer steps (and at the end), keep ``keep_last``."""
 
-    every_n_steps: int | None = None
-    keep_last: int = 2
+    every_n_steps: PositiveInt | None = None
+    keep_last: PositiveInt = 2
 
 
 @dataclass
@@ -54,8 +54,8 @@ class EvalConfig:
 
     data: str
     metric: str = "exact_match"
-    batch_size: int = 16
-    max_new_tokens: int = 32
+    batch_size: PositiveInt = 16
+    max_new_tokens: PositiveInt = 32
     before: bool = True
 
 
@@ -70,9 +70,9 @@ class ValidationConfig:
     """
 
     dataset: Component
-    every_n_steps: int = 100
-    max_batches: int | None = None
-    batch_size: int | None = None  # null: the training batch_size
+    every_n_steps: PositiveInt = 100
+    max_batches: PositiveInt | None = None
+    batch_size: PositiveInt | None = None  # null: the training batch_size
 
 
 @dataclass

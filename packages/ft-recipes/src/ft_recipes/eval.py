@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ft_recipes.config import Component
+from ft_recipes.config import Component, PositiveInt
 
 __all__ = ["FILE_KEYS", "METRICS", "PROVIDED", "Config", "EvalResult", "evaluate", "main", "read_items"]
 
@@ -162,8 +162,8 @@ class Config:
     data: str
     adapter: str | None = None
     metric: str = "exact_match"
-    batch_size: int = 16
-    max_new_tokens: int = 32
+    batch_size: PositiveInt = 16
+    max_new_tokens: PositiveInt = 32
     chat_template: bool = True
     output: str | None = None  # results JSONL
     device: Literal["auto", "cpu", "cuda"] = "auto"

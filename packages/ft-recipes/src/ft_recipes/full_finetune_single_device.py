@@ -24,7 +24,7 @@ from ft_recipes._train_config import (
     ValidationConfig,
     WandbConfig,
 )
-from ft_recipes.config import Component
+from ft_recipes.config import Component, NonNegativeInt, PositiveInt
 
 # torch and the model code are imported inside the functions, so `tune validate` reads this schema cheaply.
 
@@ -54,14 +54,14 @@ class Config:
     resume: str | None = None  # null | auto | a checkpoint directory
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16-mixed", "bf16-pure", "fp16"] = "auto"
-    batch_size: int = 4
-    max_seq_len: int = 1024
+    batch_size: PositiveInt = 4
+    max_seq_len: PositiveInt = 1024
     packed: bool = True
     shuffle: bool = True
-    num_workers: int = 0
-    gradient_accumulation_steps: int = 1
-    epochs: int = 1
-    max_steps: int | None = None
+    num_workers: NonNegativeInt = 0
+    gradient_accumulation_steps: PositiveInt = 1
+    epochs: PositiveInt = 1
+    max_steps: PositiveInt | None = None
     seed: int = 0
     clip_grad_norm: float | None = 1.0
     activation_checkpointing: bool = False

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from ft_recipes.config import Component
+from ft_recipes.config import Component, PositiveInt
 
 if TYPE_CHECKING:
     import torch
@@ -40,7 +40,7 @@ class Sampling:
     """Next-token choice: ``temperature: 0`` is greedy; ``seed`` makes sampling repeatable."""
 
     temperature: float = 0.0
-    top_k: int | None = None
+    top_k: PositiveInt | None = None
     top_p: float | None = None
     min_p: float | None = None
     repetition_penalty: float = 1.0
@@ -59,7 +59,7 @@ class Config:
     prompt: str | None = None
     system: str | None = None
     chat_template: bool = True
-    max_new_tokens: int = 256
+    max_new_tokens: PositiveInt = 256
     stop: list[str] = field(default_factory=list)
     sampling: Sampling = field(default_factory=Sampling)
 

@@ -28,7 +28,7 @@ from ft_recipes._train_config import (
     ValidationConfig,
     WandbConfig,
 )
-from ft_recipes.config import Component
+from ft_recipes.config import Component, NonNegativeInt, PositiveInt
 
 # torch and the model code are imported inside the functions, so `tune validate` reads this schema cheaply.
 
@@ -49,7 +49,7 @@ class LoraConfig:
     """Which layers get adapters and how (``ft_peft.apply_lora``); ``quantize`` makes it QLoRA."""
 
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    rank: int = 8
+    rank: PositiveInt = 8
     alpha: float = 16.0
     dropout: float = 0.0
     use_dora: bool = False
@@ -72,14 +72,14 @@ class Config:
     resume: str | None = None  # null | auto | a checkpoint directory
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16-mixed", "bf16-pure", "fp16"] = "auto"
-    batch_size: int = 4
-    max_seq_len: int = 1024
+    batch_size: PositiveInt = 4
+    max_seq_len: PositiveInt = 1024
     packed: bool = True
     shuffle: bool = True
-    num_workers: int = 0
-    gradient_accumulation_steps: int = 1
-    epochs: int = 1
-    max_steps: int | None = None
+    num_workers: NonNegativeInt = 0
+    gradient_accumulation_steps: PositiveInt = 1
+    epochs: PositiveInt = 1
+    max_steps: PositiveInt | None = None
     seed: int = 0
     clip_grad_norm: float | None = 1.0
     activation_checkpointing: bool = False

@@ -20,13 +20,16 @@ from ft_recipes.config._components import (
 )
 from ft_recipes.config._edit import COMPONENT, apply_overrides, dotted_keys, get_dotted, interpolate
 from ft_recipes.config._load import Located, Where, load_yaml, parse_yaml_text
-from ft_recipes.config._schema import Component, validate
+from ft_recipes.config._schema import AtLeast, Component, NonNegativeInt, PositiveInt, validate
 
 __all__ = [
     "COMPONENT",
     "SHORT_NAMES",
+    "AtLeast",
     "Component",
     "Located",
+    "NonNegativeInt",
+    "PositiveInt",
     "Where",
     "apply_overrides",
     "check_components",
