@@ -10,6 +10,11 @@ length). The step runs the model's own layers, norms and output projection; only
 them is written here, so every family that composes :class:`TransformerDecoder` works unchanged.
 The mask and RoPE tables are built once per step, not per layer, and nothing syncs with the host.
 
+Decoding a few rows is memory-bound: each step streams every weight once. The compiled step therefore
+runs under :class:`RowwiseLinear`, which computes every linear layer with at most ``max_rows`` input
+rows as a fused streaming reduction instead of a BLAS matrix-vector call (see :mod:`._rowwise`); the
+eager step keeps ``F.linear`` and its numerics.
+
 Shape legend: b batch, t cache capacity, d model dim, v vocabulary.
 """
 
@@ -22,18 +27,29 @@ import torch
 from ._cache import KVCache, KVCacheLayer
 from ._decoder import CausalLM
 from ._mask import AttentionMask
+from ._rowwise import RowwiseLinear
 
 __all__ = ["DecodeStep"]
 
 _StepFn = Callable[..., torch.Tensor]
 _compiled: _StepFn | None = None
 
+# Largest batch whose linear layers the compiled step computes as streaming reductions. Measured on
+# the SmolLM2-135M shape (2-core CPU, fp32 and bf16): see the package README.
+ROWWISE_MAX_ROWS = 8
+
+
+def _rowwise_forward(*args: object) -> torch.Tensor:
+    """:func:`_forward` with few-row linears as fused reductions (traced by dynamo, no graph break)."""
+    with RowwiseLinear(ROWWISE_MAX_ROWS):
+        return _forward(*args)  # type: ignore[arg-type]
+
 
 def _compiled_forward() -> _StepFn:
     """One compiled wrapper for the process: dynamo caches a graph per model, batch and capacity."""
     global _compiled
     if _compiled is None:
-        _compiled = torch.compile(_forward, dynamic=False)
+        _compiled = torch.compile(_rowwise_forward, dynamic=False)
     return _compiled
 
 
