@@ -5,7 +5,13 @@ Usage: python bench/bench_model.py {train,decode} {ft,hf} {fp32,bf16} CKPT_DIR [
 train: forward + backward + AdamW step, batch 4 x 256, loss = fp32 cross-entropy over full logits
        (the same loss code for both libraries, so the figure compares the model code);
        median of the steps after 2 warm-up steps.
-decode: greedy, 64-token prompt, 128 new tokens, no stop token; decode tokens/s over all rows.
+decode: greedy, 64-token prompt, 128 new tokens, no stop token; decode tokens/s over all rows (median
+        of 3 runs after a first one, which for --compile includes compilation: ``first_run_s``).
+        Also the bandwidth limit of decoding: every step streams every weight once, so
+        tokens/s <= batch * read bandwidth / weight bytes. The bandwidth is measured in the same
+        process, with the same threads: ``torch.sum`` over a 1 GiB fp32 tensor (a streaming read),
+        best of 5. ``bw_fraction`` = measured tokens/s / that limit (weights only; the KV cache,
+        ~1% of the bytes at batch 1, is left out).
 """
 
 from __future__ import annotations
@@ -54,6 +60,32 @@ def bench_train(lib: str, model: torch.nn.Module, device: str, batch: int, seq: 
     return {"tokens_per_s": round(batch * seq / steady, 1), "step_s": round(steady, 4)}
 
 
+def read_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
+    """Streaming read bandwidth in bytes/s: best of ``repeats`` sums of a ``gib`` GiB fp32 tensor."""
+    x = torch.ones(int(gib * 2**30) // 4, dtype=torch.float32)
+    x.sum()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t)
+    return x.numel() * 4 / best
+
+
+def weight_bytes_per_step(model: torch.nn.Module) -> int:
+    """Bytes of the weights one decode step reads: every parameter once (tied ones once), except the
+    rows of an untied input embedding, of which a step reads only one per sequence."""
+    seen: set[int] = set()
+    total = 0
+    emb, out = model.model.embed_tokens.weight, model.lm_head.weight  # the same paths in ft and transformers
+    for p in model.parameters():
+        if p.data_ptr() in seen or (p is emb and emb.data_ptr() != out.data_ptr()):
+            continue
+        seen.add(p.data_ptr())
+        total += p.numel() * p.element_size()
+    return total
+
+
 def bench_decode(
     lib: str,
     model: torch.nn.Module,
@@ -88,7 +120,9 @@ def bench_decode(
             return out[:, prompt_len:]
 
     with torch.inference_mode():
+        t0 = time.perf_counter()
         first = run()
+        first_s = time.perf_counter() - t0
         times = []
         for _ in range(3):
             _sync(device)
@@ -97,11 +131,19 @@ def bench_decode(
             _sync(device)
             times.append(time.perf_counter() - t)
     el = sorted(times)[1]
-    return {
-        "decode_tokens_per_s": round(batch * new / el, 1),
-        "run_s": round(el, 3),
-        "first_ids": first[0, :8].tolist(),
-    }
+    tok_s = batch * new / el
+    res = {"decode_tokens_per_s": round(tok_s, 1), "run_s": round(el, 3), "first_run_s": round(first_s, 1)}
+    if device == "cpu":
+        bw = read_bandwidth()
+        wbytes = weight_bytes_per_step(model)
+        limit = batch * bw / wbytes
+        res.update(
+            read_bw_gb_s=round(bw / 1e9, 1),
+            weight_mb_per_step=round(wbytes / 1e6, 1),
+            bw_limit_tokens_per_s=round(limit, 1),
+            bw_fraction=round(tok_s / limit, 2),
+        )
+    return {**res, "first_ids": first[0, :8].tolist()}
 
 
 def main() -> None:
