@@ -36,7 +36,10 @@ def test_fast_path_gets_no_mask_and_other_paths_a_boolean_one() -> None:
     model(ids)
     assert kernel.masks == [None] * 3  # is_causal=True, no mask materialised
     kernel.masks.clear()
-    model(ids, document_ids=torch.zeros(2, 10, dtype=torch.long))
+    model(ids, document_ids=torch.zeros(2, 10, dtype=torch.long))  # one document per row: still fast
+    assert kernel.masks == [None] * 3
+    kernel.masks.clear()
+    model(ids, document_ids=torch.tensor([[0] * 4 + [1] * 6, [0] * 10]))  # packed row 0
     assert all(m is not None and m.dtype == torch.bool and m.shape == (2, 1, 10, 10) for m in kernel.masks)
     kernel.masks.clear()
     cache = model.new_cache(2, 12)
