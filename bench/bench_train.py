@@ -151,6 +151,7 @@ def run_ft(args: argparse.Namespace) -> dict[str, Any]:
         "torch": torch.__version__,
         "tokens_per_s": round(B * T / steady, 1),
         "step_s": round(steady, 4),
+        "threads": torch.get_num_threads(),
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "loss": round(loss, 4),
         "peak_rss_gib": round(rss, 2),
@@ -209,8 +210,9 @@ def run_all(args: argparse.Namespace) -> None:
             peers[name] = peer_python(name)
         except PeerUnavailable as e:
             print(f"SKIP {name}: {e}", flush=True)
-    steps = ["--steps", str(args.steps)]
-    peak = {d: _sub(sys.executable, [__file__, "peak", d]) for d in args.dtypes.split(",")}
+    steps = ["--steps", str(args.steps)] + (["--threads", str(args.threads)] if args.threads else [])
+    threads = ["--threads", str(args.threads)] if args.threads else []
+    peak = {d: _sub(sys.executable, [__file__, "peak", d, *threads]) for d in args.dtypes.split(",")}
     compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
     for dtype in args.dtypes.split(","):
         for method in args.methods.split(","):
@@ -282,9 +284,14 @@ def main() -> None:
     ap.add_argument("--methods", default="lora,qlora,full")
     ap.add_argument("--dtypes", default="bf16,fp32")
     ap.add_argument("--peers", default="torchtune,hf")
+    ap.add_argument(
+        "--threads", type=int, default=None, help="torch threads in every measurement (default: torch's)"
+    )
     ap.add_argument("--repeat", type=int, default=1, help="all: rounds of ft+peers; the best of each is kept")
     ap.add_argument("--torchtune-qlora", action="store_true", help="all: try torchtune's QLoRA anyway")
     args = ap.parse_args()
+    if args.threads and args.mode != "all":
+        torch.set_num_threads(args.threads)
     if args.mode == "all":
         args.compile = args.compile or "both"
         run_all(args)

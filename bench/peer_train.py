@@ -93,9 +93,12 @@ def main() -> None:
     ap.add_argument("method", choices=["lora", "qlora", "full"])
     ap.add_argument("dtype", choices=["fp32", "bf16"])
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--ckpt", default=None, help="transformers checkpoint of the shape (hf qlora)")
     args = ap.parse_args()
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.lib == "torchtune":
         model, fwd = _torchtune(args.method, dtype)
@@ -126,6 +129,7 @@ def main() -> None:
                 "torch": torch.__version__,
                 "tokens_per_s": round(B * T / steady, 1),
                 "step_s": round(steady, 4),
+                "threads": torch.get_num_threads(),
                 "trainable": sum(p.numel() for p in params),
                 "loss": round(float(loss), 4),
                 "peak_rss_gib": round(rss, 2),
