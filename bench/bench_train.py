@@ -168,6 +168,7 @@ def run_peak(dtype: str) -> dict[str, Any]:
         "lib": "matmul",
         "dtype": dtype,
         "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
         "gflops": round(2 * n**3 / best / 1e9, 1),
     }
 
