@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -22,14 +23,25 @@ sys.path.insert(0, str(HERE))
 from _shape import make_checkpoint  # noqa: E402
 
 
-def _run(cmd: list[str]) -> dict | None:
-    proc = subprocess.run([sys.executable, *cmd], capture_output=True, text=True)
+def _run(cmd: list[str], python: str | Path = sys.executable) -> dict | None:
+    env = None if python == sys.executable else dict(os.environ, PYTHONPATH="")  # peers never see ft
+    proc = subprocess.run([str(python), *cmd], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         print(f"FAILED: {' '.join(cmd)}\n{proc.stderr[-3000:]}", file=sys.stderr)
         return None
     line = proc.stdout.strip().splitlines()[-1]
     print(line, flush=True)
     return json.loads(line)
+
+
+def _peer(name: str) -> Path | None:
+    from _peers import PeerUnavailable, peer_python
+
+    try:
+        return peer_python(name)
+    except PeerUnavailable as e:
+        print(f"SKIP {name}: {e}", flush=True)
+        return None
 
 
 def _ratio(name: str, ft: dict | None, peer: dict | None, key: str) -> None:
@@ -51,20 +63,28 @@ def main() -> None:
     only = set(args.only.split(","))
     ckpt = make_checkpoint(args.shape, Path(tempfile.gettempdir()) / f"ft-bench-{args.shape}")
     dev = ["--device", args.device]
-    for dtype in args.dtypes.split(","):
-        if "train" in only:
-            cmd = ["bench/bench_model.py", "train"]
-            ft = _run([*cmd, "ft", dtype, str(ckpt), *dev])
-            hf = _run([*cmd, "hf", dtype, str(ckpt), *dev])
-            _ratio(f"train-full {args.shape} {dtype}", ft, hf, "tokens_per_s")
-        if "decode" in only:
+    if "train" in only:
+        # train-lora / train-qlora / train-full: ft (eager and compiled) beside torchtune and
+        # transformers + PEFT in their own environments (bench_train.py builds them on first use).
+        subprocess.run(
+            [sys.executable, str(HERE / "bench_train.py"), "all", "--dtypes", args.dtypes], check=False
+        )
+    if "decode" in only:
+        torchtune = _peer("torchtune")
+        for dtype in args.dtypes.split(","):
             for batch in (1, 8):
                 cmd = ["bench/bench_model.py", "decode"]
-                ft = _run([*cmd, "ft", dtype, str(ckpt), "--batch", str(batch), *dev])
-                hf = _run([*cmd, "hf", dtype, str(ckpt), "--batch", str(batch), *dev])
-                _ratio(f"decode b{batch} {args.shape} {dtype}", ft, hf, "decode_tokens_per_s")
-                ftc = _run([*cmd, "ft", dtype, str(ckpt), "--batch", str(batch), "--compile", *dev])
-                _ratio(f"decode b{batch} {args.shape} {dtype} compiled", ftc, hf, "decode_tokens_per_s")
+                rows = ["--batch", str(batch), *dev]
+                peers = [_run([*cmd, "hf", dtype, str(ckpt), *rows])]
+                if torchtune and args.device == "cpu":
+                    tt_cmd = ["bench/peer_decode_torchtune.py", dtype, str(ckpt), "--batch", str(batch)]
+                    peers.append(_run(tt_cmd, python=torchtune))
+                for extra, label in (([], ""), (["--compile"], " compiled")):
+                    ft = _run([*cmd, "ft", dtype, str(ckpt), *rows, *extra])
+                    for peer in peers:
+                        _ratio(
+                            f"decode b{batch} {args.shape} {dtype}{label}", ft, peer, "decode_tokens_per_s"
+                        )
     if "tokenize" in only and (HERE / "bench_tokenize.py").exists():
         subprocess.run([sys.executable, str(HERE / "bench_tokenize.py")], check=False)
     if "cli" in only:
