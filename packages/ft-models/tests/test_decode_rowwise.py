@@ -2,14 +2,14 @@
 
 References: ``F.linear`` in float64 for the kernel; transformers' ``generate`` (greedy) and ft's eager
 decode step (``F.linear``, unchanged) for the compiled step. Every check also runs a deliberately wrong
-kernel (the ``[n, m]`` product read back without its transpose, a layout bug invisible at one row) and
-asserts that it fails the same tolerance.
+kernel (the ``[n, m]`` product read back without its transpose, a layout bug invisible at one row; the
+weight's input axis reversed) and asserts that it fails the same tolerance.
 
 Tolerance of the step's logits: the compiled step differs from the eager one only in summation order
 (the reductions here, fused norms and attention from inductor), all in fp32. A length-k fp32 dot
 product carries a relative error of at most ~k * 2**-24 (k <= 84 here: ~5e-6); through three layers,
 norms and the output projection we allow ``LOGIT_RTOL`` = 1e-4 of the logits' largest magnitude, about
-40x the 2.6e-6 observed; the wrong kernel is off by 1.6 (O(1)) of that scale.
+40x the 2.6e-6 observed at batch 3; the wrong kernels are off by O(1) of that scale.
 
 The LoRA test needs ft-peft (skipped where only ft-models is installed) and compiles a second graph, so
 it is marked slow.
@@ -27,7 +27,7 @@ from generate_support import assert_diverse, ft_rows, hf_new_tokens, make_pair, 
 from torch.profiler import ProfilerActivity, profile
 
 import ft_models
-from ft_models import CausalLM, KVCache
+from ft_models import CausalLM, KVCache, _decode_step
 from ft_models._decode_step import DecodeStep, _forward
 from ft_models._rowwise import RowwiseLinear, rowwise_linear
 
@@ -147,26 +147,50 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, CausalLM]:
     return make_pair("llama", tmp_path_factory.mktemp("rowwise"))
 
 
-def test_compiled_step_matches_transformers_and_eager(pair: tuple[object, CausalLM]) -> None:
+def flipped_k(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Wrong: pairs input feature i with weight column k-1-i (a reduction over misaligned axes)."""
+    return rowwise_linear(x, weight.flip(-1), bias)
+
+
+@pytest.mark.parametrize(
+    ("lengths", "max_rows", "wrong_kernel"),
+    [((6,), None, flipped_k), ((5, 9, 7), 8, no_transpose)],
+    ids=["batch1-default", "batch3-max_rows8"],
+)
+def test_compiled_step_matches_transformers_and_eager(
+    pair: tuple[object, CausalLM],
+    monkeypatch: pytest.MonkeyPatch,
+    lengths: tuple[int, ...],
+    max_rows: int | None,
+    wrong_kernel: Kernel,
+) -> None:
+    """Batch 1 is what the default threshold rewrites; batch 3 with the threshold raised covers the
+    multi-row layout (the ``[n, m]`` product read back as ``[m, n]`` fails only there)."""
+    if max_rows is not None:
+        monkeypatch.setattr(_decode_step, "ROWWISE_MAX_ROWS", max_rows)
+    assert len(lengths) <= _decode_step.ROWWISE_MAX_ROWS  # every linear of the step is rewritten
     hf, model = pair
-    rows = ragged_prompts(131, (5, 9, 7))  # batch 3 <= ROWWISE_MAX_ROWS: every linear is rerouted
+    rows = ragged_prompts(131, lengths)
     torch._dynamo.reset()
-    new, lengths = ft_models.generate(model, rows, STEPS, compile=True)
-    assert lengths.tolist() == [STEPS] * 3
+    new, got = ft_models.generate(model, rows, STEPS, compile=True)
+    assert got.tolist() == [STEPS] * len(rows)
     assert_diverse(new)
-    assert ft_rows(new, lengths) == hf_new_tokens(hf, rows, STEPS, do_sample=False)  # type: ignore[arg-type]
+    assert ft_rows(new, got) == hf_new_tokens(hf, rows, STEPS, do_sample=False)  # type: ignore[arg-type]
     err = step_logit_error(model, rows, DecodeStep(model, compile=True).fn)
     assert err < LOGIT_RTOL, err
-    # The same check on the wrong kernel (compiled the same way) fails it.
-    wrong = torch.compile(_with_mode(lambda: _WrongMode(8, no_transpose)), dynamic=False)
+    # The same check on a wrong kernel (compiled the same way) fails it.
+    wrong = torch.compile(_with_mode(lambda: _WrongMode(len(rows), wrong_kernel)), dynamic=False)
     wrong_err = step_logit_error(model, rows, wrong)
     assert wrong_err > LOGIT_RTOL, wrong_err
 
 
 @pytest.mark.slow
-def test_lora_model_through_compiled_step(pair: tuple[object, CausalLM]) -> None:
+def test_lora_model_through_compiled_step(
+    pair: tuple[object, CausalLM], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Adapter layers call ``F.linear`` on the base weight and on A and B: all rerouted, same result."""
     ft_peft = pytest.importorskip("ft_peft")
+    monkeypatch.setattr(_decode_step, "ROWWISE_MAX_ROWS", 8)  # the batch of 3 below is rewritten too
     model = copy.deepcopy(pair[1])
     ft_peft.apply_lora(model, ["q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], rank=3)
     g = torch.Generator().manual_seed(3)
