@@ -79,12 +79,19 @@ def _run(
     return captured.out, captured.err
 
 
+@pytest.mark.parametrize("compile", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_chat_turns_match_transformers_on_the_whole_history(
-    tiny: tuple[Path, Any, LlamaForCausalLM], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+    tiny: tuple[Path, Any, LlamaForCausalLM],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: Any,
+    compile: bool,
 ) -> None:
+    # compile=true: the same replies through ft-models' compiled decode step, cache kept across turns.
     model_dir, tok, hf = tiny
     q1, q2 = "Tell me a story.", "Shorter, please."
-    out, err = _run(_config(tmp_path, model_dir), [], f"{q1}\n{q2}\n", monkeypatch, capsys)
+    overrides = [f"compile={str(compile).lower()}"]
+    out, err = _run(_config(tmp_path, model_dir), overrides, f"{q1}\n{q2}\n", monkeypatch, capsys)
     r1 = _reference(hf, tok, [{"role": "user", "content": q1}])
     history = [
         {"role": "user", "content": q1},

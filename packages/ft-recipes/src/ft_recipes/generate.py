@@ -62,6 +62,9 @@ class Config:
     max_new_tokens: PositiveInt = 256
     stop: list[str] = field(default_factory=list)
     sampling: Sampling = field(default_factory=Sampling)
+    # Decode through ft-models' compiled step (about 2x faster per token at batch 1 on a CPU); the
+    # first turn pays the compilation (tens of seconds), so it pays off for long answers.
+    compile: bool = False
 
 
 def _render(messages: list[dict[str, str]], tokenizer: Any, use_template: bool) -> str:
@@ -128,6 +131,7 @@ def _answer(chat: _Chat, messages: list[dict[str, str]], cfg: Config) -> str:
         sampling=sampling,
         generator=chat.generator,
         cache=chat.cache,
+        compile=cfg.compile,
         stats=stats,
     ):
         pieces.append(chunk.text[0])
