@@ -45,6 +45,7 @@ __all__ = [
     "build_loader",
     "build_validation_loader",
     "check_output_dir",
+    "end_step",
     "forward_backward",
     "load_model",
     "load_tokenizer",
@@ -327,6 +328,36 @@ def resume_checkpoint(output_dir: str, resume: str | None, state: dict[str, Any]
     if rank_state is not None:
         ft_dist.set_rng_state(rank_state)
     return path
+
+
+def end_step(run: Any, log: MetricsLog, step: int, metrics: dict[str, Any]) -> None:
+    """Everything after an optimizer step, the same in every recipe, in this order: the metrics record
+    (with peak memory), validation when due (its loss joins the record), the log, a checkpoint when due.
+
+    Args:
+        run: The recipe's ``Run`` (``cfg``, ``loader``, ``device``, ``model``, ``val_loader``,
+            ``total_steps``, ``state``).
+        log: The run's metrics log.
+        step: The optimizer step just taken (1-based).
+        metrics: The step's own figures (``loss``, ``lr``, ``grad_norm``, ``trained_tokens``,
+            ``tokens_per_s``).
+    """
+    cfg = run.cfg
+    record = {
+        "step": step,
+        "epoch": run.loader.epoch,
+        **metrics,
+        "peak_memory_mib": peak_memory_mib(run.device),
+    }
+    v = cfg.validation
+    if v is not None and validation_due(v.every_n_steps, step, run.total_steps):
+        val_loss, val_tokens = validation_loss(run.model, run.val_loader, v.max_batches, run.device)
+        record.update(val_loss=val_loss, val_tokens=val_tokens)
+        log.print(f"[val] step {step}: loss {val_loss:.4f} over {val_tokens} trained tokens")
+    log.log(record)
+    every = cfg.checkpoint.every_n_steps
+    if (every and step % every == 0) or step == run.total_steps:
+        save_checkpoint(cfg.output_dir, step, run.state, cfg.checkpoint.keep_last)
 
 
 def peak_memory_mib(device: torch.device) -> float:

@@ -258,27 +258,8 @@ def train(run: Run) -> None:
             counters["step"] = step
             counters["tokens"] += real
             elapsed = time.perf_counter() - start
-            record = {
-                "step": step,
-                "epoch": run.loader.epoch,
-                "loss": loss,
-                "lr": lr,
-                "grad_norm": norm,
-                "trained_tokens": trained,
-                "tokens_per_s": real / elapsed,
-                "peak_memory_mib": _train.peak_memory_mib(run.device),
-            }
-            v = cfg.validation
-            if v is not None and _train.validation_due(v.every_n_steps, step, run.total_steps):
-                val_loss, val_tokens = _train.validation_loss(
-                    run.model, run.val_loader, v.max_batches, run.device
-                )
-                record.update(val_loss=val_loss, val_tokens=val_tokens)
-                log.print(f"[val] step {step}: loss {val_loss:.4f} over {val_tokens} trained tokens")
-            log.log(record)
-            every = cfg.checkpoint.every_n_steps
-            if (every and step % every == 0) or step == run.total_steps:
-                _train.save_checkpoint(cfg.output_dir, step, run.state, cfg.checkpoint.keep_last)
+            metrics = {"loss": loss, "lr": lr, "grad_norm": norm, "trained_tokens": trained}
+            _train.end_step(run, log, step, {**metrics, "tokens_per_s": real / elapsed})
     finally:
         log.close()
 
