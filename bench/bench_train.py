@@ -63,9 +63,9 @@ GOALS = {
 }
 
 
-def flops_per_token(method: str) -> tuple[float, str]:
+def flops_per_token(method: str, shape: str = SHAPE) -> tuple[float, str]:
     """Model FLOPs per trained token of the workload, and the formula used."""
-    c = SHAPES[SHAPE]
+    c = SHAPES[shape]
     d, f, v, n_layers = c["hidden_size"], c["intermediate_size"], c["vocab_size"], c["num_hidden_layers"]
     h_d = d // c["num_attention_heads"]
     q, kv = c["num_attention_heads"] * h_d, c["num_key_value_heads"] * h_d
@@ -83,14 +83,14 @@ def flops_per_token(method: str) -> tuple[float, str]:
 
 
 def build_ft(
-    method: str, dtype: str, ckpt: Path, precision: str | None, compile: bool
+    method: str, dtype: str, ckpt: Path, precision: str | None, compile: bool, device: str = "cpu"
 ) -> tuple[Any, Any, str]:
     """The model and optimizer exactly as the recipes set them up; returns (model, optimizer, precision)."""
     import ft_models
     import ft_peft
     from ft_recipes.training import apply_precision, build_optimizer, resolve_precision
 
-    model = ft_models.from_pretrained(str(ckpt), dtype=torch.float32, device="cpu")
+    model = ft_models.from_pretrained(str(ckpt), dtype=torch.float32, device=device)
     if precision is None:
         precision = "fp32" if dtype == "fp32" else ("bf16-pure" if method == "full" else "bf16-mixed")
     if method != "full":
@@ -100,7 +100,7 @@ def build_ft(
         torch.manual_seed(0)
         ft_peft.apply_lora(model, TARGETS, rank=8, alpha=16, dropout=0.0, quantize=quantize)
         ft_peft.set_trainable(model)
-    apply_precision(model, resolve_precision(precision, "cpu"))
+    apply_precision(model, resolve_precision(precision, device))
     if compile:
         for layer in model.model.layers:
             layer.compile()
@@ -111,14 +111,17 @@ def build_ft(
 def run_ft(args: argparse.Namespace) -> dict[str, Any]:
     from ft_recipes.training import linear_cross_entropy
 
-    ckpt = make_checkpoint(SHAPE, Path(args.ckpt) if args.ckpt else _default_ckpt())
-    model, optimizer, precision = build_ft(args.method, args.dtype, ckpt, args.precision, args.compile)
+    ckpt = make_checkpoint(args.shape, Path(args.ckpt) if args.ckpt else _default_ckpt(args.shape))
+    dev = torch.device(args.device)
+    model, optimizer, precision = build_ft(
+        args.method, args.dtype, ckpt, args.precision, args.compile, args.device
+    )
     v = model.config.vocab_size
     torch.manual_seed(0)
-    input_ids = torch.randint(0, v, (B, T))
-    labels = torch.randint(0, v, (B, T))
-    position_ids = torch.arange(T).expand(B, T)
-    document_ids = torch.zeros(B, T, dtype=torch.long)  # the collator's ids for unpacked full rows
+    input_ids = torch.randint(0, v, (B, T), device=dev)
+    labels = torch.randint(0, v, (B, T), device=dev)
+    position_ids = torch.arange(T, device=dev).expand(B, T)
+    document_ids = torch.zeros(B, T, dtype=torch.long, device=dev)  # the collator's unpacked full rows
 
     def step() -> float:
         hidden = model(input_ids, position_ids=position_ids, document_ids=document_ids, return_hidden=True)
@@ -126,7 +129,7 @@ def run_ft(args: argparse.Namespace) -> dict[str, Any]:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach())
+        return float(loss.detach())  # a host sync: on CUDA the step is complete when it returns
 
     times = []
     loss = 0.0
@@ -143,8 +146,13 @@ def run_ft(args: argparse.Namespace) -> dict[str, Any]:
         Path(args.profile).write_text(table)
     steady = statistics.median(times[2:])
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    cuda = (
+        {"peak_cuda_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)} if dev.type == "cuda" else {}
+    )
     return {
         "lib": "ft+compile" if args.compile else "ft",
+        "shape": args.shape,
+        "device": args.device,
         "method": args.method,
         "dtype": args.dtype,
         "precision": precision,
@@ -155,6 +163,7 @@ def run_ft(args: argparse.Namespace) -> dict[str, Any]:
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "loss": round(loss, 4),
         "peak_rss_gib": round(rss, 2),
+        **cuda,
     }
 
 
@@ -179,8 +188,8 @@ def _timed(fn: Any) -> float:
     return time.perf_counter() - t
 
 
-def _default_ckpt() -> Path:
-    return Path(tempfile.gettempdir()) / f"ft-bench-{SHAPE}"
+def _default_ckpt(shape: str = SHAPE) -> Path:
+    return Path(tempfile.gettempdir()) / f"ft-bench-{shape}"
 
 
 # ---- orchestration --------------------------------------------------------------------------------------
@@ -281,6 +290,8 @@ def main() -> None:
         "--compile", nargs="?", const="on", default=None, help="ft: compile per layer; all: off|on|both"
     )
     ap.add_argument("--precision", default=None, help="ft: override the precision policy")
+    ap.add_argument("--device", default="cpu", help="ft: cpu | cuda")
+    ap.add_argument("--shape", default=SHAPE, choices=sorted(SHAPES), help="ft: model shape")
     ap.add_argument("--profile", default=None, help="ft: write a profiler table of one step here")
     ap.add_argument("--methods", default="lora,qlora,full")
     ap.add_argument("--dtypes", default="bf16,fp32")

@@ -56,7 +56,7 @@ def _torchtune(
 
 
 def _hf(
-    method: str, dtype: torch.dtype, ckpt: str | None
+    method: str, dtype: torch.dtype, ckpt: str | None, device: str = "cpu"
 ) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -72,9 +72,12 @@ def _hf(
             ckpt = tempfile.mkdtemp()
             LlamaForCausalLM(config).save_pretrained(ckpt)
         quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+        place = {} if device == "cpu" else {"device_map": device}
         model = LlamaForCausalLM.from_pretrained(
-            ckpt, dtype=dtype, quantization_config=quant, attn_implementation="sdpa"
+            ckpt, dtype=dtype, quantization_config=quant, attn_implementation="sdpa", **place
         )
+    elif ckpt is not None:  # another shape (bench/gpu.py): the checkpoint's own config
+        model = LlamaForCausalLM.from_pretrained(ckpt, dtype=dtype, attn_implementation="sdpa")
     else:
         model = LlamaForCausalLM(config).to(dtype)
     if method != "full":
@@ -95,6 +98,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--ckpt", default=None, help="transformers checkpoint of the shape (hf qlora)")
+    ap.add_argument("--device", default="cpu", help="hf: cpu | cuda")
     args = ap.parse_args()
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     if args.threads:
@@ -103,20 +107,27 @@ def main() -> None:
     if args.lib == "torchtune":
         model, fwd = _torchtune(args.method, dtype)
     else:
-        model, fwd = _hf(args.method, dtype, args.ckpt)
+        model, fwd = _hf(args.method, dtype, args.ckpt, args.device)
+    if args.device != "cpu":
+        if args.lib != "hf":
+            ap.error("--device: only the hf peer runs on another device")
+        if args.method != "qlora":  # bitsandbytes placed the quantised model already
+            model.to(args.device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
-    x = torch.randint(0, V, (B, T))
-    y = torch.randint(0, V, (B, T))
+    vocab = model.config.vocab_size if args.lib == "hf" else V
+    x = torch.randint(0, vocab, (B, T), device=args.device)
+    y = torch.randint(0, vocab, (B, T), device=args.device)
     times = []
     for _ in range(args.steps):
         t = time.perf_counter()
         logits = fwd(x)
-        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, V), y.reshape(-1))
+        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, vocab), y.reshape(-1))
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        float(loss)  # a host sync, so a CUDA step is complete before the clock stops
         times.append(time.perf_counter() - t)
     steady = sorted(times[2:])[len(times[2:]) // 2]
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
