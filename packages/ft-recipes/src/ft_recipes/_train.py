@@ -18,7 +18,9 @@ import random
 import resource
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,7 @@ __all__ = [
     "run_eval",
     "save_checkpoint",
     "save_hf_dir",
+    "train",
     "validation_due",
     "validation_loss",
 ]
@@ -358,6 +361,52 @@ def end_step(run: Any, log: MetricsLog, step: int, metrics: dict[str, Any]) -> N
     every = cfg.checkpoint.every_n_steps
     if (every and step % every == 0) or step == run.total_steps:
         save_checkpoint(cfg.output_dir, step, run.state, cfg.checkpoint.keep_last)
+
+
+def train(run: Any) -> None:
+    """The training loop of every single-device recipe: one optimizer step per accumulation window until
+    ``total_steps``, then :func:`end_step` (metrics, validation, checkpoint) after each.
+
+    Args:
+        run: The recipe's ``Run`` (``cfg``, ``counters``, ``loader``, ``model``, ``device``, ``optimizer``,
+            ``scheduler``, ``scaler``, ``total_steps``, ``state``, ``val_loader``).
+    """
+    cfg, counters = run.cfg, run.counters
+    batches = micro_batches(run.loader, cfg.num_workers)
+    log = MetricsLog(
+        cfg.output_dir,
+        run.total_steps,
+        counters["step"],
+        cfg.loggers,
+        wandb_project=cfg.wandb.project,
+        wandb_name=cfg.wandb.name,
+        config=asdict(cfg),
+    )
+    try:
+        while counters["step"] < run.total_steps:
+            start = time.perf_counter()
+            window = [next(batches) for _ in range(cfg.gradient_accumulation_steps)]
+            loss, trained, real = forward_backward(run.model, window, run.device, run.scaler)
+            step = counters["step"] + 1
+            if not math.isfinite(loss):
+                raise diverged(step, "loss", loss, cfg.output_dir)
+            lr = float(run.scheduler.get_last_lr()[0])
+            norm = optimizer_step(
+                run.model,
+                run.optimizer,
+                run.scheduler,
+                cfg.clip_grad_norm,
+                run.scaler,
+                step=step,
+                output_dir=cfg.output_dir,
+            )
+            counters["step"] = step
+            counters["tokens"] += real
+            elapsed = time.perf_counter() - start
+            metrics = {"loss": loss, "lr": lr, "grad_norm": norm, "trained_tokens": trained}
+            end_step(run, log, step, {**metrics, "tokens_per_s": real / elapsed})
+    finally:
+        log.close()
 
 
 def peak_memory_mib(device: torch.device) -> float:

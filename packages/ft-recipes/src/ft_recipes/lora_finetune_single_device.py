@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import shutil
 import sys
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -221,47 +220,11 @@ def setup(cfg: Config) -> Run:
 
 
 def train(run: Run) -> None:
-    """The loop: one optimizer step per accumulation window until ``total_steps``."""
-    import math
-
+    """The loop, one optimizer step per accumulation window until ``total_steps`` (``_train.train``,
+    the same for every single-device recipe: copy it here to change it for this recipe only)."""
     from ft_recipes import _train
 
-    cfg, counters = run.cfg, run.counters
-    batches = _train.micro_batches(run.loader, cfg.num_workers)
-    log = _train.MetricsLog(
-        cfg.output_dir,
-        run.total_steps,
-        counters["step"],
-        cfg.loggers,
-        wandb_project=cfg.wandb.project,
-        wandb_name=cfg.wandb.name,
-        config=asdict(cfg),
-    )
-    try:
-        while counters["step"] < run.total_steps:
-            start = time.perf_counter()
-            window = [next(batches) for _ in range(cfg.gradient_accumulation_steps)]
-            loss, trained, real = _train.forward_backward(run.model, window, run.device, run.scaler)
-            step = counters["step"] + 1
-            if not math.isfinite(loss):
-                raise _train.diverged(step, "loss", loss, cfg.output_dir)
-            lr = float(run.scheduler.get_last_lr()[0])
-            norm = _train.optimizer_step(
-                run.model,
-                run.optimizer,
-                run.scheduler,
-                cfg.clip_grad_norm,
-                run.scaler,
-                step=step,
-                output_dir=cfg.output_dir,
-            )
-            counters["step"] = step
-            counters["tokens"] += real
-            elapsed = time.perf_counter() - start
-            metrics = {"loss": loss, "lr": lr, "grad_norm": norm, "trained_tokens": trained}
-            _train.end_step(run, log, step, {**metrics, "tokens_per_s": real / elapsed})
-    finally:
-        log.close()
+    _train.train(run)
 
 
 def save(run: Run) -> None:
