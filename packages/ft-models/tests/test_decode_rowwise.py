@@ -1,9 +1,11 @@
 """Few-row linears as streaming reductions (``_rowwise``) and the compiled decode step that uses them.
 
 References: ``F.linear`` in float64 for the kernel; transformers' ``generate`` (greedy) and ft's eager
-decode step (``F.linear``, unchanged) for the compiled step. Every check also runs a deliberately wrong
-kernel (the ``[n, m]`` product read back without its transpose, a layout bug invisible at one row; the
-weight's input axis reversed) and asserts that it fails the same tolerance.
+decode step (``F.linear`` and SDPA, unchanged) for the compiled step; ``F.scaled_dot_product_attention``
+in float64 for single-query attention. Every check also runs a deliberately wrong kernel (the ``[n, m]``
+product read back without its transpose, a layout bug invisible at one row; the weight's input axis
+reversed; query heads paired round-robin with key/value heads; the mask ignored) and asserts that it
+fails the same tolerance.
 
 Tolerance of the step's logits: the compiled step differs from the eager one only in summation order
 (the reductions here, fused norms and attention from inductor), all in fp32. A length-k fp32 dot
@@ -29,7 +31,7 @@ from torch.profiler import ProfilerActivity, profile
 import ft_models
 from ft_models import CausalLM, KVCache, _decode_step
 from ft_models._decode_step import DecodeStep, _forward
-from ft_models._rowwise import RowwiseLinear, rowwise_linear
+from ft_models._rowwise import RowwiseLinear, SingleQueryAttention, rowwise_linear, single_query_attention
 
 LOGIT_RTOL = 1e-4
 STEPS = 12
@@ -95,6 +97,61 @@ def test_mode_reroutes_linears_up_to_max_rows() -> None:
     assert not small & blas, small
     assert "aten::sum" in small, small
     assert large & blas, large
+
+
+def heads_round_robin(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Wrong: query head ``i`` reads key/value head ``i % n_kv`` (``repeat`` instead of grouping)."""
+    groups = q.shape[1] // k.shape[1]
+    return single_query_attention(
+        q, k.repeat(1, groups, 1, 1), v.repeat(1, groups, 1, 1), mask, scale
+    )  # n_kv = n_h: plain pairing
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-6), (torch.bfloat16, 2**-8)])
+def test_single_query_attention_matches_float64_sdpa(dtype: torch.dtype, tol: float) -> None:
+    """GQA with 6 query / 2 key-value heads, head dim 5, 11 keys, rows masking different keys."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 6, 1, 5, generator=g).to(dtype)
+    k = torch.randn(2, 2, 11, 5, generator=g).to(dtype)
+    v = torch.randn(2, 2, 11, 5, generator=g).to(dtype)
+    mask = torch.rand(2, 1, 1, 11, generator=g) < 0.6
+    mask[..., 0] = True  # no row fully masked
+    ref = F.scaled_dot_product_attention(
+        q.double(), k.double(), v.double(), attn_mask=mask, scale=0.37, enable_gqa=True
+    )
+
+    def error(kernel: Callable[..., torch.Tensor]) -> float:
+        out = kernel(q, k, v, mask, 0.37)
+        assert out.shape == q.shape
+        assert out.dtype == dtype
+        return float((out.double() - ref).abs().max() / ref.abs().max())
+
+    assert error(single_query_attention) < tol
+    assert error(heads_round_robin) > tol
+    # The mask matters: attending to every key fails too.
+    assert error(lambda q, k, v, m, s: single_query_attention(q, k, v, torch.ones_like(m), s)) > tol
+
+
+def test_attention_mode_reroutes_only_single_query_masked_calls() -> None:
+    """Eagerly, under the mode: one query with a bool mask avoids the fused SDPA kernels; two queries,
+    or ``is_causal``, keep them."""
+    q1, q2 = torch.randn(1, 4, 1, 8), torch.randn(1, 4, 2, 8)
+    k = v = torch.randn(1, 2, 6, 8)
+    mask = torch.ones(1, 1, 1, 6, dtype=torch.bool)
+
+    def sdpa(q: torch.Tensor, **kw: object) -> Callable[[], torch.Tensor]:
+        return lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kw)  # type: ignore[arg-type]
+
+    with torch.no_grad(), SingleQueryAttention():
+        single = _aten_ops(sdpa(q1, attn_mask=mask))
+        two = _aten_ops(sdpa(q2, attn_mask=mask.expand(1, 1, 2, 6)))
+        causal = _aten_ops(sdpa(q1, is_causal=True))
+    fused = {"aten::_scaled_dot_product_flash_attention_for_cpu", "aten::scaled_dot_product_attention"}
+    assert not single & fused, single
+    assert two & fused, two
+    assert causal & fused, causal
 
 
 def _prefilled(model: CausalLM, rows: list[torch.Tensor]) -> tuple[KVCache, torch.Tensor]:

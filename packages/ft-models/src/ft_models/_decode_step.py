@@ -12,8 +12,9 @@ The mask and RoPE tables are built once per step, not per layer, and nothing syn
 
 Decoding a few rows is memory-bound: each step streams every weight once. The compiled step therefore
 runs under :class:`RowwiseLinear`, which computes every linear layer with at most ``max_rows`` input
-rows as a fused streaming reduction instead of a BLAS matrix-vector call (see :mod:`._rowwise`); the
-eager step keeps ``F.linear`` and its numerics.
+rows as a fused streaming reduction instead of a BLAS matrix-vector call, and under
+:class:`SingleQueryAttention`, which replaces the flash-attention kernel (slow for one query) by two
+small fp32 products (see :mod:`._rowwise`); the eager step keeps ``F.linear``, SDPA and their numerics.
 
 Shape legend: b batch, t cache capacity, d model dim, v vocabulary.
 """
@@ -27,7 +28,7 @@ import torch
 from ._cache import KVCache, KVCacheLayer
 from ._decoder import CausalLM
 from ._mask import AttentionMask
-from ._rowwise import RowwiseLinear
+from ._rowwise import RowwiseLinear, SingleQueryAttention
 
 __all__ = ["DecodeStep"]
 
@@ -43,8 +44,9 @@ ROWWISE_MAX_ROWS = 1
 
 
 def _rowwise_forward(*args: object) -> torch.Tensor:
-    """:func:`_forward` with few-row linears as fused reductions (traced by dynamo, no graph break)."""
-    with RowwiseLinear(ROWWISE_MAX_ROWS):
+    """:func:`_forward` with few-row linears as fused reductions and single-query attention as two
+    small products (traced by dynamo, no graph break)."""
+    with RowwiseLinear(ROWWISE_MAX_ROWS), SingleQueryAttention():
         return _forward(*args)  # type: ignore[arg-type]
 
 
