@@ -14,6 +14,7 @@ from torch.utils._pytree import tree_leaves
 import ft_dist
 from ft_recipes.training import (
     LossError,
+    _loss,
     apply_precision,
     build_optimizer,
     clip_grad_norm,
@@ -59,6 +60,80 @@ def test_matches_full_logits_cross_entropy(config: dict[str, Any]) -> None:
         hidden = model(ids, return_hidden=True)
         uncapped = linear_cross_entropy(hidden, model.lm_head, labels, normalizer=normalizer, chunk_size=7)
         assert not torch.allclose(uncapped, expected, rtol=1e-3, atol=0)
+
+
+_RIGHT = _loss._GradInForwardCE
+
+
+class _IgnoresUpstream(_RIGHT):
+    """Wrong: returns the forward-computed gradients without multiplying by the upstream gradient."""
+
+    @staticmethod
+    def backward(ctx, grad_total):  # type: ignore[no-untyped-def, override]
+        return _RIGHT.backward(ctx, torch.ones_like(grad_total))
+
+
+@pytest.mark.parametrize("config", [LLAMA, GEMMA2], ids=["llama-untied", "gemma2-tied-softcap"])
+def test_gradient_in_forward_follows_the_upstream_gradient(
+    config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The forward-computed gradients are scaled by what flows in (a loss scale, an accumulation
+    divisor): ``2.5 * loss`` gives 2.5x the reference gradients of every parameter, the tied
+    embedding and the soft-capped projection included. Ignoring the upstream gradient fails."""
+    model = tiny_model(config, seed=4)
+    ids, labels = batch(config["vocab_size"], 2, 11, [11, 6])
+    expected = _grads(model, 2.5 * _reference(model, ids, labels, 17.0))
+
+    def grads() -> dict[str, torch.Tensor]:
+        hidden = model(ids, return_hidden=True)
+        loss = linear_cross_entropy(hidden, model.output_projection, labels, normalizer=17.0, chunk_size=5)
+        return _grads(model, 2.5 * loss)
+
+    got = grads()
+    assert got.keys() == expected.keys()
+    for name, grad in expected.items():  # fp32 summation-order noise: ~3e-7 on gradients of size ~1
+        torch.testing.assert_close(got[name], grad, rtol=1e-5, atol=1e-6, msg=name)
+    monkeypatch.setattr(_loss, "_GradInForwardCE", _IgnoresUpstream)
+    wrong = grads()
+    name = "model.embed_tokens.weight"
+    assert not torch.allclose(wrong[name], expected[name], rtol=1e-5, atol=1e-6)
+
+
+class _ProjectionCounter(TorchDispatchMode):
+    """Counts matrix products whose output has ``vocab`` columns (output projections)."""
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.vocab, self.count = vocab, 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        mm = func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm)
+        if mm and out.shape[-1] == self.vocab and out.numel():  # not the zero-row probe
+            self.count += 1
+        return out
+
+
+@pytest.mark.parametrize("frozen_head", [False, True], ids=["trained-head", "frozen-head"])
+def test_projection_runs_once_per_chunk_unless_recomputing(frozen_head: bool) -> None:
+    """The plain loss projects each chunk once per step (forward and backward together); the
+    per-position log-probs path, which recomputes, projects each chunk twice."""
+    model = tiny_model(LLAMA)
+    if frozen_head:  # as under LoRA: only the hidden states need a gradient
+        model.lm_head.weight.requires_grad_(False)
+    ids, labels = batch(97, 2, 13, [13, 13])  # 26 trained positions: 4 chunks of 7
+    for logprobs, per_chunk in [(False, 1), (True, 2)]:
+        with _ProjectionCounter(97) as counter:
+            out = linear_cross_entropy(
+                model(ids, return_hidden=True),
+                model.output_projection,
+                labels,
+                normalizer=26,
+                chunk_size=7,
+                return_logprobs=logprobs,  # type: ignore[call-overload]
+            )
+            (out[0] if logprobs else out).backward()
+        assert counter.count == 4 * per_chunk, (logprobs, counter.count)
 
 
 def test_logprobs_are_per_position_and_differentiable() -> None:

@@ -1,11 +1,22 @@
 """Chunked linear cross-entropy: output projection fused with the loss, never ``[b, s, v]`` fp32 logits.
 
 The output projection (``lm_head`` plus any family soft-cap, through ``output_projection``) and the
-cross-entropy run on chunks of trained positions only. Each chunk goes through non-reentrant
-``torch.utils.checkpoint``, so neither the forward nor the backward holds more than one chunk's
-``[chunk, v]`` logits: the backward recomputes a chunk's logits, takes its gradient, and frees them
-before the next (the same memory bound as the "cut cross-entropy" / Liger fused losses, with plain
-PyTorch ops). Logits are upcast to fp32 before log-softmax whatever the compute dtype.
+cross-entropy run on chunks of trained positions only, so no more than one chunk's ``[chunk, v]``
+logits exist at a time. Logits are upcast to fp32 before log-softmax whatever the compute dtype.
+
+Two ways to get the gradient without keeping every chunk's logits:
+
+* **Gradient in the forward** (the default for the plain loss, as the fused losses of Liger-Kernel,
+  Hsu et al. 2024, arXiv:2410.10989, do): while a chunk's logits exist, the forward already takes the
+  gradient of that chunk's summed loss with respect to the chunk's hidden states and to the
+  projection's trainable parameters (``torch.autograd.grad`` on the chunk's own small graph), keeps
+  those (``[n, d]`` and one copy of each parameter) and frees the logits. The backward only multiplies
+  them by the incoming scalar gradient: the loss is linear in it. The output projection runs once per
+  step instead of twice.
+* **Recompute** (``torch.utils.checkpoint`` per chunk): the backward recomputes a chunk's logits. Used
+  where the upstream gradient is not one scalar (``return_logprobs``: preference losses weight each
+  position) and for fp16, whose gradients must pass through the loss scaler's multiplier before any
+  fp16 product (the forward cannot know it).
 
 The loss is a sum over trained tokens divided by ``normalizer``, the trained-token count of the whole
 accumulation window (all-reduced across ranks when distributed): summing per-micro-batch losses that
@@ -29,6 +40,79 @@ from ft_recipes.training.errors import LossError
 __all__ = ["IGNORE_INDEX", "linear_cross_entropy"]
 
 IGNORE_INDEX = -100
+
+
+def _projection_leaves(
+    projection: Callable[[torch.Tensor], torch.Tensor], like: torch.Tensor
+) -> list[torch.Tensor]:
+    """The trainable leaf tensors ``projection`` reads (a tied embedding, a soft-capped ``lm_head``...).
+
+    Found by projecting zero rows and walking the autograd graph to its ``AccumulateGrad`` nodes, so any
+    callable works (precision casts of the weight sit between the projection and its leaf).
+    """
+    with torch.enable_grad():
+        probe = projection(like[:0].detach())  # [0, v]: no arithmetic
+    leaves: list[torch.Tensor] = []
+    seen: set[object] = set()
+    stack = [probe.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)
+        if variable is not None:
+            leaves.append(variable)
+        else:
+            stack.extend(next_node for next_node, _ in node.next_functions)
+    return leaves
+
+
+class _GradInForwardCE(torch.autograd.Function):
+    """Summed chunked cross-entropy whose gradients are computed in the forward (module docstring)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        projection: Callable[[torch.Tensor], torch.Tensor],
+        chunk_size: int,
+        trained: torch.Tensor,
+        targets: torch.Tensor,
+        *params: torch.Tensor,
+    ) -> torch.Tensor:
+        want_hidden = trained.requires_grad
+        grad_hidden = torch.empty_like(trained) if want_hidden else None  # [n, d]
+        grad_params = [torch.zeros_like(p) for p in params]
+        total = torch.zeros((), dtype=torch.float32, device=trained.device)
+        for start in range(0, trained.shape[0], chunk_size):
+            stop = start + chunk_size
+            with torch.enable_grad():
+                hidden = trained[start:stop].detach().requires_grad_(want_hidden)  # [c, d]
+                logits = projection(hidden).float()  # [c, v] fp32, freed at the end of the chunk
+                loss = F.cross_entropy(logits, targets[start:stop], reduction="sum")
+                inputs = ([hidden] if want_hidden else []) + list(params)
+                grads = torch.autograd.grad(loss, inputs) if inputs else ()
+            if want_hidden:
+                assert grad_hidden is not None
+                grad_hidden[start:stop] = grads[0]
+                grads = grads[1:]
+            for acc, grad in zip(grad_params, grads, strict=True):
+                acc += grad
+            total += loss.detach()
+        ctx.want_hidden = want_hidden  # type: ignore[attr-defined]
+        ctx.save_for_backward(*(([grad_hidden] if grad_hidden is not None else []) + grad_params))
+        return total
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_total: torch.Tensor) -> tuple[object, ...]:  # type: ignore[override]
+        saved = [_scaled(g, grad_total) for g in ctx.saved_tensors]  # type: ignore[attr-defined]
+        grad_hidden = saved.pop(0) if ctx.want_hidden else None  # type: ignore[attr-defined]
+        return (None, None, grad_hidden, None, *saved)
+
+
+def _scaled(grad: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``grad * factor`` computed in fp32 (one rounding to a bf16 gradient, not two)."""
+    return (grad.float() * factor.float()).to(grad.dtype)
 
 
 def _chunk_loss(
@@ -103,6 +187,11 @@ def linear_cross_entropy(
     index = (flat_labels != IGNORE_INDEX).nonzero().squeeze(1)  # [n]
     trained = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)  # [n, d]
     targets = flat_labels.index_select(0, index)  # [n]
+    if not return_logprobs and hidden.dtype != torch.float16 and torch.is_grad_enabled():
+        leaves = _projection_leaves(output_projection, trained)
+        if trained.requires_grad or leaves:
+            total = _GradInForwardCE.apply(output_projection, chunk_size, trained, targets, *leaves)
+            return total / normalizer
     pieces = [
         checkpoint(_chunk_loss, output_projection, h, t, use_reentrant=False)
         for h, t in zip(trained.split(chunk_size), targets.split(chunk_size), strict=True)
