@@ -114,8 +114,19 @@ def test_optimizers_match_direct_construction(name: str) -> None:
         _train(model, opt)
         ref = _model()
         cls = _reference_class(name)
-        ref_opt = cls([p for p in ref.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1, **extra)
+        fused = {"fused": True} if name == "adamw" else {}  # torch's fused AdamW kernel is chosen
+        ref_opt = cls(
+            [p for p in ref.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1, **extra, **fused
+        )
         _train(ref, ref_opt)
+        if fused:  # and it agrees with the per-op implementation up to fp32 rounding
+            loop = _model()
+            _train(
+                loop,
+                cls([p for p in loop.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1, **extra),
+            )
+            for got, want in zip(ref.parameters(), loop.parameters(), strict=True):
+                torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
         no_decay = _model()  # wrong variant: weight decay not passed through
         nd_opt = cls([p for p in no_decay.parameters() if p.requires_grad], lr=1e-2, **extra)
         _train(no_decay, nd_opt)

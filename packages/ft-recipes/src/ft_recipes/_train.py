@@ -38,7 +38,7 @@ from ft_recipes._validation import (
 )
 from ft_recipes.config import instantiate
 from ft_recipes.errors import CheckpointLoadError, CheckpointSaveError, UserError
-from ft_recipes.training import IGNORE_INDEX, clip_grad_norm, linear_cross_entropy
+from ft_recipes.training import IGNORE_INDEX, batch_loss, clip_grad_norm
 from ft_recipes.training.errors import TrainingDivergedError
 
 __all__ = [
@@ -213,10 +213,7 @@ def forward_backward(
     total = 0.0
     for b in window:
         b = {k: v.to(device, non_blocking=True) for k, v in b.items()}
-        hidden = model(
-            b["input_ids"], position_ids=b["position_ids"], document_ids=b["document_ids"], return_hidden=True
-        )
-        loss = linear_cross_entropy(hidden, model.output_projection, b["labels"], normalizer=normalizer)
+        loss = batch_loss(model, b, normalizer=normalizer)
         (scaler.scale(loss) if scaler is not None else loss).backward()
         total += float(loss.detach())
     return total, normalizer, real

@@ -17,7 +17,7 @@ import ft_data
 import ft_models
 from ft_recipes.config import instantiate
 from ft_recipes.errors import UserError
-from ft_recipes.training import IGNORE_INDEX, linear_cross_entropy
+from ft_recipes.training import IGNORE_INDEX, batch_loss
 
 __all__ = ["build_validation_loader", "check_trained_tokens", "validation_due", "validation_loss"]
 
@@ -110,16 +110,8 @@ def validation_loss(
                 if trained == 0:
                     continue
                 b = {k: v.to(device) for k, v in b.items()}
-                hidden = model(
-                    b["input_ids"],
-                    position_ids=b["position_ids"],
-                    document_ids=b["document_ids"],
-                    return_hidden=True,
-                )
                 # normalizer=1: the batch's summed loss; the division happens once, over all batches.
-                total += float(
-                    linear_cross_entropy(hidden, model.output_projection, b["labels"], normalizer=1)
-                )
+                total += float(batch_loss(model, b, normalizer=1))
                 tokens += trained
     finally:
         model.train(was_training)

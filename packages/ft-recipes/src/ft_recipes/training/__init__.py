@@ -6,7 +6,7 @@ compilation. Activation checkpointing and checkpoints live in ``ft_dist``.
 
 from ft_recipes.training._clip import clip_grad_norm
 from ft_recipes.training._compile import compile_blocks
-from ft_recipes.training._loss import IGNORE_INDEX, linear_cross_entropy
+from ft_recipes.training._loss import IGNORE_INDEX, batch_loss, linear_cross_entropy
 from ft_recipes.training._optim import OPTIMIZERS, build_optimizer
 from ft_recipes.training._precision import PRECISIONS, PrecisionPolicy, apply_precision, resolve_precision
 from ft_recipes.training._schedules import SCHEDULES, WarmupSchedule, build_lr_scheduler
@@ -35,6 +35,7 @@ __all__ = [
     "TrainingError",
     "WarmupSchedule",
     "apply_precision",
+    "batch_loss",
     "build_lr_scheduler",
     "build_optimizer",
     "clip_grad_norm",

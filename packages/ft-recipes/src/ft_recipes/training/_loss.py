@@ -28,16 +28,17 @@ Legend: b batch, s sequence, d hidden size, v vocabulary, n trained positions, c
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Literal, overload
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+import ft_models
 from ft_recipes.training.errors import LossError
 
-__all__ = ["IGNORE_INDEX", "linear_cross_entropy"]
+__all__ = ["IGNORE_INDEX", "batch_loss", "linear_cross_entropy"]
 
 IGNORE_INDEX = -100
 
@@ -111,8 +112,13 @@ class _GradInForwardCE(torch.autograd.Function):
 
 
 def _scaled(grad: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """``grad * factor`` computed in fp32 (one rounding to a bf16 gradient, not two)."""
-    return (grad.float() * factor.float()).to(grad.dtype)
+    """``grad * factor``; ``factor`` is the fp32 0-d upstream gradient.
+
+    Multiplying by the 0-d tensor (not by it cast to ``grad``'s dtype) reads the factor at fp32, so a
+    bf16 gradient is rounded once (checked bitwise against the fp32 product rounded to bf16 on CPU), in
+    one pass over the gradient.
+    """
+    return grad * factor
 
 
 def _chunk_loss(
@@ -203,3 +209,26 @@ def linear_cross_entropy(
     logprobs = torch.zeros(flat_labels.shape, dtype=torch.float32, device=hidden.device)  # [b*s]
     logprobs = logprobs.index_put((index,), -token_losses)
     return loss, logprobs.view(labels.shape)  # [b, s]
+
+
+def batch_loss(
+    model: ft_models.CausalLM, batch: Mapping[str, torch.Tensor], *, normalizer: int | float | torch.Tensor
+) -> torch.Tensor:
+    """The forward of one collated batch and its :func:`linear_cross_entropy` (training and validation).
+
+    Args:
+        model: The model.
+        batch: ``input_ids``, ``labels``, ``position_ids`` and ``document_ids``, each ``[b, s]``, on the
+            model's device (what ``ft_data``'s collator makes).
+        normalizer: As for :func:`linear_cross_entropy`.
+
+    Returns:
+        The scalar fp32 loss.
+    """
+    hidden = model(
+        batch["input_ids"],
+        position_ids=batch["position_ids"],
+        document_ids=batch["document_ids"],
+        return_hidden=True,
+    )  # [b, s, d]
+    return linear_cross_entropy(hidden, model.output_projection, batch["labels"], normalizer=normalizer)

