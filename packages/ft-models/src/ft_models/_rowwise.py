@@ -61,7 +61,27 @@ def rowwise_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return out.t().to(x.dtype).reshape(*lead, weight.shape[0])  # [..., n]
 
 
-class RowwiseLinear(TorchFunctionMode):
+class _Reroute(TorchFunctionMode):
+    """A mode that computes some calls itself (:meth:`reroute`) and runs every other one unchanged."""
+
+    def reroute(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+        """The result of ``func(*args, **kwargs)`` computed another way, or ``None`` to run it as is."""
+        raise NotImplementedError
+
+    def __torch_function__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        """Run :meth:`reroute`, falling back to ``func``."""
+        kwargs = kwargs or {}
+        out = self.reroute(func, args, kwargs)
+        return func(*args, **kwargs) if out is None else out
+
+
+class RowwiseLinear(_Reroute):
     """Route ``F.linear`` calls with at most ``max_rows`` input rows through :func:`rowwise_linear`.
 
     Args:
@@ -73,21 +93,14 @@ class RowwiseLinear(TorchFunctionMode):
         super().__init__()
         self.max_rows = max_rows
 
-    def __torch_function__(
-        self,
-        func: Any,
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        """Intercept ``F.linear``; every other function runs unchanged."""
-        kwargs = kwargs or {}
+    def reroute(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+        """Few-row ``F.linear`` calls as :func:`rowwise_linear`."""
         if func is F.linear:
             x, weight = args[0], args[1]
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             if weight.dim() == 2 and x.numel() <= self.max_rows * x.shape[-1]:
                 return rowwise_linear(x, weight, bias)
-        return func(*args, **kwargs)
+        return None
 
 
 def single_query_attention(
@@ -117,7 +130,7 @@ def single_query_attention(
     return out.reshape(b, n_h, 1, h_d).to(q.dtype)
 
 
-class SingleQueryAttention(TorchFunctionMode):
+class SingleQueryAttention(_Reroute):
     """Route ``F.scaled_dot_product_attention`` calls with one query per row through
     :func:`single_query_attention`.
 
@@ -126,15 +139,8 @@ class SingleQueryAttention(TorchFunctionMode):
     head counts; everything else runs unchanged.
     """
 
-    def __torch_function__(
-        self,
-        func: Any,
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        """Intercept single-query ``F.scaled_dot_product_attention``; every other function runs unchanged."""
-        kwargs = kwargs or {}
+    def reroute(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+        """Single-query masked ``F.scaled_dot_product_attention`` calls as :func:`single_query_attention`."""
         if func is F.scaled_dot_product_attention and len(args) == 3:
             q, k, v = args
             mask = kwargs.get("attn_mask")
@@ -150,4 +156,4 @@ class SingleQueryAttention(TorchFunctionMode):
             ):
                 scale = kwargs.get("scale")
                 return single_query_attention(q, k, v, mask, q.shape[-1] ** -0.5 if scale is None else scale)
-        return func(*args, **kwargs)
+        return None
