@@ -100,25 +100,17 @@ class _GradInForwardCE(torch.autograd.Function):
             for acc, grad in zip(grad_params, grads, strict=True):
                 acc += grad
             total += loss.detach()
-        ctx.want_hidden = want_hidden  # type: ignore[attr-defined]
         ctx.save_for_backward(*(([grad_hidden] if grad_hidden is not None else []) + grad_params))
         return total
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad_total: torch.Tensor) -> tuple[object, ...]:  # type: ignore[override]
-        saved = [_scaled(g, grad_total) for g in ctx.saved_tensors]  # type: ignore[attr-defined]
-        grad_hidden = saved.pop(0) if ctx.want_hidden else None  # type: ignore[attr-defined]
+        # The saved gradients times the fp32 0-d upstream gradient: multiplying by the 0-d tensor (not by
+        # it cast to a gradient's dtype) reads the factor at fp32, so a bf16 gradient is rounded once
+        # (checked bitwise against the fp32 product rounded to bf16 on CPU), in one pass.
+        saved = [g * grad_total for g in ctx.saved_tensors]  # type: ignore[attr-defined]
+        grad_hidden = saved.pop(0) if ctx.needs_input_grad[2] else None  # type: ignore[attr-defined]
         return (None, None, grad_hidden, None, *saved)
-
-
-def _scaled(grad: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """``grad * factor``; ``factor`` is the fp32 0-d upstream gradient.
-
-    Multiplying by the 0-d tensor (not by it cast to ``grad``'s dtype) reads the factor at fp32, so a
-    bf16 gradient is rounded once (checked bitwise against the fp32 product rounded to bf16 on CPU), in
-    one pass over the gradient.
-    """
-    return grad * factor
 
 
 def _chunk_loss(
