@@ -15,34 +15,16 @@ runs the same script on a CPU (slowly) to check it before a GPU session.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _shape import SHAPES, make_checkpoint  # noqa: E402
-
-
-def _run(args: list[str]) -> dict[str, Any] | None:
-    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True)
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        err = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-        print(f"FAILED {' '.join(args)}: {err[-1] if err else proc.returncode}", flush=True)
-        return None
-    print(lines[-1], flush=True)
-    return json.loads(lines[-1])
-
-
-def _ratio(name: str, ft: dict[str, Any] | None, peer: dict[str, Any] | None, key: str) -> None:
-    if ft and peer:
-        print(f"RATIO {name}: {ft[key] / peer[key]:.2f}x ({ft[key]} vs {peer[key]} {key})", flush=True)
+from bench_train import _default_ckpt  # noqa: E402
+from run import _ratio, _run  # noqa: E402
 
 
 def main() -> None:
@@ -53,7 +35,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     args = ap.parse_args()
     start = time.perf_counter()
-    ckpt = make_checkpoint(args.shape, Path(tempfile.gettempdir()) / f"ft-bench-{args.shape}")
+    ckpt = make_checkpoint(args.shape, _default_ckpt(args.shape))
     where = ["--device", args.device]
     steps = ["--steps", str(args.steps)]
     for method in ("lora", "qlora"):
@@ -62,13 +44,13 @@ def main() -> None:
         hf = _run(
             [str(HERE / "peer_train.py"), "hf", method, args.dtype, "--ckpt", str(ckpt), *where, *steps]
         )
-        _ratio(f"train-{method} {args.shape} {args.dtype} {args.device} ft/hf", ft, hf, "tokens_per_s")
+        _ratio(f"train-{method} {args.shape} {args.dtype} {args.device}", ft, hf, "tokens_per_s")
     for batch in (1, 8):
         common = [args.dtype, str(ckpt), "--batch", str(batch), *where]
         hf = _run([str(HERE / "bench_model.py"), "decode", "hf", *common])
         for extra, label in (([], "eager"), (["--compile"], "compiled")):
             ft = _run([str(HERE / "bench_model.py"), "decode", "ft", *common, *extra])
-            name = f"decode b{batch} {args.shape} {args.dtype} {args.device} ft {label}/hf"
+            name = f"decode b{batch} {args.shape} {args.dtype} {args.device} {label}"
             _ratio(name, ft, hf, "decode_tokens_per_s")
     print(f"gpu.py: {time.perf_counter() - start:.0f} s in all", flush=True)
 
