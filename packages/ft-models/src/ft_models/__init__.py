@@ -6,7 +6,14 @@ Hugging Face safetensors directories or GGUF files and saved as directories tran
 """
 
 from ._assets import AssetNotFoundError, smollm2_gguf_path
-from ._attention import AttentionKernel, EagerKernel, GroupedQueryAttention, SDPAKernel, soft_cap
+from ._attention import (
+    AttentionKernel,
+    EagerKernel,
+    GroupedQueryAttention,
+    SDPAKernel,
+    grouped_matmul_attention,
+    soft_cap,
+)
 from ._cache import KVCache
 from ._checkpoint import from_pretrained
 from ._config import DecoderConfig, RopeConfig
@@ -84,6 +91,7 @@ __all__ = [
     "gemma2_config",
     "generate",
     "generate_stream",
+    "grouped_matmul_attention",
     "left_pad",
     "llama_config",
     "mistral_config",

@@ -1,0 +1,201 @@
+"""``grouped_matmul_attention`` (bmm attention over query-head groups) and SDPAKernel's routing to it.
+
+References: ``F.scaled_dot_product_attention`` in float64 (output and the three input gradients), and,
+on the real SmolLM2-135M-Instruct weights, the float64 model. Every check also runs deliberately wrong
+variants (query heads paired round-robin with key/value heads, the mask ignored, a backward that drops
+the score scale) and asserts that they fail the same tolerance.
+
+Tolerances. fp32: every product is an fp32 dot product of length <= 13, ``1e-5`` of the largest
+magnitude. bf16: the inputs, the probabilities read by ``p @ v`` and the output are rounded to bf16
+(relative ``2**-9`` each, as in SDPA), and the scores are the bf16 ``q @ k^T`` product, so a score
+``x`` is off by up to ``|x| * 2**-9`` and a probability by a relative ``2 * max|x| * 2**-9``. We allow
+``2**-8 * (1 + max|x|)`` of the largest magnitude (observed: a quarter to a third of that), for the output and the gradients alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+from ft_models import AttentionMask, SDPAKernel, grouped_matmul_attention
+from ft_models._attention import _GroupedAttention
+
+B, N_H, N_KV, S, H_D = 2, 6, 2, 13, 12  # g = 3, odd length
+Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, float], torch.Tensor]
+
+
+def _masks() -> dict[str, torch.Tensor | None]:
+    docs = torch.tensor([[0] * 5 + [1] * 6 + [-1] * 2, [0] * 13])  # packed row with padding; plain row
+    return {"causal": None, "packed": AttentionMask.for_sequence(S, docs, torch.device("cpu")).dense()}
+
+
+def _inputs(dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    # q/k as the model hands them over: head-major views of [b, s, n, h_d] projections.
+    q = (torch.randn(B, S, N_H, H_D, generator=g) * 1.5).transpose(1, 2)
+    k = (torch.randn(B, S, N_KV, H_D, generator=g) * 1.5).transpose(1, 2)
+    v = torch.randn(B, S, N_KV, H_D, generator=g).transpose(1, 2)
+    grad = torch.randn(B, N_H, S, H_D, generator=g)
+    return q.to(dtype), k.to(dtype), v.to(dtype), grad.to(dtype)
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float) -> Any:
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=True
+    )
+
+
+def _round_robin(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, scale: float) -> Any:
+    """Wrong: query head ``i`` with key/value head ``i % n_kv`` (repeat instead of repeat_interleave)."""
+    order = torch.arange(N_H).view(N_H // N_KV, N_KV).t().reshape(-1)  # heads regrouped by i % n_kv
+    out = grouped_matmul_attention(q[:, order], k, v, mask, scale)
+    return out[:, torch.argsort(order)]
+
+
+def _no_mask(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, scale: float) -> Any:
+    """Wrong: every key visible."""
+    return grouped_matmul_attention(q, k, v, torch.ones(1, 1, S, S, dtype=torch.bool), scale)
+
+
+class _UnscaledBackward(_GroupedAttention):
+    """Wrong: the backward forgets the score scale (dq and dk off by 1 / scale)."""
+
+    @staticmethod
+    def forward(ctx: Any, q: Any, k: Any, v: Any, mask: Any, scale: float) -> Any:  # type: ignore[override]
+        out = _GroupedAttention.forward(ctx, q, k, v, mask, scale)
+        ctx.scale = 1.0
+        return out
+
+
+def _unscaled_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, scale: float) -> Any:
+    if mask is None:
+        mask = torch.ones(S, S, dtype=torch.bool).tril().view(1, 1, S, S)
+    return _UnscaledBackward.apply(q, k, v, mask, scale)
+
+
+def _errors(fn: Attention, dtype: torch.dtype, mask: torch.Tensor | None) -> list[float]:
+    """Relative max errors of (out, dq, dk, dv) against float64 SDPA."""
+    q, k, v, grad = _inputs(dtype)
+    scale = H_D**-0.5
+    results = []
+    for f, cast in ((fn, dtype), (_sdpa, torch.float64)):
+        leaves = [t.detach().to(cast).requires_grad_() for t in (q, k, v)]
+        out = f(*leaves, mask, scale)
+        out.backward(grad.to(cast))
+        results.append([out.detach(), *(t.grad for t in leaves)])
+    got, ref = results
+    return [float((a.double() - r).abs().max() / r.abs().max()) for a, r in zip(got, ref, strict=True)]
+
+
+def _tolerance(dtype: torch.dtype) -> float:
+    if dtype == torch.float32:
+        return 1e-5
+    q, k, _, _ = _inputs(dtype)
+    scores = torch.matmul(q.double(), k.double().repeat_interleave(N_H // N_KV, 1).transpose(-1, -2))
+    return 2**-8 * (1 + float(scores.abs().max()) * H_D**-0.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mask_kind", ["causal", "packed"])
+def test_matches_float64_sdpa_and_wrong_variants_fail(dtype: torch.dtype, mask_kind: str) -> None:
+    mask = _masks()[mask_kind]
+    tol = _tolerance(dtype)
+    q, _, _, _ = _inputs(dtype)
+    out = grouped_matmul_attention(q, *_inputs(dtype)[1:3], mask, H_D**-0.5)
+    assert out.shape == (B, N_H, S, H_D)
+    assert out.dtype == dtype
+    errors = _errors(grouped_matmul_attention, dtype, mask)
+    assert max(errors) < tol, errors
+    assert min(_errors(_round_robin, dtype, mask)[0::3]) > tol  # output and dv
+    assert _errors(_no_mask, dtype, mask)[0] > tol
+    assert min(_errors(_unscaled_backward, dtype, mask)[1:3]) > tol  # dq and dk
+    if dtype == torch.bfloat16:  # no worse than SDPA's own bf16 result by more than the score rounding
+        sdpa = _errors(_sdpa, dtype, mask)
+        assert max(errors) < 4 * max(sdpa), (errors, sdpa)
+
+
+def _flash_calls(fn: Callable[[], Any]) -> tuple[int, int]:
+    """(fused SDPA ops, bmm ops) seen while ``fn`` runs."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    names = [e.name for e in prof.events()]
+    flash = sum("scaled_dot_product" in n for n in names)
+    return flash, sum(n == "aten::bmm" for n in names)
+
+
+def test_sdpa_kernel_routes_only_compiled_bf16_training_calls() -> None:
+    torch._dynamo.reset()
+    mask = _masks()["packed"]
+
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return SDPAKernel()(q, k, v, mask, H_D**-0.5)
+
+    compiled = torch.compile(attend, fullgraph=True)
+    for dtype, grad, fn, routed in [
+        (torch.bfloat16, True, compiled, True),
+        (torch.bfloat16, False, compiled, False),  # inference: SDPA's forward is as fast
+        (torch.float32, True, compiled, False),  # fp32: SDPA is as fast
+        (torch.bfloat16, True, attend, False),  # eager: unfused softmax passes would be slower
+    ]:
+        q, k, v, g = _inputs(dtype)
+        q, k, v = (t.detach().requires_grad_(grad) for t in (q, k, v))
+
+        def step(
+            fn: Callable[..., torch.Tensor] = fn,
+            q: Any = q,
+            k: Any = k,
+            v: Any = v,
+            g: Any = g,
+            grad: bool = grad,
+        ) -> None:
+            out = fn(q, k, v)
+            if grad:
+                out.backward(g)
+
+        step()  # compile outside the profiled call
+        flash, bmm = _flash_calls(step)
+        assert (flash == 0 and bmm == 6) if routed else flash > 0, (dtype, grad, fn, flash, bmm)
+        if routed:
+            assert max(_errors(lambda q, k, v, m, s: compiled(q, k, v), dtype, mask)) < _tolerance(dtype)
+
+
+@pytest.mark.slow
+def test_real_smollm2_bf16_logits_stay_as_close_to_float64_as_with_sdpa(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On real weights the bf16 scores cost little: KL to the float64 model within 1.5x of SDPA's."""
+    import ft_models
+    from ft_models import _attention
+    from ft_models._assets import smollm2_gguf_path
+
+    path = str(smollm2_gguf_path())
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 49152, (2, 96), generator=g)
+    docs = torch.tensor([[0] * 40 + [1] * 56, [0] * 96])
+    with torch.no_grad():
+        ref = torch.log_softmax(
+            ft_models.from_pretrained(path, dtype=torch.float64)(ids, document_ids=docs), -1
+        )
+        model = ft_models.from_pretrained(path, dtype=torch.bfloat16)
+
+    def kl(kernel: Attention | None) -> float:
+        if kernel is not None:  # forced here in eager mode; the routing is tested above
+            monkeypatch.setattr(_attention, "_matmul_attention_wins", lambda *a: True)
+            monkeypatch.setattr(_attention, "grouped_matmul_attention", kernel)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids, document_ids=docs).double(), -1)
+        monkeypatch.undo()
+        return float((ref.exp() * (ref - logp)).sum(-1).mean())
+
+    sdpa, grouped = kl(None), kl(grouped_matmul_attention)
+    assert grouped < 1.5 * sdpa, (grouped, sdpa)
+
+    def unmasked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, scale: float) -> Any:
+        return grouped_matmul_attention(q, k, v, torch.ones_like(mask), scale)
+
+    assert kl(unmasked) > 10 * sdpa
