@@ -99,6 +99,46 @@ def test_gradient_in_forward_follows_the_upstream_gradient(
     assert not torch.allclose(wrong[name], expected[name], rtol=1e-5, atol=1e-6)
 
 
+def _unshifted(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Wrong: softmax without subtracting the row maximum (overflows on large logits)."""
+    e = logits.float().exp()
+    sums = e.sum(-1)
+    loss = (sums.log() - logits.float()[torch.arange(len(targets)), targets]).sum()
+    return loss, (e / sums[:, None]).to(logits.dtype)  # and forgets the -1 at the target
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunk_cross_entropy_and_gradient_match_float64(dtype: torch.dtype) -> None:
+    """The fused per-chunk loss and logits gradient against float64 F.cross_entropy and autograd, on
+    logits up to 300 (exp overflows fp32 unshifted) and a row whose target holds ~all the mass."""
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(9, 101, generator=g) * 4).to(dtype)  # odd vocabulary
+    logits[0] += 300.0
+    targets = torch.randint(0, 101, (9,), generator=g)
+    logits[1, targets[1]] = 60.0  # p(target) = 1 - tiny: the gradient there is ~0, not 1 - 1 + noise
+    ref_in = logits.double().requires_grad_()
+    ref = F.cross_entropy(ref_in, targets, reduction="sum")
+    (ref_grad,) = torch.autograd.grad(ref, ref_in)
+    before = logits.clone()
+    loss, grad = _loss._cross_entropy_and_grad(logits, targets)
+    assert torch.equal(logits, before)  # the caller's logits are untouched (fp32: no in-place on them)
+    assert loss.dtype == torch.float32
+    assert grad.dtype == dtype
+    assert grad.shape == logits.shape
+    assert abs(float(loss) - float(ref)) <= 1e-6 * float(ref)
+    # fp32: a few ulps of fp32 arithmetic; bf16: the fp32 value rounded once (within one bf16 ulp).
+    # Plus fp32's resolution of 1 - p at the target (p within 2**-24 of 1 reads as exactly 1).
+    rel = 2**-22 if dtype == torch.float32 else 2**-8
+
+    def close(x: torch.Tensor) -> bool:
+        return bool(torch.all((x.double() - ref_grad).abs() <= rel * ref_grad.abs() + 2**-24))
+
+    assert close(grad)
+    wrong_loss, wrong_grad = _unshifted(logits, targets)
+    assert not torch.isfinite(wrong_loss) or abs(float(wrong_loss) - float(ref)) > 1e-3 * float(ref)
+    assert not close(wrong_grad)
+
+
 class _ProjectionCounter(TorchDispatchMode):
     """Counts matrix products whose output has ``vocab`` columns (output projections)."""
 
