@@ -6,8 +6,8 @@ given one, and hands ``q``/``k``/``v`` to a kernel. Kernels are small callables 
 
 * :class:`SDPAKernel` (default): ``torch.nn.functional.scaled_dot_product_attention`` with
   ``enable_gqa=True`` (k/v are never expanded by hand); ``is_causal=True`` and no mask on the fast path
-  (no documents, padding, cache or window), a boolean mask otherwise. Inside ``torch.compile`` on CPU,
-  bf16 calls that will be differentiated go to :func:`grouped_matmul_attention` instead (see there).
+  (no documents, padding, cache or window), a boolean mask otherwise. On CPU, bf16 calls that will be
+  differentiated (training) go to :func:`grouped_matmul_attention` instead (see there).
 * :class:`EagerKernel`: explicit fp32 scores and softmax, with an optional ``score_mod`` applied to the
   scores before masking (e.g. Gemma 2's tanh soft-capping). Families that modify scores plug a
   modifier into this kernel; a sliding window is a property of the attention layer (``window``) that
@@ -65,64 +65,63 @@ class AttentionKernel(Protocol):
 
 
 class _GroupedAttention(torch.autograd.Function):
-    """``softmax(q k^T * scale, masked) v`` as batched matrix products over query-head groups.
+    """``softmax(q k^T * scale + bias) v`` as batched matrix products over query-head groups.
 
     The ``g`` query heads that share a key/value head are stacked along the query axis, so every
     product is one ``bmm`` over ``b * n_kv`` batches of ``g * s`` rows against the head's ``t`` keys:
-    keys and values are never copied per head, and ``dk``/``dv`` come out summed over the group. The
-    forward saves the probabilities (in ``q``'s dtype, as the ``p @ v`` product reads them) and the
-    output; the backward is the standard one (``dS = P * (dP - rowsum(dO * O))``) with the row sums,
-    the softmax and ``dS`` in fp32.
+    keys and values are never copied per head, and ``dk``/``dv`` come out summed over the group. Each
+    elementwise step is one ATen kernel (eager mode has no fusion): the scale rides on the product
+    (``baddbmm``'s ``alpha``), the mask is an added 0 / -inf bias, the softmax and its backward
+    (``dS = P * (dP - rowsum(dP * P))``) compute in fp32 inside the kernels and store ``q``'s dtype.
+    The forward keeps the probabilities for the backward instead of recomputing them.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
+        ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float
     ) -> torch.Tensor:
         b, n_h, s, h_d = q.shape
         n_kv, t = k.shape[1], k.shape[2]
         g = n_h // n_kv
         qg = q.reshape(b * n_kv, g * s, h_d)  # query heads i*g .. i*g+g-1 share key/value head i
         kg, vg = k.reshape(b * n_kv, t, h_d), v.reshape(b * n_kv, t, h_d)
-        scores = torch.bmm(qg, kg.transpose(1, 2)).view(b, n_kv, g, s, t).float() * scale
-        scores = scores.masked_fill(~mask.view(mask.shape[0], 1, 1, s, t), float("-inf"))
-        probs = torch.softmax(scores, dim=-1).to(q.dtype).view(b * n_kv, g * s, t)
-        out = torch.bmm(probs, vg)  # [b * n_kv, g * s, h_d]
-        ctx.save_for_backward(qg, kg, vg, probs, out)
+        scores = torch.baddbmm(qg.new_empty(b * n_kv, g * s, t), qg, kg.transpose(1, 2), beta=0, alpha=scale)
+        scores.view(b, n_kv, g, s, t).add_(bias.view(bias.shape[0], 1, 1, s, t))
+        probs = torch.softmax(scores, dim=-1)  # [b * n_kv, g * s, t]
+        ctx.save_for_backward(qg, kg, vg, probs)
         ctx.scale = scale
-        return out.view(b, n_h, s, h_d)
+        return torch.bmm(probs, vg).view(b, n_h, s, h_d)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        qg, kg, vg, probs, out = ctx.saved_tensors
+        qg, kg, vg, probs = ctx.saved_tensors
         b, n_h, s, h_d = grad_out.shape
         n_kv, t = kg.shape[0] // b, kg.shape[1]
         dout = grad_out.reshape(b * n_kv, -1, h_d)  # [b * n_kv, g * s, h_d]
         dv = torch.bmm(probs.transpose(1, 2), dout)
         dprobs = torch.bmm(dout, vg.transpose(1, 2))  # [b * n_kv, g * s, t]
-        rows = (dout.float() * out.float()).sum(-1, keepdim=True)  # rowsum(dP * P) = rowsum(dO * O)
-        dscores = (probs.float() * (dprobs.float() - rows) * ctx.scale).to(qg.dtype)
-        dq = torch.bmm(dscores, kg)
-        dk = torch.bmm(dscores.transpose(1, 2), qg)
+        dscores = torch._softmax_backward_data(dprobs, probs, -1, probs.dtype)
+        dq = torch.baddbmm(torch.empty_like(qg), dscores, kg, beta=0, alpha=ctx.scale)
+        dk = torch.baddbmm(torch.empty_like(kg), dscores.transpose(1, 2), qg, beta=0, alpha=ctx.scale)
         return dq.view(b, n_h, s, h_d), dk.view(b, n_kv, t, h_d), dv.view(b, n_kv, t, h_d), None, None
 
 
 def grouped_matmul_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
 ) -> torch.Tensor:
-    """Grouped-query attention as batched matrix products with an fp32 masked softmax.
+    """Grouped-query attention as batched matrix products around a masked softmax.
 
     Query head ``i`` attends with key/value head ``i // g``, as ``F.scaled_dot_product_attention`` with
-    ``enable_gqa=True`` pairs them. The scores are the ``q @ k^T`` product in ``q``'s dtype, upcast
-    before scaling, masking and the softmax (the numerics of transformers' eager attention); the
-    backward keeps the softmax probabilities instead of recomputing them.
+    ``enable_gqa=True`` pairs them. The scores are ``scale * (q @ k^T)`` accumulated in fp32 and stored
+    in ``q``'s dtype (the numerics of transformers' eager attention; SDPA's fused kernels keep them in
+    fp32), the softmax and its backward compute in fp32 and store ``q``'s dtype, and the backward
+    reuses the forward's probabilities instead of recomputing them.
 
     Why it exists: PyTorch's CPU flash-attention kernel runs at ~15% of the bf16 matmul peak on two
     cores (forward plus backward 17.5 ms per SmolLM2-135M layer at batch 4 x 256), while these six
-    ``bmm`` calls run near the peak; compiled, with inductor fusing the softmax and the ``dS`` terms,
-    the layer's attention takes ~6.5 ms. Eager, the unfused fp32 elementwise passes make it slower
-    than SDPA, and in fp32 SDPA is as fast, so :class:`SDPAKernel` routes only compiled bf16 training
-    calls here.
+    products run near the peak: the same layer takes ~8 ms eager and a LoRA bf16 training step gets
+    ~12% faster, eager or compiled. In fp32 SDPA is as fast, and without gradients the gain is small,
+    so :class:`SDPAKernel` routes only bf16 CPU calls that autograd will differentiate here.
 
     Args:
         q: ``[b, n_h, s, h_d]``.
@@ -138,14 +137,14 @@ def grouped_matmul_attention(
     if mask is None:
         s = q.shape[2]
         mask = torch.ones(s, s, dtype=torch.bool, device=q.device).tril().view(1, 1, s, s)
-    return _GroupedAttention.apply(q, k, v, mask, scale)
+    bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
+    return _GroupedAttention.apply(q, k, v, bias, scale)
 
 
 def _matmul_attention_wins(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """Compiled bf16 CPU attention that autograd will differentiate (see grouped_matmul_attention)."""
+    """bf16 CPU attention over several queries that autograd will differentiate (training)."""
     return (
-        torch.compiler.is_compiling()
-        and q.device.type == "cpu"
+        q.device.type == "cpu"
         and q.dtype == torch.bfloat16
         and q.shape[2] > 1
         and torch.is_grad_enabled()
@@ -156,7 +155,7 @@ def _matmul_attention_wins(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) ->
 class SDPAKernel:
     """PyTorch's fused scaled-dot-product attention (flash / memory-efficient / math backends).
 
-    Compiled bf16 training on CPU goes to :func:`grouped_matmul_attention`, which is ~2.5x faster there.
+    bf16 training on CPU goes to :func:`grouped_matmul_attention`, which is ~2x faster there.
     """
 
     def __call__(
