@@ -165,6 +165,15 @@ def test_sdpa_kernel_routes_only_bf16_training_calls() -> None:
             errors = _errors(lambda q, k, v, m, s, fn=fn: fn(q, k, v), dtype, mask)
             assert max(errors) < _tolerance(dtype)
 
+    # Long rows keep SDPA: the saved probabilities would grow with the square of the context.
+    long_q = torch.randn(1, N_H, 1025, H_D, dtype=torch.bfloat16, requires_grad=True)
+    long_kv = torch.randn(1, N_KV, 1025, H_D, dtype=torch.bfloat16)
+    flash, products = _kernel_calls(
+        lambda: SDPAKernel()(long_q, long_kv, long_kv, None, H_D**-0.5).sum().backward()
+    )
+    assert flash > 0
+    assert products == 0
+
 
 @pytest.mark.slow
 def test_real_smollm2_bf16_logits_stay_as_close_to_float64_as_with_sdpa(

@@ -121,7 +121,9 @@ def grouped_matmul_attention(
     cores (forward plus backward 17.5 ms per SmolLM2-135M layer at batch 4 x 256), while these six
     products run near the peak: the same layer takes ~8 ms eager and a LoRA bf16 training step gets
     ~12% faster, eager or compiled. In fp32 SDPA is as fast, and without gradients the gain is small,
-    so :class:`SDPAKernel` routes only bf16 CPU calls that autograd will differentiate here.
+    so :class:`SDPAKernel` routes only bf16 CPU calls that autograd will differentiate here, and only
+    up to 1024 keys: the saved probabilities grow with ``s * t``, where flash attention's state grows
+    with ``s``.
 
     Args:
         q: ``[b, n_h, s, h_d]``.
@@ -141,12 +143,20 @@ def grouped_matmul_attention(
     return _GroupedAttention.apply(q, k, v, bias, scale)
 
 
+# grouped_matmul_attention keeps the [b, n_h, s, t] probabilities for the backward, where flash
+# attention keeps O(s) per head. Up to 1024 keys that is at most about what a layer already saves
+# (SmolLM2-135M: 9 * 1024 per token against ~10k for its projections and MLP); beyond, memory would
+# grow with the square of the context, so longer rows keep SDPA.
+_MATMUL_ATTENTION_MAX_KEYS = 1024
+
+
 def _matmul_attention_wins(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """bf16 CPU attention over several queries that autograd will differentiate (training)."""
+    """bf16 CPU attention over several queries, at most 1024 keys, that autograd will differentiate."""
     return (
         q.device.type == "cpu"
         and q.dtype == torch.bfloat16
         and q.shape[2] > 1
+        and k.shape[2] <= _MATMUL_ATTENTION_MAX_KEYS
         and torch.is_grad_enabled()
         and (q.requires_grad or k.requires_grad or v.requires_grad)
     )
