@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from ft_models import AttentionMask, SDPAKernel, grouped_matmul_attention
-from ft_models._attention import _GroupedAttention
+from ft_models._attention import _GroupedAttention, _mask_bias
 
 B, N_H, N_KV, S, H_D = 2, 6, 2, 13, 12  # g = 3, odd length
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, float], torch.Tensor]
@@ -74,9 +74,7 @@ class _UnscaledBackward(_GroupedAttention):
 
 
 def _unscaled_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, scale: float) -> Any:
-    if mask is None:
-        mask = torch.ones(S, S, dtype=torch.bool).tril().view(1, 1, S, S)
-    return _UnscaledBackward.apply(q, k, v, mask, scale)
+    return _UnscaledBackward.apply(q, k, v, _mask_bias(mask, q), scale)
 
 
 def _errors(fn: Attention, dtype: torch.dtype, mask: torch.Tensor | None) -> list[float]:
@@ -106,15 +104,17 @@ def _tolerance(dtype: torch.dtype) -> float:
 def test_matches_float64_sdpa_and_wrong_variants_fail(dtype: torch.dtype, mask_kind: str) -> None:
     mask = _masks()[mask_kind]
     tol = _tolerance(dtype)
-    q, _, _, _ = _inputs(dtype)
-    out = grouped_matmul_attention(q, *_inputs(dtype)[1:3], mask, H_D**-0.5)
+    q, k, v, _ = _inputs(dtype)
+    out = grouped_matmul_attention(q, k, v, mask, H_D**-0.5)
     assert out.shape == (B, N_H, S, H_D)
     assert out.dtype == dtype
     errors = _errors(grouped_matmul_attention, dtype, mask)
     assert max(errors) < tol, errors
     assert min(_errors(_round_robin, dtype, mask)[0::3]) > tol  # output and dv
     assert _errors(_no_mask, dtype, mask)[0] > tol
-    assert min(_errors(_unscaled_backward, dtype, mask)[1:3]) > tol  # dq and dk
+    unscaled = _errors(_unscaled_backward, dtype, mask)
+    assert unscaled[0] < tol  # the same forward ...
+    assert min(unscaled[1:3]) > tol  # ... but dq and dk off
     if dtype == torch.bfloat16:  # no worse than SDPA's own bf16 result by more than the score rounding
         sdpa = _errors(_sdpa, dtype, mask)
         assert max(errors) < 4 * max(sdpa), (errors, sdpa)

@@ -136,11 +136,18 @@ def grouped_matmul_attention(
     Returns:
         ``[b, n_h, s, h_d]`` in ``q``'s dtype.
     """
+    return _GroupedAttention.apply(q, k, v, _mask_bias(mask, q), scale)
+
+
+def _mask_bias(mask: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor:
+    """The additive form of a kernel's mask: 0 where attending, -inf elsewhere, in ``q``'s dtype.
+
+    ``[b or 1, 1, s, t]``; ``None`` (plain causal, ``s == t``) gives ``[1, 1, s, s]``.
+    """
     if mask is None:
         s = q.shape[2]
-        mask = torch.ones(s, s, dtype=torch.bool, device=q.device).tril().view(1, 1, s, s)
-    bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
-    return _GroupedAttention.apply(q, k, v, bias, scale)
+        return torch.full((1, 1, s, s), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
+    return torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
 
 
 # grouped_matmul_attention keeps the [b, n_h, s, t] probabilities for the backward, where flash
