@@ -2,7 +2,7 @@
 
 The output projection (``lm_head`` plus any family soft-cap, through ``output_projection``) and the
 cross-entropy run on chunks of trained positions only, so no more than one chunk's ``[chunk, v]``
-logits exist at a time. Logits are upcast to fp32 before log-softmax whatever the compute dtype.
+logits exist at a time. The cross-entropy is computed in fp32 whatever the compute dtype.
 
 Two ways to get the gradient without keeping every chunk's logits:
 
