@@ -5,6 +5,7 @@ Everything here works in one process without ``init_process_group`` and unchange
 """
 
 from ft_dist._activation_checkpointing import apply_activation_checkpointing, decoder_layers
+from ft_dist._atomic import publish_dir, write_atomic
 from ft_dist._checkpointer import (
     MARKER,
     ModelOptimizerState,
@@ -32,9 +33,11 @@ __all__ = [
     "latest_checkpoint",
     "load_checkpoint",
     "prune_checkpoints",
+    "publish_dir",
     "read_metadata",
     "read_rank_state",
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
+    "write_atomic",
 ]
