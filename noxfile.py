@@ -2,7 +2,8 @@
 
 `tests` syncs a single member with its own `test` group into a fresh environment
 (`uv sync --locked --package NAME --group test`), so an import that the member does not
-declare fails here and not at a user's site.
+declare fails here and not at a user's site. ARCHITECTURE.md describes the packages and the
+dependency edges these sessions check.
 """
 
 from __future__ import annotations
