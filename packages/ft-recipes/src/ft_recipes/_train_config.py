@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
-from ft_recipes.config import Component, NonNegativeInt, PositiveInt
+from ft_recipes.config import (
+    Component,
+    Interval,
+    Length,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+)
 
 __all__ = [
+    "Beta",
     "CheckpointConfig",
     "EvalConfig",
     "LoggerName",
@@ -18,26 +27,45 @@ __all__ = [
 ]
 
 LoggerName = Literal["jsonl", "tensorboard", "wandb"]
+# An Adam moment decay rate: 0 keeps no history (allowed, as torch allows it); 1 would never forget the
+# first gradient and divides by zero in the bias correction (1 - beta**t).
+Beta = Annotated[float, Interval(0, 1, high_open=True)]
 
 
 @dataclass
 class OptimizerConfig:
-    """``ft_recipes.training.build_optimizer`` options (``adamw``, ``sgd``, ``adamw8bit``, ...)."""
+    """``ft_recipes.training.build_optimizer`` options (``adamw``, ``sgd``, ``adamw8bit``, ...).
+
+    Attributes:
+        name: The optimizer.
+        lr: Peak learning rate, > 0: zero trains nothing while still writing a "trained" model, and a
+            negative rate climbs the loss.
+        weight_decay: >= 0; zero turns decay off, a negative one grows every weight each step.
+        betas: Adam's two moment decay rates, exactly two, each in [0, 1) (see :data:`Beta`).
+        eps: Adam's denominator term, > 0: with zero, a parameter whose gradient is zero gets 0 / 0.
+    """
 
     name: str = "adamw"
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
+    lr: PositiveFloat = 2e-4
+    weight_decay: NonNegativeFloat = 0.0
+    betas: Annotated[list[Beta], Length(2)] = field(default_factory=lambda: [0.9, 0.999])
+    eps: PositiveFloat = 1e-8
 
 
 @dataclass
 class ScheduleConfig:
-    """LR schedule with linear warmup (``ft_recipes.training.build_lr_scheduler``)."""
+    """LR schedule with linear warmup (``ft_recipes.training.build_lr_scheduler``).
+
+    Attributes:
+        kind: The decay after warmup.
+        warmup_steps: >= 0 (zero: start at the peak).
+        min_lr_ratio: The decay's floor as a fraction of the peak, in [0, 1]: above 1 the "decay" would
+            raise the rate, below 0 it would turn negative.
+    """
 
     kind: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_steps: NonNegativeInt = 0
-    min_lr_ratio: float = 0.0
+    min_lr_ratio: Annotated[float, Interval(0, 1)] = 0.0
 
 
 @dataclass

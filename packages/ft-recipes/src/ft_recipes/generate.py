@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from ft_recipes.config import Component, PositiveInt
+from ft_recipes.config import Component, Interval, NonNegativeFloat, PositiveFloat, PositiveInt, Seed
 
 if TYPE_CHECKING:
     import torch
@@ -37,14 +37,27 @@ FILE_KEYS = ("model.path", "tokenizer.path", "adapter")
 
 @dataclass
 class Sampling:
-    """Next-token choice: ``temperature: 0`` is greedy; ``seed`` makes sampling repeatable."""
+    """Next-token choice: ``temperature: 0`` is greedy; ``seed`` makes sampling repeatable.
 
-    temperature: float = 0.0
+    The bounds are ft-models' ``SamplingConfig`` rules, stated here so ``tune validate`` finds a bad
+    value before a model is loaded.
+
+    Attributes:
+        temperature: >= 0; zero is greedy (the argmax), not a division by zero.
+        top_k: >= 1, or null for off (keeping zero tokens would leave nothing to sample).
+        top_p: In (0, 1], or null for off: the kept set's probability mass; zero would keep nothing.
+        min_p: In [0, 1], or null: the fraction of the top probability a token needs (zero: off).
+        repetition_penalty: > 0 (1: off; the logits are divided or multiplied by it, so zero or a
+            negative value would erase or invert them).
+        seed: An unsigned 64-bit seed, or null for a fresh one each run.
+    """
+
+    temperature: NonNegativeFloat = 0.0
     top_k: PositiveInt | None = None
-    top_p: float | None = None
-    min_p: float | None = None
-    repetition_penalty: float = 1.0
-    seed: int | None = 0
+    top_p: Annotated[float, Interval(0, 1, low_open=True)] | None = None
+    min_p: Annotated[float, Interval(0, 1)] | None = None
+    repetition_penalty: PositiveFloat = 1.0
+    seed: Seed | None = 0
 
 
 @dataclass
