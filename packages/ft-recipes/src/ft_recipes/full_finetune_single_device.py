@@ -68,9 +68,7 @@ class Config:
     epochs: PositiveInt = 1
     max_steps: PositiveInt | None = None
     seed: Seed = 0
-    clip_grad_norm: PositiveFloat | None = (
-        1.0  # > 0: 0 zeroes every update, < 0 reverses it; null: measure only
-    )
+    clip_grad_norm: PositiveFloat | None = 1.0  # null: measure the norm only
     activation_checkpointing: bool = False
     compile: bool = False
     validation: ValidationConfig | None = None
