@@ -29,6 +29,7 @@ import torch
 import ft_data
 import ft_dist
 import ft_models
+from ft_recipes._assets import resolve_path
 from ft_recipes._metrics import METRICS, MetricsLog
 from ft_recipes._validation import (
     build_validation_loader,
@@ -46,6 +47,7 @@ __all__ = [
     "MetricsLog",
     "build_loader",
     "build_validation_loader",
+    "check_eval_data",
     "check_output_dir",
     "end_step",
     "forward_backward",
@@ -422,11 +424,25 @@ def save_hf_dir(model: ft_models.CausalLM, tokenizer: Any, directory: Path) -> P
         return ft_models.save_pretrained(model, directory, extra_files=extra)
 
 
+def check_eval_data(cfg: Any) -> None:
+    """Read ``cfg.data`` (``cfg``: an ``EvalConfig`` or None) as eval items, so a missing or malformed
+    file stops the run before it starts instead of after training.
+
+    Raises:
+        UserError: The file is missing, unreadable or not prompt/answer JSONL (the message names
+            ``eval.data``).
+    """
+    if cfg is not None:
+        from ft_recipes.eval import read_items
+
+        read_items(resolve_path(cfg.data), key="eval.data")
+
+
 def run_eval(model: Any, tokenizer: Any, cfg: Any, output_dir: str, name: str) -> float:
     """Score the model on ``cfg.data`` (an ``EvalConfig``), print and write ``eval_{name}.jsonl``."""
     from ft_recipes.eval import evaluate, read_items
 
-    items = read_items(Path(cfg.data).expanduser())
+    items = read_items(resolve_path(cfg.data), key="eval.data")
     result = evaluate(
         model,
         tokenizer,

@@ -40,7 +40,7 @@ PROVIDED = {
     "dataset": {"tokenizer", "max_seq_len"},
     "validation.dataset": {"tokenizer", "max_seq_len"},
 }
-FILE_KEYS = ("model.path", "tokenizer.path", "dataset.source", "validation.dataset.source")
+FILE_KEYS = ("model.path", "tokenizer.path", "dataset.source", "validation.dataset.source", "eval.data")
 
 
 @dataclass
@@ -104,13 +104,15 @@ class Config:
 
 
 def before_run(cfg: Config) -> None:
-    """Called by ``tune run`` before it writes anything: refuse a non-empty output dir without resume
-    and a logger whose optional library is missing."""
+    """Called by ``tune run`` before it writes anything: refuse a non-empty output dir without resume,
+    a logger whose optional library is missing and an ``eval.data`` file that cannot be read as
+    prompt/answer items (otherwise found only once training is over)."""
     from ft_recipes._metrics import check_loggers
-    from ft_recipes._train import check_output_dir
+    from ft_recipes._train import check_eval_data, check_output_dir
 
     check_output_dir(cfg.output_dir, cfg.resume)
     check_loggers(cfg.loggers)
+    check_eval_data(cfg.eval)
 
 
 @dataclass
