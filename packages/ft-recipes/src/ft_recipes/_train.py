@@ -260,9 +260,16 @@ def diverged(step: int, what: str, value: float, output_dir: str) -> TrainingDiv
 
 
 def seed_everything(seed: int) -> None:
-    """Seed torch's and Python's global generators (adapter init, dropout); loaders own theirs."""
+    """Seed every global generator a checkpoint's RNG sidecar records (``ft_dist.rng_state``): torch's
+    (adapter init, dropout), Python's and NumPy's legacy one, so two runs with one seed save the same
+    state; loaders own their generators. Python and NumPy otherwise start from OS entropy."""
     torch.manual_seed(seed)
     random.seed(seed)
+    try:
+        import numpy as np
+    except ImportError:
+        return
+    np.random.seed([seed & 0xFFFFFFFF, seed >> 32])  # its seed words are 32-bit; a seed may hold 64 bits
 
 
 def app_state(

@@ -145,6 +145,7 @@ def setup(cfg: Config) -> Run:
         )
     model = _train.load_model(cfg.model, tokenizer, device)
 
+    _train.seed_everything(cfg.seed)  # dropout; and the checkpoints' RNG sidecar is the same run to run
     apply_precision(model, policy)
     if cfg.activation_checkpointing:
         ft_dist.apply_activation_checkpointing(model)
