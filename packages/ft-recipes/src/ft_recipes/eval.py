@@ -187,12 +187,16 @@ class Config:
 def main(cfg: Config) -> None:
     """Load, answer every prompt, print the score, write the results."""
     from ft_recipes._assets import resolve_path
-    from ft_recipes._setup import load_model_and_tokenizer, pick_device, pick_dtype
+    from ft_recipes._setup import load_model_and_tokenizer, pick_device
+    from ft_recipes.training import resolve_inference_precision
 
     items = read_items(resolve_path(cfg.data))  # a bad file is refused before the model is loaded
     device = pick_device(cfg.device)
+    precision = resolve_inference_precision(cfg.precision, device)
+    dtype = str(precision.dtype).removeprefix("torch.")
+    print(f"[eval] device={device} dtype={dtype} ({precision.reason})", file=sys.stderr)
     model, tokenizer = load_model_and_tokenizer(
-        cfg.model, cfg.tokenizer, cfg.adapter, device, pick_dtype(cfg.precision, device)
+        cfg.model, cfg.tokenizer, cfg.adapter, device, precision.dtype
     )
     result = evaluate(
         model,

@@ -160,12 +160,16 @@ def main(cfg: Config) -> None:
     """Set up, then answer the prompt or chat until stdin ends (or a line ``/exit``)."""
     import torch
 
-    from ft_recipes._setup import load_model_and_tokenizer, pick_device, pick_dtype, stop_token_ids
+    from ft_recipes._setup import load_model_and_tokenizer, pick_device, stop_token_ids
+    from ft_recipes.training import resolve_inference_precision
 
     device = pick_device(cfg.device)
-    dtype = pick_dtype(cfg.precision, device)
-    model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.tokenizer, cfg.adapter, device, dtype)
-    print(f"[generate] device={device} dtype={str(dtype).removeprefix('torch.')}", file=sys.stderr)
+    precision = resolve_inference_precision(cfg.precision, device)
+    model, tokenizer = load_model_and_tokenizer(
+        cfg.model, cfg.tokenizer, cfg.adapter, device, precision.dtype
+    )
+    dtype = str(precision.dtype).removeprefix("torch.")
+    print(f"[generate] device={device} dtype={dtype} ({precision.reason})", file=sys.stderr)
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.sampling.seed if cfg.sampling.seed is not None else torch.seed())
     chat = _Chat(model, tokenizer, sorted(stop_token_ids(tokenizer)), gen)
