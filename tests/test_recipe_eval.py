@@ -16,8 +16,8 @@ from transformers import LlamaForCausalLM
 
 import ft_data
 import ft_models
-from ft_recipes._setup import stop_token_ids
 from ft_recipes.eval import evaluate
+from ft_recipes.steps import stop_token_ids
 
 PROMPTS = ["What is 2 + 2?", "Name a colour.", "Say hello", "Count to three, please, slowly"]
 

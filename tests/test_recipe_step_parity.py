@@ -21,7 +21,7 @@ from test_recipe_support import make_tiny
 from transformers import LlamaForCausalLM
 
 import ft_peft
-from ft_recipes import _train
+from ft_recipes import steps
 from ft_recipes._run import prepare
 
 LR, WD, RANK, ALPHA = 1e-2, 0.05, 4, 8.0
@@ -72,7 +72,7 @@ def _reference_step(
 
 
 def _window(run: Any) -> list[dict[str, torch.Tensor]]:
-    batches = _train.micro_batches(run.loader, 0)
+    batches = steps.micro_batches(run.loader, 0)
     window = [next(batches) for _ in range(2)]
     counts = sorted(int((b["labels"] != -100).sum()) for b in window)
     assert counts[1] >= 2 * counts[0], counts  # unequal micro-batches make the normaliser matter
@@ -129,9 +129,9 @@ def test_lora_step_equals_peft(tiny: tuple[Path, Path], tmp_path: Path, rslora_r
             p.copy_(start[name])
 
     window = _window(run)
-    loss, _, _ = _train.forward_backward(run.model, window, run.device)
+    loss, _, _ = steps.forward_backward(run.model, window, run.device)
     grads = {n: p.grad.clone() for n, p in run.model.named_parameters() if p.requires_grad}
-    _train.optimizer_step(run.model, run.optimizer, run.scheduler, None)
+    steps.optimizer_step(run.model, run.optimizer, run.scheduler, None)
 
     ref_loss = _reference_step(ref, window)
     opt = torch.optim.AdamW(list(ref_params.values()), lr=LR, weight_decay=WD)
@@ -158,9 +158,9 @@ def test_full_step_equals_transformers(tiny: tuple[Path, Path], tmp_path: Path, 
     ref = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32).train()
 
     window = _window(run)
-    loss, _, _ = _train.forward_backward(run.model, window, run.device)
+    loss, _, _ = steps.forward_backward(run.model, window, run.device)
     grads = {n: p.grad.clone() for n, p in run.model.named_parameters()}
-    _train.optimizer_step(run.model, run.optimizer, run.scheduler, None)
+    steps.optimizer_step(run.model, run.optimizer, run.scheduler, None)
 
     ref_loss = _reference_step(ref, window, per_micro_mean=per_micro_mean)
     ref_params = dict(ref.named_parameters())

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import random
-import resource
 import sys
 import tempfile
 import time
@@ -60,6 +59,7 @@ __all__ = [
     "run_eval",
     "save_checkpoint",
     "save_hf_dir",
+    "seed_everything",
     "train",
     "validation_due",
     "validation_loss",
@@ -416,11 +416,9 @@ def train(run: Any) -> None:
 
 
 def peak_memory_mib(device: torch.device) -> float:
-    """Peak CUDA memory allocated, or the process's peak RSS on CPU, in MiB."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+    """Peak CUDA memory allocated, or the process's peak RSS on CPU, in MiB (``ft_models.peak_memory_bytes``,
+    the measurement generation statistics report too)."""
+    return ft_models.peak_memory_bytes(device) / 2**20
 
 
 def save_hf_dir(model: ft_models.CausalLM, tokenizer: Any, directory: Path) -> Path:
