@@ -218,3 +218,21 @@ def test_pure_and_fp16_policies() -> None:
     assert resolve_precision("fp32", "cpu").make_grad_scaler("cpu") is None
     with pytest.raises(PrecisionError, match="precision: unknown value 'bf16'"):
         resolve_precision("bf16", "cpu")
+
+
+def test_recipe_schemas_offer_exactly_the_precisions_the_rules_resolve() -> None:
+    """The schemas spell the names as Literals (``tune validate`` must not import torch to read them);
+    they must stay the copies of the tuples the two rules accept."""
+    import typing
+
+    from ft_recipes import eval as eval_recipe
+    from ft_recipes import full_finetune_single_device, generate, lora_finetune_single_device
+    from ft_recipes.training import INFERENCE_PRECISIONS, PRECISIONS
+
+    def names(schema: type) -> tuple[str, ...]:
+        return typing.get_args(typing.get_type_hints(schema)["precision"])
+
+    assert names(lora_finetune_single_device.Config) == PRECISIONS
+    assert names(full_finetune_single_device.Config) == PRECISIONS
+    assert names(generate.Config) == INFERENCE_PRECISIONS
+    assert names(eval_recipe.Config) == INFERENCE_PRECISIONS
