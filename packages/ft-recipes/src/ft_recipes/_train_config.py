@@ -70,7 +70,11 @@ class ScheduleConfig:
 
 @dataclass
 class CheckpointConfig:
-    """Intermediate checkpoints: every ``every_n_steps`` optimizer steps (and at the end), keep ``keep_last``."""
+    """Intermediate checkpoints: every ``every_n_steps`` optimizer steps (and at the end), keep ``keep_last``.
+
+    Both are >= 1: an interval of zero steps means nothing (null: only the final checkpoint), and
+    keeping zero checkpoints would delete the one just written, leaving nothing to resume from.
+    """
 
     every_n_steps: PositiveInt | None = None
     keep_last: PositiveInt = 2
@@ -78,7 +82,11 @@ class CheckpointConfig:
 
 @dataclass
 class EvalConfig:
-    """Greedy evaluation (``ft_recipes.eval``) of prompt/answer JSONL items before and after training."""
+    """Greedy evaluation (``ft_recipes.eval``) of prompt/answer JSONL items before and after training.
+
+    ``batch_size`` and ``max_new_tokens`` are >= 1: an empty batch or an answer of no tokens scores
+    nothing. ``data`` must exist and hold items before the run starts (the recipe checks it).
+    """
 
     data: str
     metric: str = "exact_match"
@@ -94,7 +102,8 @@ class ValidationConfig:
     ``dataset`` is built like the training one (the recipe passes ``tokenizer`` and ``max_seq_len``);
     rows are read in order (no shuffle), packed as the training rows are. The loss is the sum of the
     cross-entropy over every trained token of the first ``max_batches`` batches (null: the whole split)
-    divided by their count, the training loss's token normalisation.
+    divided by their count, the training loss's token normalisation. Every count is >= 1 (null where
+    allowed means all batches / the training batch size).
     """
 
     dataset: Component

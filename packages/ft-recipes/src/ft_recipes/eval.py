@@ -169,7 +169,8 @@ def evaluate(
 
 @dataclass
 class Config:
-    """Schema of an ``eval`` config."""
+    """Schema of an ``eval`` config; ``batch_size`` and ``max_new_tokens`` are >= 1 (zero would score
+    nothing)."""
 
     model: Component
     tokenizer: Component

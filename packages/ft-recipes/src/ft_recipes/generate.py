@@ -62,7 +62,8 @@ class Sampling:
 
 @dataclass
 class Config:
-    """Schema of a ``generate`` config (every key is checked, unknown keys are errors)."""
+    """Schema of a ``generate`` config (every key is checked, unknown keys are errors); ``max_new_tokens``
+    is >= 1 and the sampling options carry ft-models' bounds (:class:`Sampling`)."""
 
     model: Component
     tokenizer: Component
