@@ -16,8 +16,8 @@ from transformers import LlamaForCausalLM
 
 import ft_data
 import ft_models
-from ft_recipes._setup import stop_token_ids
-from ft_recipes.eval import evaluate
+from ft_recipes.eval import EvalResult, evaluate
+from ft_recipes.steps import stop_token_ids
 
 PROMPTS = ["What is 2 + 2?", "Name a colour.", "Say hello", "Count to three, please, slowly"]
 
@@ -65,10 +65,45 @@ def test_batched_greedy_answers_equal_transformers_and_are_scored(tiny: Path) ->
     assert [r["prediction"] for r in raw.records] != expected
 
 
+def _check_pluggable(result: EvalResult, seen: list[tuple[str, str]]) -> None:
+    """The metric scored every real prediction: each prompt got a non-empty answer, the metric was called
+    once per item with that answer and the item's reference, and the score is the metric's mean."""
+    predictions = [r["prediction"] for r in result.records]
+    assert all(p.strip() for p in predictions), predictions
+    assert seen == [(p, "x") for p in predictions]
+    assert [r["score"] for r in result.records] == [_length(p) for p in predictions]
+    assert result.score == pytest.approx(100.0 * sum(map(_length, predictions)) / len(predictions))
+
+
+def _length(prediction: str) -> float:
+    return min(len(prediction.strip()), 10) / 10
+
+
 def test_pluggable_metric(tiny: Path) -> None:
     tok = ft_data.load_tokenizer(tiny)
     model = ft_models.from_pretrained(tiny, dtype=torch.float32)
     items = [{"prompt": p, "answer": "x"} for p in PROMPTS]
-    result = evaluate(model, tok, items, metric=lambda pred, ans: float(len(pred) > 0), max_new_tokens=4)
-    assert result.score == pytest.approx(100.0 * sum(bool(r["prediction"]) for r in result.records) / 4)
+    seen: list[tuple[str, str]] = []
+
+    def metric(prediction: str, answer: str) -> float:
+        seen.append((prediction, answer))
+        return _length(prediction)
+
+    result = evaluate(model, tok, items, metric=metric, max_new_tokens=4)
+    _check_pluggable(result, seen)
+    assert 0.0 < result.score <= 100.0
     assert evaluate(model, tok, items, metric="exact_match", max_new_tokens=4).score == 0.0
+
+    # Wrong variant: a model whose first new token is always EOS answers nothing; the check must fail.
+    eos = tok.eos_id
+    hook = model.lm_head.register_forward_hook(
+        lambda _m, _i, out: out.index_fill(-1, torch.tensor([eos]), 1e4)
+    )
+    seen.clear()
+    try:
+        silent = evaluate(model, tok, items, metric=metric, max_new_tokens=4)
+    finally:
+        hook.remove()
+    assert [r["prediction"] for r in silent.records] == [""] * len(items)
+    with pytest.raises(AssertionError):
+        _check_pluggable(silent, seen)

@@ -6,7 +6,9 @@ resolution (``/{repo}/resolve/{rev}/{file}``, HEAD and GET, with ``ETag``, ``X-R
 ``Range`` support). Errors carry the Hub's ``X-Error-Code`` header (``RepoNotFound``, ``GatedRepo``,
 ``RevisionNotFound``) that the client turns into typed exceptions. A file can be set to be cut off
 (``cut``: bytes after which the first GET closes the connection) or to stall (``stall``: bytes after
-which the first GET waits until the test kills the client), to exercise resumption.
+which the first GET waits until the test kills the client), to exercise resumption. A file named in
+``missing`` is listed by the revision info and the tree but answers 404 when fetched, as a Hub whose
+listing and storage disagree does.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Hub:
     repos: dict[str, Repo]
     cut: dict[str, int] = field(default_factory=dict)
     stall: dict[str, int] = field(default_factory=dict)
+    missing: set[str] = field(default_factory=set)
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)  # method, path, headers
     sent: dict[str, int] = field(default_factory=dict)
     server: ThreadingHTTPServer | None = None
@@ -127,7 +130,7 @@ class Hub:
                     if repo is None:
                         return
                     name = "/".join(parts[4:])
-                    if name not in repo.files:
+                    if name not in repo.files or name in hub.missing:
                         self._error(404, "EntryNotFound", f"{name} does not exist")
                         return
                     self._file(repo, name, head)

@@ -19,6 +19,14 @@ WEIGHTS = hashlib.sha256(b"w").digest() * 4096  # 128 KiB
 # Larger than huggingface_hub's 10 MiB download chunk, so a cut transfer leaves a whole chunk written.
 BIG = b"".join(hashlib.sha256(i.to_bytes(4, "little")).digest() for i in range(12 * 2**15))  # 12 MiB
 TOKEN = "hf_secretTOKENvalue123"
+# Names a glob pattern would misread: `[v2]` is a character class matching one of 'v' or '2'.
+ODD = {
+    "config.json": CONFIG,
+    "model [v2].safetensors": WEIGHTS,
+    "notes with spaces.md": b"# notes",
+    "a]b[c.txt": b"brackets",
+    "sub dir/[x].json": b"{}",
+}
 
 
 @pytest.fixture
@@ -36,6 +44,7 @@ def hub() -> Iterator[Hub]:
             "org/old": Repo({"config.json": CONFIG, "pytorch_model.bin": b"PICKLE"}),
             "org/gated": Repo({"config.json": CONFIG, "model.safetensors": WEIGHTS}, gated=True),
             "org/big": Repo({"config.json": CONFIG, "model.safetensors": BIG}),
+            "org/odd": Repo(ODD),
         }
     ).start()
     yield server
@@ -209,3 +218,23 @@ def test_an_interrupted_run_keeps_finished_files_on_rerun(hub: Hub, tmp_path: Pa
     assert (target / "model.safetensors").read_bytes() == BIG
     assert (target / "config.json").read_bytes() == CONFIG
     assert len(hub.gets("config.json")) == config_gets  # the finished file was not fetched again
+
+
+def test_names_with_brackets_and_spaces_are_fetched_as_named(hub: Hub, tmp_path: Path) -> None:
+    out = run_tune("download", "org/odd", "--output-dir", str(tmp_path / "odd"), env=_env(hub, tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert _files(tmp_path / "odd") == ODD  # every listed file, byte for byte; none skipped
+
+
+def test_a_listed_file_the_server_cannot_deliver_is_named(hub: Hub, tmp_path: Path) -> None:
+    hub.missing.add("model [v2].safetensors")
+    out = run_tune("download", "org/odd", "--output-dir", str(tmp_path / "odd"), env=_env(hub, tmp_path))
+    assert out.returncode == 1, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert lines == [
+        "error: org/odd: model [v2].safetensors: listed by the repository but the server has no such "
+        "file (HTTP 404)"
+    ], out.stderr
+    assert "Traceback" not in out.stderr
+    assert "downloaded org/odd" not in out.stdout
+    assert not (tmp_path / "odd" / "model [v2].safetensors").exists()

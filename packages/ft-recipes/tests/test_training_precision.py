@@ -15,7 +15,13 @@ from torch import nn
 
 import ft_dist
 import ft_peft
-from ft_recipes.training import PrecisionError, apply_precision, linear_cross_entropy, resolve_precision
+from ft_recipes.training import (
+    PrecisionError,
+    apply_precision,
+    linear_cross_entropy,
+    resolve_inference_precision,
+    resolve_precision,
+)
 
 _PROBE = "from ft_recipes.training import resolve_precision; p = resolve_precision('auto', 'cpu'); print(p.name); print(p.reason)"
 
@@ -41,6 +47,41 @@ def test_auto_follows_the_cpu_flags() -> None:
     native = bool(flags & {"avx512_bf16", "amx_bf16"})
     name, reason = _auto_in_subprocess()
     assert name == ("bf16-mixed" if native else "fp32"), reason
+
+
+_INFERENCE_PROBE = (
+    "from ft_recipes.training import resolve_inference_precision as r, resolve_precision as t; "
+    "print(r('auto', 'cpu').name); print(t('auto', 'cpu').name); print(r('auto', 'cpu').reason)"
+)
+
+
+@pytest.mark.parametrize("env", [{}, {"ONEDNN_MAX_CPU_ISA": "AVX2"}], ids=["this-cpu", "no-native-bf16"])
+def test_inference_auto_stays_fp32_on_a_cpu_where_training_follows_native_bf16(env: dict[str, str]) -> None:
+    """The two documented rules, side by side on one CPU: training's auto follows native bf16, the
+    inference auto is fp32 either way (so on a bf16 CPU the two differ, as documented)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _INFERENCE_PROBE], env={**os.environ, **env}, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    inference, training, reason = out.stdout.splitlines()
+    assert inference == "fp32", reason
+    native, _ = _auto_in_subprocess(**env)
+    assert training == native
+    assert reason.startswith("auto -> fp32: CPU")
+    if training == "bf16-mixed":
+        assert "inference on a CPU stays fp32" in reason
+
+
+def test_inference_precision_names() -> None:
+    assert resolve_inference_precision("bf16", "cpu").dtype == torch.bfloat16
+    assert resolve_inference_precision("fp16", "cpu").dtype == torch.float16
+    assert resolve_inference_precision("fp32", "cpu").reason == "fp32: requested"
+    if not torch.cuda.is_available():  # no GPU: auto on a CUDA device has no bf16 to use
+        assert resolve_inference_precision("auto", "cuda").dtype == torch.float32
+    with pytest.raises(
+        PrecisionError, match=r"^precision: unknown value 'bf16-mixed' \(expected one of auto"
+    ):
+        resolve_inference_precision("bf16-mixed", "cpu")
 
 
 class _Block(nn.Module):
@@ -177,3 +218,21 @@ def test_pure_and_fp16_policies() -> None:
     assert resolve_precision("fp32", "cpu").make_grad_scaler("cpu") is None
     with pytest.raises(PrecisionError, match="precision: unknown value 'bf16'"):
         resolve_precision("bf16", "cpu")
+
+
+def test_recipe_schemas_offer_exactly_the_precisions_the_rules_resolve() -> None:
+    """The schemas spell the names as Literals (``tune validate`` must not import torch to read them);
+    they must stay the copies of the tuples the two rules accept."""
+    import typing
+
+    from ft_recipes import eval as eval_recipe
+    from ft_recipes import full_finetune_single_device, generate, lora_finetune_single_device
+    from ft_recipes.training import INFERENCE_PRECISIONS, PRECISIONS
+
+    def names(schema: type) -> tuple[str, ...]:
+        return typing.get_args(typing.get_type_hints(schema)["precision"])
+
+    assert names(lora_finetune_single_device.Config) == PRECISIONS
+    assert names(full_finetune_single_device.Config) == PRECISIONS
+    assert names(generate.Config) == INFERENCE_PRECISIONS
+    assert names(eval_recipe.Config) == INFERENCE_PRECISIONS

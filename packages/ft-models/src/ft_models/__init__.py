@@ -39,7 +39,7 @@ from ._registry import FAMILIES, PRESETS, build_model, preset_config
 from ._rope import RotaryEmbedding
 from ._sampling import SamplingConfig
 from ._save import save_pretrained
-from ._stopping import Decode, GenerationStats, read_stop_token_ids
+from ._stopping import Decode, GenerationStats, peak_memory_bytes, read_stop_token_ids
 from ._stream import StreamChunk, TextBuffer, generate_stream
 from .errors import CacheError, CheckpointError, ConfigError, FtModelsError
 
@@ -95,6 +95,7 @@ __all__ = [
     "left_pad",
     "llama_config",
     "mistral_config",
+    "peak_memory_bytes",
     "positions_from_documents",
     "preset_config",
     "qwen2_config",

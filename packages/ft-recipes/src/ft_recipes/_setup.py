@@ -1,7 +1,8 @@
-"""Shared setup steps of every recipe: device and precision choice, model + tokenizer + adapter loading.
+"""Shared setup steps of every recipe: device choice, model + tokenizer + adapter loading, stop ids.
 
-Precision ``auto`` follows ft's rule: bf16 where the device computes it natively (CUDA with bf16
-support), else fp32; the choice is logged by the recipe.
+Precision ``auto`` is decided in one place, ``ft_recipes.training`` (``resolve_precision`` for
+training, ``resolve_inference_precision`` for generation and evaluation); the end-of-turn markers are
+ft-data's ``END_OF_TURN_MARKERS``, the list the chat templates' loss masks search too.
 """
 
 from __future__ import annotations
@@ -11,16 +12,13 @@ from typing import Any
 
 import torch
 
+import ft_data
 from ft_models import CausalLM
 from ft_recipes._assets import resolve_path
 from ft_recipes.config import instantiate
 from ft_recipes.errors import MissingFileError, UserError
 
-__all__ = ["load_model_and_tokenizer", "pick_device", "pick_dtype", "stop_token_ids"]
-
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# End-of-turn markers of common chat formats; generation stops at any that the tokenizer has.
-_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_turn>", "</s>")
+__all__ = ["load_model_and_tokenizer", "pick_device", "stop_token_ids"]
 
 
 def pick_device(name: str) -> torch.device:
@@ -30,15 +28,6 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("device: 'cuda' requested but no CUDA device is available; use device=cpu or auto")
     return torch.device(name)
-
-
-def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """``auto`` -> bf16 on a CUDA device that supports it, else fp32."""
-    if precision != "auto":
-        return _DTYPES[precision]
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
 
 
 def load_model_and_tokenizer(
@@ -72,8 +61,9 @@ def load_model_and_tokenizer(
 
 
 def stop_token_ids(tokenizer: Any) -> set[int]:
-    """EOS plus the end-of-turn markers the tokenizer defines."""
+    """EOS plus every end-of-turn marker of ``ft_data.END_OF_TURN_MARKERS`` that the tokenizer has as a
+    special token: generation stops where a chat turn ends, whatever the model's chat format."""
     stops = {tokenizer.eos_id} if tokenizer.eos_id is not None else set()
     specials = tokenizer.special_tokens
-    stops.update(specials[m] for m in _END_OF_TURN if m in specials)
+    stops.update(specials[m] for m in ft_data.END_OF_TURN_MARKERS if m in specials)
     return stops

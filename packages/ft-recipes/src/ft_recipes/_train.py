@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import random
-import resource
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ import torch
 import ft_data
 import ft_dist
 import ft_models
+from ft_recipes._assets import resolve_path
 from ft_recipes._metrics import METRICS, MetricsLog
 from ft_recipes._validation import (
     build_validation_loader,
@@ -46,6 +46,7 @@ __all__ = [
     "MetricsLog",
     "build_loader",
     "build_validation_loader",
+    "check_eval_data",
     "check_output_dir",
     "end_step",
     "forward_backward",
@@ -58,6 +59,7 @@ __all__ = [
     "run_eval",
     "save_checkpoint",
     "save_hf_dir",
+    "seed_everything",
     "train",
     "validation_due",
     "validation_loss",
@@ -258,9 +260,16 @@ def diverged(step: int, what: str, value: float, output_dir: str) -> TrainingDiv
 
 
 def seed_everything(seed: int) -> None:
-    """Seed torch's and Python's global generators (adapter init, dropout); loaders own theirs."""
+    """Seed every global generator a checkpoint's RNG sidecar records (``ft_dist.rng_state``): torch's
+    (adapter init, dropout), Python's and NumPy's legacy one, so two runs with one seed save the same
+    state; loaders own their generators. Python and NumPy otherwise start from OS entropy."""
     torch.manual_seed(seed)
     random.seed(seed)
+    try:
+        import numpy as np
+    except ImportError:
+        return
+    np.random.seed([seed & 0xFFFFFFFF, seed >> 32])  # its seed words are 32-bit; a seed may hold 64 bits
 
 
 def app_state(
@@ -407,11 +416,9 @@ def train(run: Any) -> None:
 
 
 def peak_memory_mib(device: torch.device) -> float:
-    """Peak CUDA memory allocated, or the process's peak RSS on CPU, in MiB."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+    """Peak CUDA memory allocated, or the process's peak RSS on CPU, in MiB (``ft_models.peak_memory_bytes``,
+    the measurement generation statistics report too)."""
+    return ft_models.peak_memory_bytes(device) / 2**20
 
 
 def save_hf_dir(model: ft_models.CausalLM, tokenizer: Any, directory: Path) -> Path:
@@ -422,11 +429,25 @@ def save_hf_dir(model: ft_models.CausalLM, tokenizer: Any, directory: Path) -> P
         return ft_models.save_pretrained(model, directory, extra_files=extra)
 
 
+def check_eval_data(cfg: Any) -> None:
+    """Read ``cfg.data`` (``cfg``: an ``EvalConfig`` or None) as eval items, so a missing or malformed
+    file stops the run before it starts instead of after training.
+
+    Raises:
+        UserError: The file is missing, unreadable or not prompt/answer JSONL (the message names
+            ``eval.data``).
+    """
+    if cfg is not None:
+        from ft_recipes.eval import read_items
+
+        read_items(resolve_path(cfg.data), key="eval.data")
+
+
 def run_eval(model: Any, tokenizer: Any, cfg: Any, output_dir: str, name: str) -> float:
     """Score the model on ``cfg.data`` (an ``EvalConfig``), print and write ``eval_{name}.jsonl``."""
     from ft_recipes.eval import evaluate, read_items
 
-    items = read_items(Path(cfg.data).expanduser())
+    items = read_items(resolve_path(cfg.data), key="eval.data")
     result = evaluate(
         model,
         tokenizer,

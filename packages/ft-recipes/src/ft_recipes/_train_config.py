@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
-from ft_recipes.config import Component, NonNegativeInt, PositiveInt
+from ft_recipes.config import (
+    Component,
+    Interval,
+    Length,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+)
 
 __all__ = [
+    "Beta",
     "CheckpointConfig",
     "EvalConfig",
     "LoggerName",
@@ -18,31 +27,54 @@ __all__ = [
 ]
 
 LoggerName = Literal["jsonl", "tensorboard", "wandb"]
+# An Adam moment decay rate: 0 keeps no history (allowed, as torch allows it); 1 would never forget the
+# first gradient and divides by zero in the bias correction (1 - beta**t).
+Beta = Annotated[float, Interval(0, 1, high_open=True)]
 
 
 @dataclass
 class OptimizerConfig:
-    """``ft_recipes.training.build_optimizer`` options (``adamw``, ``sgd``, ``adamw8bit``, ...)."""
+    """``ft_recipes.training.build_optimizer`` options (``adamw``, ``sgd``, ``adamw8bit``, ...).
+
+    Attributes:
+        name: The optimizer.
+        lr: Peak learning rate, > 0: zero trains nothing while still writing a "trained" model, and a
+            negative rate climbs the loss.
+        weight_decay: >= 0; zero turns decay off, a negative one grows every weight each step.
+        betas: Adam's two moment decay rates, exactly two, each in [0, 1) (see :data:`Beta`).
+        eps: Adam's denominator term, > 0: with zero, a parameter whose gradient is zero gets 0 / 0.
+    """
 
     name: str = "adamw"
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
+    lr: PositiveFloat = 2e-4
+    weight_decay: NonNegativeFloat = 0.0
+    betas: Annotated[list[Beta], Length(2)] = field(default_factory=lambda: [0.9, 0.999])
+    eps: PositiveFloat = 1e-8
 
 
 @dataclass
 class ScheduleConfig:
-    """LR schedule with linear warmup (``ft_recipes.training.build_lr_scheduler``)."""
+    """LR schedule with linear warmup (``ft_recipes.training.build_lr_scheduler``).
+
+    Attributes:
+        kind: The decay after warmup.
+        warmup_steps: >= 0 (zero: start at the peak).
+        min_lr_ratio: The decay's floor as a fraction of the peak, in [0, 1]: above 1 the "decay" would
+            raise the rate, below 0 it would turn negative.
+    """
 
     kind: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_steps: NonNegativeInt = 0
-    min_lr_ratio: float = 0.0
+    min_lr_ratio: Annotated[float, Interval(0, 1)] = 0.0
 
 
 @dataclass
 class CheckpointConfig:
-    """Intermediate checkpoints: every ``every_n_steps`` optimizer steps (and at the end), keep ``keep_last``."""
+    """Intermediate checkpoints: every ``every_n_steps`` optimizer steps (and at the end), keep ``keep_last``.
+
+    Both are >= 1: an interval of zero steps means nothing (null: only the final checkpoint), and
+    keeping zero checkpoints would delete the one just written, leaving nothing to resume from.
+    """
 
     every_n_steps: PositiveInt | None = None
     keep_last: PositiveInt = 2
@@ -50,7 +82,11 @@ class CheckpointConfig:
 
 @dataclass
 class EvalConfig:
-    """Greedy evaluation (``ft_recipes.eval``) of prompt/answer JSONL items before and after training."""
+    """Greedy evaluation (``ft_recipes.eval``) of prompt/answer JSONL items before and after training.
+
+    ``batch_size`` and ``max_new_tokens`` are >= 1: an empty batch or an answer of no tokens scores
+    nothing. ``data`` must exist and hold items before the run starts (the recipe checks it).
+    """
 
     data: str
     metric: str = "exact_match"
@@ -66,7 +102,8 @@ class ValidationConfig:
     ``dataset`` is built like the training one (the recipe passes ``tokenizer`` and ``max_seq_len``);
     rows are read in order (no shuffle), packed as the training rows are. The loss is the sum of the
     cross-entropy over every trained token of the first ``max_batches`` batches (null: the whole split)
-    divided by their count, the training loss's token normalisation.
+    divided by their count, the training loss's token normalisation. Every count is >= 1 (null where
+    allowed means all batches / the training batch size).
     """
 
     dataset: Component

@@ -21,6 +21,7 @@ import ft_data
 import ft_models
 from ft_data.errors import FtDataError
 from ft_models.errors import FtModelsError
+from ft_recipes._setup import stop_token_ids
 
 __all__ = ["main"]
 
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> None:
     model = ft_models.from_pretrained(path, dtype=torch.float32).eval()
     text = args.prompt if args.raw else _CHATML.format(prompt=args.prompt)
     prompt = tokenizer.encode(text, allow_special=not args.raw)
-    stop = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
+    stop = sorted(stop_token_ids(tokenizer))  # EOS and the end-of-turn markers, as generate stops
     with torch.inference_mode():
         new, lengths = ft_models.generate(
             model, torch.tensor([prompt]), args.max_new_tokens, eos_token_id=stop or None

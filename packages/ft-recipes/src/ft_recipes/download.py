@@ -3,10 +3,13 @@
 The file list is read first (one API call), so pickle weights (``*.bin``, ``*.pt``, ``*.pth``,
 ``*.ckpt``, ``*.pkl``), which can run code when loaded, are refused before anything is fetched unless
 the user opts in: they are skipped when the repository also has safetensors or GGUF weights, and the
-download stops with an error when they are the only weights. Files land in ``--output-dir`` through
-``snapshot_download(local_dir=...)``, which keeps partial files and resumes them with HTTP Range
-requests. The token (``--token``, ``$HF_TOKEN`` or the saved login) is handed to the client and never
-printed: it is scrubbed from every message.
+download stops with an error when they are the only weights. The revision is resolved to one commit
+first, then every chosen file is fetched by its exact name (``hf_hub_download(local_dir=...)``, four at
+a time), which keeps partial files and resumes them with HTTP Range requests. Names are never turned
+into glob patterns: a file called ``model [v2].safetensors`` is fetched like any other (a pattern would
+read ``[v2]`` as a character class and skip it). A file the repository lists but the server cannot
+deliver stops the download with a message naming that file. The token (``--token``, ``$HF_TOKEN`` or
+the saved login) is handed to the client and never printed: it is scrubbed from every message.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import fnmatch
 import os
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from ft_recipes.errors import DownloadError, UserError
@@ -41,6 +45,45 @@ def _selected(
 def _scrub(text: str, token: str | None) -> str:
     line = text.strip().splitlines()[0] if text.strip() else ""
     return line.replace(token, "***") if token else line
+
+
+def _fetch_files(repo_id: str, files: Sequence[str], *, commit: str, target: Path, token: str | None) -> None:
+    """Fetch each of ``files`` by its exact name at ``commit`` into ``target``, four at a time.
+
+    Raises:
+        DownloadError: A file failed; the message names it (the first failure stops the rest).
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.utils import tqdm as hf_tqdm
+
+    def fetch(name: str) -> str:
+        return hf_hub_download(repo_id, filename=name, revision=commit, local_dir=target, token=token)
+
+    failure: tuple[str, BaseException] | None = None
+    pool = ThreadPoolExecutor(max_workers=4)
+    try:
+        futures = {pool.submit(fetch, name): name for name in files}
+        with hf_tqdm(total=len(files), desc=f"Fetching {len(files)} files", unit="file") as bar:
+            for future in as_completed(futures):
+                exc = future.exception()
+                if exc is not None:
+                    failure = (futures[future], exc)
+                    break
+                bar.update(1)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # the first failure stops the files not yet started
+    if failure is None:
+        return
+    name, exc = failure
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(exc, HfHubHTTPError) and status == 404:
+        raise DownloadError(
+            f"{repo_id}: {name}: listed by the repository but the server has no such file (HTTP 404)"
+        ) from None
+    if isinstance(exc, HfHubHTTPError | OSError):
+        raise DownloadError(f"{repo_id}: {name}: download failed: {_scrub(str(exc), token)}") from None
+    raise exc
 
 
 def download(
@@ -71,7 +114,7 @@ def download(
         UserError: Unknown repository or revision, nothing matches, or only pickle weights.
         DownloadError: Gated repository, network or disk failure.
     """
-    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub import HfApi
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -85,7 +128,9 @@ def download(
     token = token or os.environ.get("HF_TOKEN") or None
     target = Path(output_dir) if output_dir is not None else Path(repo_id.split("/")[-1])
     try:
-        files = HfApi(token=token).list_repo_files(repo_id, revision=revision)
+        info = HfApi(token=token).model_info(repo_id, revision=revision)
+        commit = info.sha or revision  # one commit for every file, even if the branch moves meanwhile
+        files = [s.rfilename for s in info.siblings or []]
         chosen = _selected(files, include, exclude)
         if not chosen:
             raise UserError(
@@ -102,9 +147,7 @@ def download(
                 f"skipping pickle files (pass --allow-pickle to fetch): {', '.join(pickles)}", file=sys.stderr
             )
             chosen = [f for f in chosen if f not in pickles]
-        snapshot_download(
-            repo_id, revision=revision, local_dir=target, allow_patterns=chosen, token=token, max_workers=4
-        )
+        _fetch_files(repo_id, chosen, commit=commit, target=target, token=token)
     except GatedRepoError:
         raise DownloadError(
             f"{repo_id}: gated repository; accept its terms on the Hub, then pass --token or set HF_TOKEN"

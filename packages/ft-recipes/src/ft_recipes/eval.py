@@ -56,27 +56,41 @@ def resolve_metric(name: str) -> Metric:
     return resolve_component(name, key="metric", allow_any=True)  # type: ignore[no-any-return]
 
 
-def read_items(path: str | Path) -> list[dict[str, str]]:
+def read_items(path: str | Path, key: str = "data") -> list[dict[str, str]]:
     """Items of a prompt/answer JSONL file.
 
-    Raises:
-        UserError: A line that is not JSON or lacks ``prompt`` / ``answer``.
-    """
-    from ft_recipes.errors import UserError
+    Args:
+        path: The JSONL file.
+        key: The config key that named it (``data``, ``eval.data``), which every message starts with.
 
+    Raises:
+        MissingFileError: The file does not exist or cannot be read as UTF-8 text.
+        UserError: A line that is not JSON or lacks ``prompt`` / ``answer``, or no item at all.
+    """
+    from ft_recipes.errors import MissingFileError, UserError
+
+    where = f"{key}: {path}"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MissingFileError(f"{where}: file not found") from None
+    except UnicodeDecodeError:
+        raise MissingFileError(f"{where}: not UTF-8 text") from None
+    except OSError as exc:
+        raise MissingFileError(f"{where}: cannot read it ({exc.strerror or exc})") from None
     items = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise UserError(f"{path}: line {n}: not JSON ({exc.msg})") from None
+            raise UserError(f"{where}: line {n}: not JSON ({exc.msg})") from None
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or "answer" not in row:
-            raise UserError(f"{path}: line {n}: expected an object with 'prompt' and 'answer'")
+            raise UserError(f"{where}: line {n}: expected an object with 'prompt' and 'answer'")
         items.append({k: str(v) for k, v in row.items()})
     if not items:
-        raise UserError(f"{path}: no items")
+        raise UserError(f"{where}: no items")
     return items
 
 
@@ -155,7 +169,8 @@ def evaluate(
 
 @dataclass
 class Config:
-    """Schema of an ``eval`` config."""
+    """Schema of an ``eval`` config; ``batch_size`` and ``max_new_tokens`` are >= 1 (zero would score
+    nothing)."""
 
     model: Component
     tokenizer: Component
@@ -173,13 +188,17 @@ class Config:
 def main(cfg: Config) -> None:
     """Load, answer every prompt, print the score, write the results."""
     from ft_recipes._assets import resolve_path
-    from ft_recipes._setup import load_model_and_tokenizer, pick_device, pick_dtype
+    from ft_recipes._setup import load_model_and_tokenizer, pick_device
+    from ft_recipes.training import resolve_inference_precision
 
+    items = read_items(resolve_path(cfg.data))  # a bad file is refused before the model is loaded
     device = pick_device(cfg.device)
+    precision = resolve_inference_precision(cfg.precision, device)
+    dtype = str(precision.dtype).removeprefix("torch.")
+    print(f"[eval] device={device} dtype={dtype} ({precision.reason})", file=sys.stderr)
     model, tokenizer = load_model_and_tokenizer(
-        cfg.model, cfg.tokenizer, cfg.adapter, device, pick_dtype(cfg.precision, device)
+        cfg.model, cfg.tokenizer, cfg.adapter, device, precision.dtype
     )
-    items = read_items(resolve_path(cfg.data))
     result = evaluate(
         model,
         tokenizer,

@@ -23,7 +23,7 @@ from ft_recipes._train_config import (
     ValidationConfig,
     WandbConfig,
 )
-from ft_recipes.config import Component, NonNegativeInt, PositiveInt
+from ft_recipes.config import Component, NonNegativeInt, PositiveFloat, PositiveInt, Seed
 
 # torch and the model code are imported inside the functions, so `tune validate` reads this schema cheaply.
 
@@ -41,7 +41,13 @@ FILE_KEYS = ("model.path", "tokenizer.path", "dataset.source", "validation.datas
 
 @dataclass
 class Config:
-    """Schema of a ``full_finetune_single_device`` config (every key is checked)."""
+    """Schema of a ``full_finetune_single_device`` config (every key is checked).
+
+    Every number carries its bound (``tune validate`` refuses the rest): counts are >= 1 (``num_workers``
+    and ``lr_schedule.warmup_steps`` >= 0: zero means none), ``seed`` is an unsigned 64-bit value, and
+    ``clip_grad_norm`` is > 0 or null (a zero norm would zero every update and a negative one would
+    reverse it while the run looked healthy).
+    """
 
     model: Component
     tokenizer: Component
@@ -61,8 +67,8 @@ class Config:
     gradient_accumulation_steps: PositiveInt = 1
     epochs: PositiveInt = 1
     max_steps: PositiveInt | None = None
-    seed: int = 0
-    clip_grad_norm: float | None = 1.0
+    seed: Seed = 0
+    clip_grad_norm: PositiveFloat | None = 1.0  # null: measure the norm only
     activation_checkpointing: bool = False
     compile: bool = False
     validation: ValidationConfig | None = None
@@ -139,6 +145,7 @@ def setup(cfg: Config) -> Run:
         )
     model = _train.load_model(cfg.model, tokenizer, device)
 
+    _train.seed_everything(cfg.seed)  # dropout; and the checkpoints' RNG sidecar is the same run to run
     apply_precision(model, policy)
     if cfg.activation_checkpointing:
         ft_dist.apply_activation_checkpointing(model)

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from ft_recipes.config import Component, PositiveInt
+from ft_recipes.config import Component, Interval, NonNegativeFloat, PositiveFloat, PositiveInt, Seed
 
 if TYPE_CHECKING:
     import torch
@@ -37,19 +37,33 @@ FILE_KEYS = ("model.path", "tokenizer.path", "adapter")
 
 @dataclass
 class Sampling:
-    """Next-token choice: ``temperature: 0`` is greedy; ``seed`` makes sampling repeatable."""
+    """Next-token choice: ``temperature: 0`` is greedy; ``seed`` makes sampling repeatable.
 
-    temperature: float = 0.0
+    The bounds are ft-models' ``SamplingConfig`` rules, stated here so ``tune validate`` finds a bad
+    value before a model is loaded.
+
+    Attributes:
+        temperature: >= 0; zero is greedy (the argmax), not a division by zero.
+        top_k: >= 1, or null for off (keeping zero tokens would leave nothing to sample).
+        top_p: In (0, 1], or null for off: the kept set's probability mass; zero would keep nothing.
+        min_p: In [0, 1], or null: the fraction of the top probability a token needs (zero: off).
+        repetition_penalty: > 0 (1: off; the logits are divided or multiplied by it, so zero or a
+            negative value would erase or invert them).
+        seed: An unsigned 64-bit seed, or null for a fresh one each run.
+    """
+
+    temperature: NonNegativeFloat = 0.0
     top_k: PositiveInt | None = None
-    top_p: float | None = None
-    min_p: float | None = None
-    repetition_penalty: float = 1.0
-    seed: int | None = 0
+    top_p: Annotated[float, Interval(0, 1, low_open=True)] | None = None
+    min_p: Annotated[float, Interval(0, 1)] | None = None
+    repetition_penalty: PositiveFloat = 1.0
+    seed: Seed | None = 0
 
 
 @dataclass
 class Config:
-    """Schema of a ``generate`` config (every key is checked, unknown keys are errors)."""
+    """Schema of a ``generate`` config (every key is checked, unknown keys are errors); ``max_new_tokens``
+    is >= 1 and the sampling options carry ft-models' bounds (:class:`Sampling`)."""
 
     model: Component
     tokenizer: Component
@@ -147,12 +161,16 @@ def main(cfg: Config) -> None:
     """Set up, then answer the prompt or chat until stdin ends (or a line ``/exit``)."""
     import torch
 
-    from ft_recipes._setup import load_model_and_tokenizer, pick_device, pick_dtype, stop_token_ids
+    from ft_recipes._setup import load_model_and_tokenizer, pick_device, stop_token_ids
+    from ft_recipes.training import resolve_inference_precision
 
     device = pick_device(cfg.device)
-    dtype = pick_dtype(cfg.precision, device)
-    model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.tokenizer, cfg.adapter, device, dtype)
-    print(f"[generate] device={device} dtype={str(dtype).removeprefix('torch.')}", file=sys.stderr)
+    precision = resolve_inference_precision(cfg.precision, device)
+    model, tokenizer = load_model_and_tokenizer(
+        cfg.model, cfg.tokenizer, cfg.adapter, device, precision.dtype
+    )
+    dtype = str(precision.dtype).removeprefix("torch.")
+    print(f"[generate] device={device} dtype={dtype} ({precision.reason})", file=sys.stderr)
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.sampling.seed if cfg.sampling.seed is not None else torch.seed())
     chat = _Chat(model, tokenizer, sorted(stop_token_ids(tokenizer)), gen)

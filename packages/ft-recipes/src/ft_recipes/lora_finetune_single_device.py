@@ -16,7 +16,7 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from ft_recipes._train_config import (
     CheckpointConfig,
@@ -27,7 +27,7 @@ from ft_recipes._train_config import (
     ValidationConfig,
     WandbConfig,
 )
-from ft_recipes.config import Component, NonNegativeInt, PositiveInt
+from ft_recipes.config import Component, Interval, NonNegativeInt, PositiveFloat, PositiveInt, Seed
 
 # torch and the model code are imported inside the functions, so `tune validate` reads this schema cheaply.
 
@@ -40,17 +40,24 @@ PROVIDED = {
     "dataset": {"tokenizer", "max_seq_len"},
     "validation.dataset": {"tokenizer", "max_seq_len"},
 }
-FILE_KEYS = ("model.path", "tokenizer.path", "dataset.source", "validation.dataset.source")
+FILE_KEYS = ("model.path", "tokenizer.path", "dataset.source", "validation.dataset.source", "eval.data")
 
 
 @dataclass
 class LoraConfig:
-    """Which layers get adapters and how (``ft_peft.apply_lora``); ``quantize`` makes it QLoRA."""
+    """Which layers get adapters and how (``ft_peft.apply_lora``); ``quantize`` makes it QLoRA.
+
+    Attributes:
+        rank: >= 1.
+        alpha: > 0: the adapter's output is scaled by ``alpha / rank``, so zero makes an adapter that
+            never learns (its gradients are zero too) and a negative one only flips its sign.
+        dropout: In [0, 1): the probability of dropping an adapter input; 1 would drop them all.
+    """
 
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     rank: PositiveInt = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
+    alpha: PositiveFloat = 16.0
+    dropout: Annotated[float, Interval(0, 1, high_open=True)] = 0.0
     use_dora: bool = False
     use_rslora: bool = False
     quantize: Literal["nf4", "fp4", "int8"] | None = None
@@ -58,7 +65,13 @@ class LoraConfig:
 
 @dataclass
 class Config:
-    """Schema of a ``lora_finetune_single_device`` config (every key is checked)."""
+    """Schema of a ``lora_finetune_single_device`` config (every key is checked).
+
+    Every number carries its bound (``tune validate`` refuses the rest): counts are >= 1 (``num_workers``
+    and ``lr_schedule.warmup_steps`` >= 0: zero means none), ``seed`` is an unsigned 64-bit value, and
+    ``clip_grad_norm`` is > 0 or null (a zero norm would zero every update and a negative one would
+    reverse it while the run looked healthy).
+    """
 
     model: Component
     tokenizer: Component
@@ -79,8 +92,8 @@ class Config:
     gradient_accumulation_steps: PositiveInt = 1
     epochs: PositiveInt = 1
     max_steps: PositiveInt | None = None
-    seed: int = 0
-    clip_grad_norm: float | None = 1.0
+    seed: Seed = 0
+    clip_grad_norm: PositiveFloat | None = 1.0  # null: measure the norm only
     activation_checkpointing: bool = False
     compile: bool = False
     validation: ValidationConfig | None = None
@@ -91,13 +104,15 @@ class Config:
 
 
 def before_run(cfg: Config) -> None:
-    """Called by ``tune run`` before it writes anything: refuse a non-empty output dir without resume
-    and a logger whose optional library is missing."""
+    """Called by ``tune run`` before it writes anything: refuse a non-empty output dir without resume,
+    a logger whose optional library is missing and an ``eval.data`` file that cannot be read as
+    prompt/answer items (otherwise found only once training is over)."""
     from ft_recipes._metrics import check_loggers
-    from ft_recipes._train import check_output_dir
+    from ft_recipes._train import check_eval_data, check_output_dir
 
     check_output_dir(cfg.output_dir, cfg.resume)
     check_loggers(cfg.loggers)
+    check_eval_data(cfg.eval)
 
 
 @dataclass

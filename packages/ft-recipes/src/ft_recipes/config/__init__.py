@@ -20,16 +20,34 @@ from ft_recipes.config._components import (
 )
 from ft_recipes.config._edit import COMPONENT, apply_overrides, dotted_keys, get_dotted, interpolate
 from ft_recipes.config._load import Located, Where, load_yaml, parse_yaml_text
-from ft_recipes.config._schema import AtLeast, Component, NonNegativeInt, PositiveInt, validate
+from ft_recipes.config._schema import (
+    AtLeast,
+    Component,
+    GreaterThan,
+    Interval,
+    Length,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Seed,
+    validate,
+)
 
 __all__ = [
     "COMPONENT",
     "SHORT_NAMES",
     "AtLeast",
     "Component",
+    "GreaterThan",
+    "Interval",
+    "Length",
     "Located",
+    "NonNegativeFloat",
     "NonNegativeInt",
+    "PositiveFloat",
     "PositiveInt",
+    "Seed",
     "Where",
     "apply_overrides",
     "check_components",

@@ -5,15 +5,23 @@ them: an unknown key (with the closest valid name), a missing required key and a
 type are errors naming the file, line and dotted key. Supported annotations: ``int``, ``float``
 (ints accepted), ``bool``, ``str``, ``X | None``, ``Literal[...]``, ``list[X]``, ``dict[str, X]``,
 ``Any``, nested dataclasses, and :class:`Component` for a ``_component_`` node (whose keywords are
-checked against the callable's signature by :func:`~ft_recipes.config.check_components`). A bound is
-written into the annotation, ``Annotated[int, AtLeast(1)]`` (:data:`PositiveInt`, :data:`NonNegativeInt`),
-so ``batch_size: 0`` fails at ``tune validate`` time with the file and line, not deep inside a run.
+checked against the callable's signature by :func:`~ft_recipes.config.check_components`).
+
+A bound is written into the annotation and checked after the type, so ``batch_size: 0`` or
+``optimizer.betas: [0.9, 1.5]`` fails at ``tune validate`` time with the file, line, dotted key and the
+bound (``optimizer.betas.1: must be in [0, 1), got 1.5``), not deep inside a run (or, worse, not at
+all: a negative ``clip_grad_norm`` silently reverses every update). The bounds: :class:`AtLeast`
+(``>=``), :class:`GreaterThan` (``>``), :class:`Interval` (closed or open at either end) and
+:class:`Length` (a list's item count); the common ones are named (:data:`PositiveInt`,
+:data:`NonNegativeInt`, :data:`PositiveFloat`, :data:`NonNegativeFloat`, :data:`Seed`). A numeric bound
+also refuses NaN and infinities: no recipe setting means anything with them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -23,22 +31,108 @@ from ft_recipes.config._edit import COMPONENT
 from ft_recipes.config._load import Located
 from ft_recipes.errors import ConfigError
 
-__all__ = ["AtLeast", "Component", "NonNegativeInt", "PositiveInt", "validate"]
+__all__ = [
+    "AtLeast",
+    "Component",
+    "GreaterThan",
+    "Interval",
+    "Length",
+    "NonNegativeFloat",
+    "NonNegativeInt",
+    "PositiveFloat",
+    "PositiveInt",
+    "Seed",
+    "validate",
+]
 
 
 class Component(dict):  # type: ignore[type-arg]
     """Annotation for a ``_component_`` node: a mapping with ``_component_`` and its keywords."""
 
 
+def _num(x: float) -> str:
+    """A bound as written: ints in full (a seed's 2**64 - 1), floats short (``1e-08``, ``0.5``)."""
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+def _not_finite(value: float) -> str | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value!r}"
+    return None
+
+
 @dataclass(frozen=True)
 class AtLeast:
-    """``Annotated`` bound: the value must be ``>= minimum`` (checked after its type)."""
+    """``Annotated`` bound: the value must be ``>= minimum`` (and finite)."""
 
     minimum: float
 
+    def problem(self, value: float) -> str | None:
+        """Why ``value`` breaks the bound, or None when it keeps it."""
+        if (bad := _not_finite(value)) is not None:
+            return bad
+        return None if value >= self.minimum else f"must be at least {_num(self.minimum)}, got {value!r}"
+
+
+@dataclass(frozen=True)
+class GreaterThan:
+    """``Annotated`` bound: the value must be ``> minimum`` (and finite); for settings where the
+    minimum itself would make the run do nothing (a zero learning rate) or divide by zero (``eps: 0``)."""
+
+    minimum: float
+
+    def problem(self, value: float) -> str | None:
+        """Why ``value`` breaks the bound, or None when it keeps it."""
+        if (bad := _not_finite(value)) is not None:
+            return bad
+        return None if value > self.minimum else f"must be greater than {_num(self.minimum)}, got {value!r}"
+
+
+@dataclass(frozen=True)
+class Interval:
+    """``Annotated`` bound: the value must lie between ``low`` and ``high``, each end closed (the end
+    itself allowed) unless ``low_open`` / ``high_open``; ``str()`` gives the usual notation, ``[0, 1)``."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+
+    def __str__(self) -> str:
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"{left}{_num(self.low)}, {_num(self.high)}{right}"
+
+    def problem(self, value: float) -> str | None:
+        """Why ``value`` breaks the bound, or None when it keeps it."""
+        if (bad := _not_finite(value)) is not None:
+            return bad
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return None if above and below else f"must be in {self}, got {value!r}"
+
+
+@dataclass(frozen=True)
+class Length:
+    """``Annotated`` bound on a list: exactly ``items`` entries (Adam's two ``betas``)."""
+
+    items: int
+
+    def problem(self, value: list[Any]) -> str | None:
+        """Why ``value`` breaks the bound, or None when it keeps it."""
+        if len(value) == self.items:
+            return None
+        return f"must hold exactly {self.items} items, got {len(value)}: {value!r}"
+
+
+_BOUNDS = (AtLeast, GreaterThan, Interval, Length)
 
 PositiveInt = Annotated[int, AtLeast(1)]
 NonNegativeInt = Annotated[int, AtLeast(0)]
+PositiveFloat = Annotated[float, GreaterThan(0)]
+NonNegativeFloat = Annotated[float, AtLeast(0)]
+# torch seeds its generators with an unsigned 64-bit value: larger ones end in an overflow inside torch,
+# negative ones alias large ones.
+Seed = Annotated[int, Interval(0, 2**64 - 1)]
 
 
 def _name(tp: Any) -> str:
@@ -63,8 +157,8 @@ def _check(cfg: Located, key: str, value: Any, tp: Any) -> Any:
         base, *marks = typing.get_args(tp)
         value = _check(cfg, key, value, base)
         for mark in marks:
-            if isinstance(mark, AtLeast) and value < mark.minimum:
-                raise _fail(cfg, key, f"must be at least {mark.minimum:g}, got {value!r}")
+            if isinstance(mark, _BOUNDS) and (problem := mark.problem(value)) is not None:
+                raise _fail(cfg, key, problem)
         return value
     if origin in (Union, types.UnionType):
         options = typing.get_args(tp)

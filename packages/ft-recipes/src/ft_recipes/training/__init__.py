@@ -1,14 +1,23 @@
 """Training utilities shared by every ft recipe: one implementation each.
 
-The chunked loss, the precision policy, optimizers, LR schedules, gradient clipping and per-block
-compilation. Activation checkpointing and checkpoints live in ``ft_dist``.
+The chunked loss, the precision policies (with the inference precision rule beside them: ``auto`` is
+decided in one module), optimizers, LR schedules, gradient clipping and per-block compilation.
+Activation checkpointing and checkpoints live in ``ft_dist``.
 """
 
 from ft_recipes.training._clip import clip_grad_norm
 from ft_recipes.training._compile import compile_blocks
 from ft_recipes.training._loss import IGNORE_INDEX, batch_loss, linear_cross_entropy
 from ft_recipes.training._optim import OPTIMIZERS, build_optimizer
-from ft_recipes.training._precision import PRECISIONS, PrecisionPolicy, apply_precision, resolve_precision
+from ft_recipes.training._precision import (
+    INFERENCE_PRECISIONS,
+    PRECISIONS,
+    InferencePrecision,
+    PrecisionPolicy,
+    apply_precision,
+    resolve_inference_precision,
+    resolve_precision,
+)
 from ft_recipes.training._schedules import SCHEDULES, WarmupSchedule, build_lr_scheduler
 from ft_recipes.training.errors import (
     LossError,
@@ -22,9 +31,11 @@ from ft_recipes.training.errors import (
 
 __all__ = [
     "IGNORE_INDEX",
+    "INFERENCE_PRECISIONS",
     "OPTIMIZERS",
     "PRECISIONS",
     "SCHEDULES",
+    "InferencePrecision",
     "LossError",
     "MissingOptimizerError",
     "OptimizerError",
@@ -41,5 +52,6 @@ __all__ = [
     "clip_grad_norm",
     "compile_blocks",
     "linear_cross_entropy",
+    "resolve_inference_precision",
     "resolve_precision",
 ]

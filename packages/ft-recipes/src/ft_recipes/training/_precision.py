@@ -19,6 +19,19 @@ state-dict keys (``parametrizations.weight.original``).
 The cast wraps each unit's ``forward`` on the instance. Apply the policy before
 ``ft_dist.apply_activation_checkpointing``, so the cast runs inside the checkpointed region and is
 recomputed with it (applying it after is refused).
+
+``precision: auto`` is decided here, one rule per use, both on the same test of native bf16 (a CUDA
+device that supports it, or a CPU whose oneDNN has bf16 instructions):
+
+- Training (:func:`resolve_precision`, both training recipes): ``bf16-mixed`` wherever bf16 is native,
+  else ``fp32``. The masters and optimizer state stay fp32, so bf16 touches only the compute, which
+  native bf16 makes faster; emulated bf16 would be slower than fp32.
+- Inference (:func:`resolve_inference_precision`, ``generate`` and ``eval``): ``bf16`` on a CUDA device
+  with bf16, else ``fp32``, on a CPU even with native bf16. Inference keeps no fp32 master: bf16
+  rounds the weights themselves, and greedy answers then drift from the fp32 ones (transformers'
+  default on a CPU) within a few dozen tokens. On a GPU that is the price of the format models are
+  shipped and served in, for half the memory and the tensor cores; on a CPU decoding one row gains a
+  fraction, not a multiple, so the answers' fidelity wins.
 """
 
 from __future__ import annotations
@@ -35,12 +48,21 @@ from torch import nn
 from ft_dist import decoder_layers
 from ft_recipes.training.errors import PrecisionError
 
-__all__ = ["PRECISIONS", "PrecisionPolicy", "apply_precision", "resolve_precision"]
+__all__ = [
+    "INFERENCE_PRECISIONS",
+    "PRECISIONS",
+    "InferencePrecision",
+    "PrecisionPolicy",
+    "apply_precision",
+    "resolve_inference_precision",
+    "resolve_precision",
+]
 
 log = logging.getLogger(__name__)
 
 PrecisionName = Literal["auto", "fp32", "bf16-mixed", "bf16-pure", "fp16"]
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16-mixed", "bf16-pure", "fp16")
+INFERENCE_PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +141,56 @@ def resolve_precision(name: str, device: str | torch.device) -> PrecisionPolicy:
     log.info("precision %s", reason)
     compute, master, frozen, scaler = _POLICIES[chosen]
     return PrecisionPolicy(chosen, compute, master, frozen, scaler, reason)
+
+
+@dataclasses.dataclass(frozen=True)
+class InferencePrecision:
+    """A resolved inference precision: the one dtype of every weight and activation.
+
+    Attributes:
+        name: ``fp32``, ``bf16`` or ``fp16``.
+        dtype: the model's dtype.
+        reason: why this precision was chosen (logged; shown for ``auto``).
+    """
+
+    name: str
+    dtype: torch.dtype
+    reason: str
+
+
+_INFERENCE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_inference_precision(name: str, device: str | torch.device) -> InferencePrecision:
+    """Resolve a generation / evaluation precision; ``auto`` picks bf16 on a CUDA device with bf16 only
+    (the inference rule of the module docstring: a CPU stays fp32 even with native bf16).
+
+    Args:
+        name: one of :data:`INFERENCE_PRECISIONS`.
+        device: the device the model runs on.
+
+    Raises:
+        PrecisionError: unknown name, or ``bf16`` asked for on a CUDA device without bf16.
+    """
+    if name not in INFERENCE_PRECISIONS:
+        raise PrecisionError(
+            f"precision: unknown value {name!r} (expected one of {', '.join(INFERENCE_PRECISIONS)})"
+        )
+    dev = torch.device(device)
+    if name == "auto":
+        native, why = _native_bf16(dev)
+        chosen = "bf16" if native and dev.type == "cuda" else "fp32"
+        if native and dev.type != "cuda":
+            why += "; inference on a CPU stays fp32 (no fp32 master to keep the answers faithful)"
+        reason = f"auto -> {chosen}: {why}"
+    else:
+        if name == "bf16" and dev.type == "cuda":
+            native, why = _native_bf16(dev)
+            if not native:
+                raise PrecisionError(f"precision: 'bf16' on {dev}: {why}")
+        chosen, reason = name, f"{name}: requested"
+    log.info("inference precision %s", reason)
+    return InferencePrecision(chosen, _INFERENCE_DTYPES[chosen], reason)
 
 
 def _units(model: nn.Module) -> list[nn.Module]:

@@ -1,0 +1,64 @@
+"""The steps every recipe shares, as public API: what a copied recipe (``tune cp``), a test or a benchmark
+calls instead of reaching into ft-recipes' private modules.
+
+Setup (``pick_device``, ``load_model_and_tokenizer``, ``stop_token_ids``: EOS plus ft-data's
+end-of-turn markers) and the training steps in their loop order (``load_tokenizer``, ``load_model``,
+``build_loader``, ``micro_batches``, ``forward_backward``, ``optimizer_step``, ``end_step``,
+``save_checkpoint`` / ``resume_checkpoint``, ``save_hf_dir``, ``run_eval``; ``train`` is the whole loop).
+They are implemented once, in ``ft_recipes._setup`` and ``ft_recipes._train``, and every shipped recipe
+calls them, so a feature cannot differ between recipes; this module only names them publicly.
+"""
+
+from __future__ import annotations
+
+from ft_recipes._setup import load_model_and_tokenizer, pick_device, stop_token_ids
+from ft_recipes._train import (
+    METRICS,
+    MetricsLog,
+    build_loader,
+    build_validation_loader,
+    check_eval_data,
+    check_output_dir,
+    end_step,
+    forward_backward,
+    load_model,
+    load_tokenizer,
+    micro_batches,
+    optimizer_step,
+    peak_memory_mib,
+    resume_checkpoint,
+    run_eval,
+    save_checkpoint,
+    save_hf_dir,
+    seed_everything,
+    train,
+    validation_due,
+    validation_loss,
+)
+
+__all__ = [
+    "METRICS",
+    "MetricsLog",
+    "build_loader",
+    "build_validation_loader",
+    "check_eval_data",
+    "check_output_dir",
+    "end_step",
+    "forward_backward",
+    "load_model",
+    "load_model_and_tokenizer",
+    "load_tokenizer",
+    "micro_batches",
+    "optimizer_step",
+    "peak_memory_mib",
+    "pick_device",
+    "resume_checkpoint",
+    "run_eval",
+    "save_checkpoint",
+    "save_hf_dir",
+    "seed_everything",
+    "stop_token_ids",
+    "train",
+    "validation_due",
+    "validation_loss",
+]
