@@ -6,8 +6,10 @@ Output: ``config.json`` (Hub-style keys ``rope_theta``/``rope_scaling``, ``archi
 ``model.safetensors.index.json``. Tied embeddings are written once (``model.embed_tokens.weight``), as
 transformers expects.
 
-Atomicity: everything is written and fsynced in a temporary directory beside the target, which then
-replaces the target by rename; a failure leaves the target untouched and no partial output. A
+Atomicity: everything is written in a temporary directory beside the target, which
+:func:`~ft_models._atomic.publish_dir` fsyncs and renames over the target; a failure leaves the target
+untouched and no partial output. Files get the mode a plain ``open`` gives (the umask's), like every file
+ft writes. A
 non-empty target is replaced only when it is an earlier ft output holding nothing but the files ft
 wrote there (listed in ``.ft-model.json``), or when ``overwrite=True``.
 """
@@ -15,7 +17,6 @@ wrote there (listed in ``.ft-model.json``), or when ``overwrite=True``.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import uuid
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from ._atomic import publish_dir
 from ._checkpoint import INDEX, SINGLE
 from ._decoder import CausalLM
 from .errors import CheckpointError
@@ -111,8 +113,7 @@ def save_pretrained(
                 (tmp / name).write_text(content)
             written.append(name)
         _write_json(tmp / MARKER, {"files": sorted(set(written))})
-        _fsync_files(tmp)
-        _replace(tmp, target)
+        publish_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -200,35 +201,3 @@ def _generation_config(model: CausalLM) -> dict[str, Any]:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
-def _fsync_files(directory: Path) -> None:
-    for p in directory.iterdir():
-        with open(p, "rb") as f:
-            os.fsync(f.fileno())
-    _fsync_dir(directory)
-
-
-def _replace(tmp: Path, target: Path) -> None:
-    """Move ``tmp`` to ``target``; an existing target is renamed aside first and deleted last."""
-    old = None
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        target.rename(old)
-    try:
-        tmp.rename(target)
-    except BaseException:
-        if old is not None:
-            old.rename(target)
-        raise
-    _fsync_dir(target.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -3,8 +3,9 @@
 File keys are `base_model.model.<module path>.lora_A.weight` (and `lora_B.weight`,
 `lora_magnitude_vector`), the path being the module's path in the unwrapped model. Because ft models
 use transformers' module paths, one adapter file serves ft, PEFT (`PeftModel.from_pretrained`) and
-vLLM alike. Files are written atomically (temporary file, fsync, rename); the config is written last,
-so a directory with a config always has its weights.
+vLLM alike. Files are written atomically (:func:`~ft_peft._atomic.write_atomic`: temporary file, fsync,
+rename, with the mode a plain ``open`` gives); the config is written last, so a directory with a config
+always has its weights.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ft_peft._apply import _linear_layers, _pattern_value, apply_lora, clean_name, lora_modules, match_targets
+from ft_peft._atomic import write_atomic
 from ft_peft._lora import LoRALinear
 from ft_peft._quant import QuantConfig
 from ft_peft.errors import AdapterFormatError, AdapterShapeError, TargetNotFoundError
@@ -31,24 +32,6 @@ __all__ = ["load_adapter", "save_adapter"]
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 _PREFIX = "base_model.model."
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _full_cpu(t: torch.Tensor) -> torch.Tensor:
@@ -116,7 +99,7 @@ def save_adapter(
         "rank_pattern": {re.escape(n): m.rank for n, m in layers.items() if m.rank != r},
         "alpha_pattern": {re.escape(n): m.alpha for n, m in layers.items() if m.alpha != alpha},
     }
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tensors = {}
     for name, layer in layers.items():
@@ -126,9 +109,8 @@ def save_adapter(
             tensors[f"{_PREFIX}{name}.lora_magnitude_vector"] = _full_cpu(layer.lora_magnitude_vector)
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    _atomic_write(out / CONFIG_NAME, lambda p: Path(p).write_text(text))
+    write_atomic(out / WEIGHTS_NAME, save(tensors, metadata={"format": "pt"}))
+    write_atomic(out / CONFIG_NAME, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
     return out
 
 
