@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import stat
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -177,10 +178,12 @@ def _write_weights(tmp: Path, tensors: dict[str, torch.Tensor], shards: list[lis
         if len(shards) == 1
         else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     )
+    mode = _open_mode(tmp)
     for name, keys in zip(names, shards, strict=True):
         # Contiguous CPU tensors with private storage (safetensors refuses shared storage).
         part = {k: tensors[k].detach().to("cpu").contiguous().clone() for k in keys}
         save_file(part, str(tmp / name), metadata={"format": "pt"})
+        (tmp / name).chmod(mode)  # safetensors creates its files 0o600; give them the umask's mode
         del part
     if len(shards) == 1:
         return names
@@ -201,3 +204,16 @@ def _generation_config(model: CausalLM) -> dict[str, Any]:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def _open_mode(directory: Path) -> int:
+    """The permission bits a plain ``open()`` gives a new file in ``directory`` (0o666 minus the umask).
+
+    Read from a probe file rather than with ``os.umask``, which can only be read by setting it (racy).
+    """
+    probe = directory / ".mode-probe"
+    probe.touch(mode=0o666)
+    try:
+        return stat.S_IMODE(probe.stat().st_mode)
+    finally:
+        probe.unlink()
