@@ -135,6 +135,14 @@ CASES = [
 USER = ["notes", "step_7"]
 
 
+def _run_saver(tmp_path: Path, root: Path, mode: str, point: str) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "saver.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    command = [sys.executable, str(script), str(root), mode, point]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
 def _names(root: Path) -> list[str]:
     return sorted(
         f".step_{p.name.split('_')[1].split('.')[0]}.old-*" if ".old-" in p.name else p.name
@@ -159,16 +167,7 @@ def test_kill_then_clean(
     (root / "notes").mkdir()
     (root / "step_7").mkdir()  # a user's directory with a checkpoint-like name, no marker
     (root / "step_7" / "notes.txt").write_text("mine")
-    script = tmp_path / "saver.py"
-    script.write_text(SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
-    done = subprocess.run(
-        [sys.executable, str(script), str(root), mode, point],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _run_saver(tmp_path, root, mode, point)
     assert done.returncode == -signal.SIGKILL, done.stdout + done.stderr
     assert _names(root) == sorted([*left, *USER])
     # Whatever the kill left, every step_N that exists is complete and marked, or the user's.
@@ -184,16 +183,7 @@ def test_kill_then_clean(
 def test_the_script_runs_to_the_end_without_a_kill_point(tmp_path: Path) -> None:
     """Control: unarmed, the same script finishes, and only the newest two checkpoints remain."""
     root = tmp_path / "checkpoints"
-    script = tmp_path / "saver.py"
-    script.write_text(SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
-    done = subprocess.run(
-        [sys.executable, str(script), str(root), "new", "none:"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _run_saver(tmp_path, root, "new", "none:")
     assert done.returncode == 0, done.stderr
     assert "not killed" in done.stdout
     assert _names(root) == ["step_2", "step_3"]
