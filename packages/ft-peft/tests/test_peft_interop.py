@@ -163,17 +163,16 @@ def test_adapter_config_mismatch_with_wrapped_model(base, tmp_path: Path) -> Non
 
 
 def test_failed_save_leaves_nothing_behind(base, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import safetensors.torch
+    import os
 
     model = copy.deepcopy(base)
     ft_peft.apply_lora(model, ["q_proj"], rank=2)
     out = tmp_path / "adapter"
 
-    def disk_full(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"half a file")
+    def disk_full(fd: int) -> None:  # the weights' bytes are written, syncing them fails
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    monkeypatch.setattr(os, "fsync", disk_full)
     with pytest.raises(OSError, match="No space left"):
         ft_peft.save_adapter(model, out)
     assert list(out.iterdir()) == []  # no temporary file, no config without weights

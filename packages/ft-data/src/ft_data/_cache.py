@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ft_data._atomic import write_atomic
 from ft_data._protocol import Tokenizer
 from ft_data.errors import DataCacheError
 
@@ -83,7 +84,7 @@ def _as_le(values: array) -> bytes:
 
 
 def write_cache(path: Path, fields: Mapping[str, Sequence[Sequence[int]]], report: Mapping[str, Any]) -> None:
-    """Write `fields` (name -> one int list per example) atomically (temp file, fsync, rename)."""
+    """Write `fields` (name -> one int list per example) atomically (`write_atomic`)."""
     chunks, layout = [], {}
     for name, seqs in fields.items():
         offsets = array("q", [0])
@@ -98,16 +99,7 @@ def write_cache(path: Path, fields: Mapping[str, Sequence[Sequence[int]]], repor
         {"layout": layout, "sha256": hashlib.sha256(payload).hexdigest(), "report": dict(report)}
     ).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(MAGIC + len(header).to_bytes(8, "little") + header + payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, MAGIC + len(header).to_bytes(8, "little") + header + payload)
 
 
 def _from_le(data: bytes, typecode: str) -> array:

@@ -3,6 +3,12 @@
 Byte-level BPE (a ``ByteLevel`` step in the pre-tokenizer) runs natively on tiktoken; any other
 model (SentencePiece-style BPE with byte fallback, Unigram, WordPiece) is served by the
 ``tokenizers`` library through the ``tokenizers`` extra.
+
+Both files are foreign input: :func:`check_tokenizer_json` and :func:`check_tokenizer_config` check the
+structure of every part ft reads (``model``, ``vocab``, ``merges``, ``added_tokens``, the normalizer,
+pre-tokenizer and post-processor nodes, the special-token names) before any of it is used, so a
+malformed file is one :class:`~ft_data.errors.TokenizerFileError` naming the file and the JSON path
+(``tokenizer.json: model.merges[3]: ...``), never a ``KeyError`` deep in the BPE tables.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import regex
+
 from ft_data import _normalize, _pretokenize
 from ft_data._added import AddedToken
 from ft_data._bpe import BytePairTokenizer
@@ -18,7 +26,15 @@ from ft_data._protocol import Tokenizer
 from ft_data._vocab import byte_level_tables
 from ft_data.errors import TokenizerFileError, UnsupportedTokenizerError
 
-__all__ = ["load_hf_json", "read_json"]
+__all__ = ["check_tokenizer_config", "check_tokenizer_json", "load_hf_json", "read_json"]
+
+_MAX_ID = 2**31 - 1  # token ids are stored as int32 (tokenisation cache, tensors)
+# Node kinds of tokenizer.json whose Sequence holds its children under this key.
+_SEQUENCE_KEYS = {
+    "normalizer": "normalizers",
+    "pre_tokenizer": "pretokenizers",
+    "post_processor": "processors",
+}
 
 
 def read_json(path: Path) -> Any:
@@ -52,10 +68,10 @@ def load_hf_json(path: Path, fuse: bool = True) -> Tokenizer:
         fuse: Use fused split regexes (disable only to test the unfused pipeline).
     """
     data = read_json(path)
-    if not isinstance(data, dict) or "model" not in data:
-        raise TokenizerFileError(f"{path}: not a tokenizer.json (no 'model' key)")
+    check_tokenizer_json(data, path)
     cfg_path = path.with_name("tokenizer_config.json")
     config: dict[str, Any] = read_json(cfg_path) if cfg_path.is_file() else {}
+    check_tokenizer_config(config, cfg_path)
     jinja = path.with_name("chat_template.jinja")  # where transformers >= 4.50 writes the template
     if "chat_template" not in config and jinja.is_file():
         config["chat_template"] = jinja.read_text(encoding="utf-8")
@@ -88,7 +104,7 @@ def _byte_level(path: Path, data: dict[str, Any], config: dict[str, Any], fuse: 
             single_word=bool(t.get("single_word", False)),
             normalized=bool(t.get("normalized", False)),
         )
-        for t in data.get("added_tokens", [])
+        for t in data.get("added_tokens") or []
     ]
     merges: list[tuple[str, str]] = []
     for m in model.get("merges", []):
@@ -154,3 +170,138 @@ def _post_processor_adds(node: dict[str, Any] | None, bos: int | None, eos: int 
 
 def _template_ids(item: dict[str, Any], specials: dict[str, list[int]]) -> list[int]:
     return specials.get(item["SpecialToken"]["id"], []) if "SpecialToken" in item else []
+
+
+def _fail(path: Path, where: str, what: str) -> TokenizerFileError:
+    return TokenizerFileError(f"{path}: {where}: {what}")
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_ID
+
+
+def _check_node(node: Any, where: str, path: Path, children: str) -> None:
+    """A normalizer / pre-tokenizer / post-processor node: null or an object with a string ``type``."""
+    if node is None:
+        return
+    if not isinstance(node, dict) or not isinstance(node.get("type"), str):
+        shown = "object without a string 'type'" if isinstance(node, dict) else _kind(node)
+        raise _fail(path, where, f"expected null or an object with a 'type', got {shown}")
+    if node["type"] == "Sequence":
+        steps = node.get(children)
+        if not isinstance(steps, list):
+            raise _fail(path, f"{where}.{children}", f"expected a list, got {_kind(steps)}")
+        for i, step in enumerate(steps):
+            _check_node(step, f"{where}.{children}[{i}]", path, children)
+            if step is None:
+                raise _fail(path, f"{where}.{children}[{i}]", "expected an object, got null")
+    if node["type"] == "Split":
+        pattern = node.get("pattern")
+        pattern = pattern if isinstance(pattern, dict) else {}
+        text = pattern.get("Regex", pattern.get("String"))
+        if not isinstance(text, str):
+            raise _fail(path, f"{where}.pattern", 'expected {"Regex": str} or {"String": str}')
+        if "Regex" in pattern:
+            try:
+                regex.compile(text)
+            except regex.error as exc:
+                raise _fail(path, f"{where}.pattern.Regex", f"invalid regex ({exc})") from None
+
+
+def _check_bpe(model: dict[str, Any], path: Path) -> None:
+    vocab = model.get("vocab")
+    if not isinstance(vocab, dict):
+        raise _fail(path, "model.vocab", f"expected an object of token -> id, got {_kind(vocab)}")
+    for token, i in vocab.items():
+        if not _is_id(i):
+            raise _fail(path, f"model.vocab[{token!r}]", f"expected a non-negative integer id, got {i!r}")
+    merges = model.get("merges", [])
+    if not isinstance(merges, list):
+        raise _fail(path, "model.merges", f"expected a list, got {_kind(merges)}")
+    for i, merge in enumerate(merges):
+        pair = merge.split(" ") if isinstance(merge, str) else merge
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+            raise _fail(path, f"model.merges[{i}]", f'expected "a b" or ["a", "b"], got {merge!r}'[:200])
+
+
+def check_tokenizer_json(data: Any, path: Path) -> None:
+    """Check the structure of a parsed ``tokenizer.json`` (the parts ft reads) before it is used.
+
+    Raises:
+        TokenizerFileError: naming ``path`` and the JSON path of the first malformed part.
+    """
+    if not isinstance(data, dict) or "model" not in data:
+        raise TokenizerFileError(f"{path}: not a tokenizer.json (no 'model' key)")
+    model = data["model"]
+    if not isinstance(model, dict):
+        raise _fail(path, "model", f"expected an object, got {_kind(model)}")
+    if not isinstance(model.get("type"), str):
+        raise _fail(path, "model.type", f"expected a string, got {_kind(model.get('type'))}")
+    if model["type"] == "BPE":
+        _check_bpe(model, path)
+    added = [] if data.get("added_tokens") is None else data["added_tokens"]
+    if not isinstance(added, list):
+        raise _fail(path, "added_tokens", f"expected a list, got {_kind(added)}")
+    for i, token in enumerate(added):
+        if not isinstance(token, dict):
+            raise _fail(path, f"added_tokens[{i}]", f"expected an object, got {_kind(token)}")
+        if not _is_id(token.get("id")):
+            raise _fail(
+                path, f"added_tokens[{i}].id", f"expected a non-negative integer, got {token.get('id')!r}"
+            )
+        if not isinstance(token.get("content"), str):
+            raise _fail(
+                path, f"added_tokens[{i}].content", f"expected a string, got {_kind(token.get('content'))}"
+            )
+    for key, children in _SEQUENCE_KEYS.items():
+        _check_node(data.get(key), key, path, children)
+    post = data.get("post_processor")
+    for i, node in enumerate(post.get("processors", []) if post and post["type"] == "Sequence" else [post]):
+        if node and node["type"] == "TemplateProcessing":
+            where = "post_processor" if node is post else f"post_processor.processors[{i}]"
+            _check_template(node, where, path)
+
+
+def _check_template(node: dict[str, Any], where: str, path: Path) -> None:
+    single = node.get("single", [])
+    if not isinstance(single, list) or not all(isinstance(item, dict) for item in single):
+        raise _fail(path, f"{where}.single", "expected a list of objects")
+    for i, item in enumerate(single):
+        special = item.get("SpecialToken")
+        if special is not None and not (isinstance(special, dict) and isinstance(special.get("id"), str)):
+            raise _fail(path, f"{where}.single[{i}].SpecialToken", "expected an object with a string 'id'")
+    specials = node.get("special_tokens", {})
+    if not isinstance(specials, dict):
+        raise _fail(path, f"{where}.special_tokens", f"expected an object, got {_kind(specials)}")
+    for name, entry in specials.items():
+        ids = entry.get("ids") if isinstance(entry, dict) else None
+        if not (isinstance(ids, list) and all(_is_id(i) for i in ids)):
+            raise _fail(path, f"{where}.special_tokens[{name!r}].ids", "expected a list of token ids")
+
+
+def check_tokenizer_config(config: Any, path: Path) -> None:
+    """Check a parsed ``tokenizer_config.json``: an object whose special tokens and template ft can read.
+
+    Raises:
+        TokenizerFileError: naming ``path`` and the key.
+    """
+    if not isinstance(config, dict):
+        raise TokenizerFileError(f"{path}: expected a JSON object, got {_kind(config)}")
+    for key in ("bos_token", "eos_token", "pad_token"):
+        value = config.get(key)
+        text = value.get("content") if isinstance(value, dict) else value
+        if value is not None and not isinstance(text, str):
+            raise _fail(path, key, 'expected a string, {"content": str} or null')
+    for key in ("add_bos_token", "add_eos_token"):
+        if config.get(key) is not None and not isinstance(config[key], bool):
+            raise _fail(path, key, f"expected true, false or null, got {config[key]!r}")
+    template = config.get("chat_template")
+    if isinstance(template, list):
+        if not all(isinstance(t, dict) and isinstance(t.get("template"), str) for t in template):
+            raise _fail(path, "chat_template", 'expected a string or a list of {"name", "template"} objects')
+    elif template is not None and not isinstance(template, str):
+        raise _fail(path, "chat_template", f"expected a string, got {_kind(template)}")

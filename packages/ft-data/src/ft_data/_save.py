@@ -7,11 +7,10 @@ This is how a model imported from GGUF or a tiktoken file gets a loadable output
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ft_data._atomic import write_atomic
 from ft_data._bytes import bytes_to_token
 from ft_data._pretokenize import GPT2
 from ft_data._vocab import merges_from_ranks
@@ -24,19 +23,11 @@ __all__ = ["save_byte_level", "write_files"]
 
 
 def write_files(path: Path, files: dict[str, Any]) -> Path:
-    """Write JSON files into `path` atomically each (temp file, fsync, rename)."""
+    """Write JSON files into `path`, each atomically (`write_atomic`: temp file, fsync, rename)."""
     path.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
-        fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{name}.")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(content, fh, ensure_ascii=False, indent=None if name == "tokenizer.json" else 2)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        text = json.dumps(content, ensure_ascii=False, indent=None if name == "tokenizer.json" else 2)
+        write_atomic(path / name, text.encode("utf-8"))
     return path
 
 

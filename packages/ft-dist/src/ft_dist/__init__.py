@@ -6,12 +6,17 @@ Everything here works in one process without ``init_process_group`` and unchange
 
 from ft_dist._activation_checkpointing import apply_activation_checkpointing, decoder_layers
 from ft_dist._atomic import publish_dir, write_atomic
-from ft_dist._checkpointer import (
+from ft_dist._checkpoint_dirs import (
     MARKER,
-    ModelOptimizerState,
+    checkpoint_info,
+    is_checkpoint,
     latest_checkpoint,
-    load_checkpoint,
     prune_checkpoints,
+)
+from ft_dist._checkpointer import (
+    ModelOptimizerState,
+    clean_checkpoints,
+    load_checkpoint,
     read_rank_state,
     save_checkpoint,
 )
@@ -29,7 +34,10 @@ __all__ = [
     "UnsafeCheckpointError",
     "__version__",
     "apply_activation_checkpointing",
+    "checkpoint_info",
+    "clean_checkpoints",
     "decoder_layers",
+    "is_checkpoint",
     "latest_checkpoint",
     "load_checkpoint",
     "prune_checkpoints",

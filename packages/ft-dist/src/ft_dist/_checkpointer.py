@@ -4,18 +4,19 @@ Layout of one checkpoint, ``{output_dir}/step_{step}/``::
 
     .metadata, __{r}_{i}.distcp   DCP: app state (model or adapter, optimizer, scheduler, counters)
     rank_{r}.pt                   per-rank sidecar: a flat dict of tensors (RNG states), one per rank
-    .ft-checkpoint.json           completion marker, written last: {"format", "step", "world_size"}
+    .ft-checkpoint.json           completion marker: {"format", "step", "world_size"[, "keep_last"]}
 
 DCP keeps one copy of a key that is not sharded, so per-rank values (each rank's RNG) would silently
 collapse to rank 0's under FSDP2: they go in the sidecar, loaded with ``torch.load(weights_only=True)``.
 DCP works in one process without ``init_process_group``, so a run saved on one device resumes on
 several and the reverse.
 
-Atomicity (the usual write-to-temp, fsync, rename protocol): everything is written into
-``.tmp-step_{step}`` beside the target, every file and the directory are fsynced, the directory is
-renamed into place, then the marker is written and fsynced. A crash at any point leaves either the
-previous checkpoints untouched and a temp dir that :func:`latest_checkpoint` ignores, or a complete
-directory. Only directories carrying the marker are ever pruned.
+Atomicity (the usual write-to-temp, fsync, rename protocol): every rank writes into ``.tmp-step_{step}``
+beside the target; rank 0 then writes the marker *inside it*, and :func:`~ft_dist._atomic.publish_dir`
+fsyncs everything and renames it to ``step_{step}``: that rename is the commit point, so a ``step_N``
+directory is complete and marked or does not exist. Pruning renames a checkpoint to ``.del-step_N``
+before deleting it. Every state a kill can leave is named (see :mod:`ft_dist._checkpoint_dirs`), and
+:func:`clean_checkpoints` (called after each save and on resume) tidies it up.
 """
 
 from __future__ import annotations
@@ -23,10 +24,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,24 +38,20 @@ from torch.distributed.checkpoint import FileSystemWriter
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
+from ft_dist._atomic import publish_dir, write_atomic
+from ft_dist._checkpoint_dirs import FORMAT, MARKER, checkpoint_info, clean
 from ft_dist._safe_io import SafeFileSystemReader, SafeLoadPlanner, read_metadata
 from ft_dist.errors import CheckpointError
 
 __all__ = [
-    "MARKER",
     "ModelOptimizerState",
-    "latest_checkpoint",
+    "clean_checkpoints",
     "load_checkpoint",
-    "prune_checkpoints",
     "read_rank_state",
     "save_checkpoint",
 ]
 
 log = logging.getLogger(__name__)
-
-MARKER = ".ft-checkpoint.json"
-_FORMAT = 1
-_STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
 class ModelOptimizerState:
@@ -113,7 +109,7 @@ def _rank_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if _dist_on() else (0, 1)
 
 
-def _attempt(phase: Any) -> BaseException | None:
+def _attempt(phase: Callable[[], object]) -> BaseException | None:
     try:
         phase()
     except (OSError, CheckpointException) as e:  # DCP raises CheckpointException (a BaseException)
@@ -131,27 +127,17 @@ def _agree(ok: bool) -> bool:
     return bool(flag.item())
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _detail(error: BaseException | None) -> str:
+    cause = _root_cause(error) if error is not None else None
+    return f"{type(cause).__name__}: {cause}" if cause is not None else "another rank failed"
 
 
-def _write_file(path: Path, write: Any) -> None:
-    with open(path, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _marker(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((path / MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and data.get("format") == _FORMAT else None
+def _on_rank0(phase: Callable[[], object], what: str) -> None:
+    """Run ``phase`` on rank 0 only; raise ``CheckpointError(what ...)`` on every rank if it failed."""
+    rank, _world = _rank_world()
+    error = _attempt(phase) if rank == 0 else None
+    if not _agree(error is None):
+        raise CheckpointError(f"{what} ({_detail(error)})") from error
 
 
 def save_checkpoint(
@@ -160,8 +146,9 @@ def save_checkpoint(
     *,
     app_state: Mapping[str, Any],
     rank_state: Mapping[str, torch.Tensor] | None = None,
+    keep_last: int | None = None,
 ) -> Path:
-    """Write ``{directory}/step_{step}`` atomically; call on every rank.
+    """Write ``{directory}/step_{step}`` atomically, then tidy the root; call on every rank.
 
     Args:
         directory: the run's checkpoint root (created if missing).
@@ -169,12 +156,15 @@ def save_checkpoint(
         app_state: name -> DCP ``Stateful`` (:class:`ModelOptimizerState`, an LR scheduler) or a plain
             dict of tensors and Python values (step and token counters, the loader position).
         rank_state: this rank's tensors (e.g. :func:`ft_dist.rng_state`); tensors only.
+        keep_last: after saving, prune all but this many newest checkpoints (None: keep all); also
+            recorded in the marker, so a resume can finish a prune a kill interrupted.
 
     Returns:
         The checkpoint directory. An existing checkpoint of the same step is replaced.
 
     Raises:
-        CheckpointError: a write failed (disk full, permissions); earlier checkpoints are untouched.
+        CheckpointError: a write failed (disk full, permissions); earlier checkpoints are untouched. Every
+            rank raises when any rank failed.
     """
     root = Path(directory)
     rank, world = _rank_world()
@@ -183,7 +173,8 @@ def save_checkpoint(
     for key, value in (rank_state or {}).items():
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{final}: rank_state[{key!r}] is {type(value).__name__}, not a tensor")
-    old = root / f".old-step_{step}"
+    if keep_last is not None and keep_last < 1:
+        raise CheckpointError(f"{root}: keep_last must be >= 1, got {keep_last}")
 
     def prepare() -> None:
         root.mkdir(parents=True, exist_ok=True)
@@ -198,21 +189,14 @@ def save_checkpoint(
                 dict(app_state), storage_writer=FileSystemWriter(tmp, sync_files=True), no_dist=not _dist_on()
             )
         sidecar = {k: v.detach().cpu().clone() for k, v in (rank_state or {}).items()}
-        _write_file(tmp / f"rank_{rank}.pt", lambda f: torch.save(sidecar, f))
+        write_atomic(tmp / f"rank_{rank}.pt", lambda f: torch.save(sidecar, f))
 
     def publish() -> None:
-        for child in tmp.iterdir():
-            _fsync_path(child)
-        _fsync_path(tmp)
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        _fsync_path(root)
-        info = {"format": _FORMAT, "step": step, "world_size": world}
-        _write_file(final / MARKER, lambda f: f.write(json.dumps(info).encode()))
-        _fsync_path(final)
-        if old.exists():
-            shutil.rmtree(old)
+        info: dict[str, Any] = {"format": FORMAT, "step": step, "world_size": world}
+        if keep_last is not None:
+            info["keep_last"] = keep_last
+        write_atomic(tmp / MARKER, json.dumps(info).encode())
+        publish_dir(tmp, final)  # the commit point: step_N appears complete, marker included
 
     # Each phase ends with every rank agreeing on success, so one rank's failure (a full disk) raises on
     # all ranks instead of leaving the others waiting in a barrier.
@@ -221,51 +205,35 @@ def save_checkpoint(
         if not _agree(error is None):
             if rank == 0:
                 shutil.rmtree(tmp, ignore_errors=True)
-                if old.exists() and not final.exists():
-                    old.rename(final)  # put a replaced checkpoint of the same step back
-            cause = _root_cause(error) if error is not None else "another rank failed"
-            detail = f"{type(cause).__name__}: {cause}" if isinstance(cause, BaseException) else cause
-            raise CheckpointError(f"{final}: saving failed ({detail})") from error
+            raise CheckpointError(f"{final}: saving failed ({_detail(error)})") from error
     log.info("saved checkpoint %s", final)
+    if keep_last is not None:
+        _on_rank0(
+            lambda: clean(root, keep_last=keep_last, keep=final),
+            f"{root}: {final.name} saved, pruning failed",
+        )
     return final
 
 
-def latest_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
-    """The complete checkpoint with the highest step under ``output_dir`` (None if there is none).
+def clean_checkpoints(
+    directory: str | os.PathLike[str],
+    *,
+    keep_last: int | None = None,
+    keep: str | os.PathLike[str] | None = None,
+) -> None:
+    """Tidy a checkpoint root after an interrupted save or prune; call on every rank, with no save in flight.
 
-    Temp directories, directories without ft's marker and unreadable markers are ignored.
+    Rank 0 removes the temporary and being-deleted directories a kill left, renames back a checkpoint
+    that was moved aside for a replacement that never landed, and prunes complete checkpoints beyond
+    ``keep_last`` (None: no pruning), never ``keep`` (the one a run resumed from). Only directories ft
+    names and writes are touched (see :mod:`ft_dist._checkpoint_dirs`).
+
+    Raises:
+        CheckpointError: on every rank, when rank 0 could not delete or rename something.
     """
-    best: tuple[int, Path] | None = None
-    root = Path(output_dir)
-    if not root.is_dir():
-        return None
-    for child in root.iterdir():
-        match = _STEP_DIR.match(child.name)
-        info = _marker(child) if match and child.is_dir() else None
-        if info is not None and (best is None or int(info["step"]) > best[0]):
-            best = (int(info["step"]), child)
-    return None if best is None else best[1]
-
-
-def prune_checkpoints(output_dir: str | os.PathLike[str], *, keep_last: int) -> list[Path]:
-    """Delete all but the ``keep_last`` newest ft checkpoints; only marked directories are touched.
-
-    Call on rank 0 only. Returns the deleted directories.
-    """
-    if keep_last < 1:
-        raise CheckpointError(f"{output_dir}: keep_last must be >= 1, got {keep_last}")
-    root = Path(output_dir)
-    marked = []
-    for child in root.iterdir() if root.is_dir() else ():
-        info = _marker(child) if _STEP_DIR.match(child.name) and child.is_dir() else None
-        if info is not None:
-            marked.append((int(info["step"]), child))
-    marked.sort()
-    doomed = [path for _, path in marked[: max(0, len(marked) - keep_last)]]
-    for path in doomed:
-        (path / MARKER).unlink()  # unmark first: a crash mid-delete leaves an ignored directory
-        shutil.rmtree(path)
-    return doomed
+    _on_rank0(
+        lambda: clean(directory, keep_last=keep_last, keep=keep), f"{directory}: tidying checkpoints failed"
+    )
 
 
 def read_rank_state(checkpoint: str | os.PathLike[str], rank: int) -> dict[str, torch.Tensor] | None:
@@ -296,7 +264,7 @@ def load_checkpoint(
         UnsafeCheckpointError: the metadata names objects outside DCP's metadata types.
     """
     path = Path(checkpoint)
-    info = _marker(path)
+    info = checkpoint_info(path)
     if info is None:
         raise CheckpointError(f"{path}: not a complete ft checkpoint (missing or unreadable {MARKER})")
     read_metadata(str(path / ".metadata"))  # refuse a crafted file before DCP touches anything

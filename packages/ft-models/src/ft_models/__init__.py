@@ -5,7 +5,7 @@ transformers' module names, loaded from
 Hugging Face safetensors directories or GGUF files and saved as directories transformers loads as is.
 """
 
-from ._assets import AssetNotFoundError, smollm2_gguf_path
+from ._assets import AssetNotFoundError, asset_path, smollm2_gguf_path
 from ._attention import (
     AttentionKernel,
     EagerKernel,
@@ -82,6 +82,7 @@ __all__ = [
     "TransformerDecoder",
     "UnitOffsetRMSNorm",
     "__version__",
+    "asset_path",
     "build_gemma2",
     "build_llama",
     "build_model",

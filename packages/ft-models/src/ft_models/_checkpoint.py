@@ -89,11 +89,15 @@ def weight_files(directory: Path) -> dict[Path, list[str]]:
     index_path, single = directory / INDEX, directory / SINGLE
     if index_path.is_file():
         try:
-            weight_map = json.loads(index_path.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            weight_map = json.loads(index_path.read_bytes())["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{index_path}: not a safetensors index ({e!r})") from e
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index_path}: key 'weight_map' must be an object of tensor -> file")
         files: dict[Path, list[str]] = {}
         for key, name in weight_map.items():
+            if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+                raise CheckpointError(f"{index_path}: key 'weight_map.{key}' = {name!r} is not a file name")
             files.setdefault(directory / name, []).append(key)
         for f in files:
             if not f.is_file():
@@ -116,17 +120,16 @@ def _keys_of(file: Path) -> list[str]:
 
 def _stored_dtype(files: dict[Path, list[str]]) -> torch.dtype:
     """The dtype of the first floating tensor stored (checkpoints without a config dtype)."""
+    floating = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
     for file, keys in files.items():
-        with safe_open(str(file), framework="pt") as f:
-            for key in keys:
-                dt = f.get_slice(key).get_dtype()
-                for name, torch_dtype in (
-                    ("F32", torch.float32),
-                    ("F16", torch.float16),
-                    ("BF16", torch.bfloat16),
-                ):
-                    if dt == name:
-                        return torch_dtype
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                stored = [f.get_slice(key).get_dtype() for key in keys]
+        except Exception as e:  # safetensors raises its own error types
+            raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from e
+        for dt in stored:
+            if dt in floating:
+                return floating[dt]
     return torch.float32
 
 
@@ -217,6 +220,8 @@ def _assign_all(
             raise CheckpointError(
                 f"{file}: tensor {key!r} has shape {tuple(tensor.shape)}, the model expects {tuple(param.shape)}"
             )
+        if not tensor.is_floating_point() and param.is_floating_point():
+            raise CheckpointError(f"{file}: tensor {key!r} is stored as {tensor.dtype}, not a floating type")
         value = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None, copy=True)
         del tensor
         owner, name = _owner(model, key)

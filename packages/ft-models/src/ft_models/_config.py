@@ -10,12 +10,17 @@ Keys every family shares are read here; keys of one family (Qwen2's ``use_slidin
 soft-caps) are read and written by that family's :class:`~ft_models._family.Family` entry in the
 registry, which maps them to the family-neutral fields below (per-layer windows, soft-caps, attention
 scale). This module holds no family knowledge.
+
+A ``config.json`` is foreign input: every shared key is checked for its JSON type and range before it is
+used (``"hidden_size": "64"``, a list, ``0`` or a negative ``rms_norm_eps`` raise :class:`ConfigError`
+naming the file and the key), so a bad file never reaches ``int()``/``float()`` or the model builder.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +33,27 @@ FULL, SLIDING = "full_attention", "sliding_attention"  # transformers' ``layer_t
 ROPE_TYPES = ("default", "linear", "llama3")
 _LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 _DTYPES = ("float32", "float16", "bfloat16")
+# Shared config.json keys and what each must hold (null counts as absent: the default applies).
+_POSITIVE_INTS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "max_position_embeddings",
+    "sliding_window",
+)
+_POSITIVE_NUMBERS = (
+    "rms_norm_eps",
+    "rope_theta",
+    "query_pre_attn_scalar",
+    "attn_logit_softcapping",
+    "final_logit_softcapping",
+)
+_BOOLS = ("tie_word_embeddings", "attention_bias", "mlp_bias")
+_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 
 @dataclass(frozen=True)
@@ -106,22 +132,30 @@ class DecoderConfig:
     final_logit_softcapping: float | None = None
 
     def __post_init__(self) -> None:
+        for key in _POSITIVE_INTS[:-1]:
+            value = getattr(self, key)
+            if not _is_int(value) or value < 1:
+                raise ConfigError(f"key {key!r} = {_show(value)} must be a positive integer")
+        for key in ("rms_norm_eps", *_POSITIVE_NUMBERS[2:]):
+            value = getattr(self, key)
+            if value is not None and not _is_positive(value):
+                raise ConfigError(f"key {key!r} = {_show(value)} must be a positive number")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(
-                f"num_attention_heads={self.num_attention_heads} is not a multiple of "
-                f"num_key_value_heads={self.num_key_value_heads}"
+                f"key 'num_attention_heads' = {self.num_attention_heads} is not a multiple of "
+                f"num_key_value_heads = {self.num_key_value_heads}"
             )
-        if self.sliding_window is not None and self.sliding_window < 1:
-            raise ConfigError(f"sliding_window={self.sliding_window} must be positive or null")
+        if self.sliding_window is not None and (not _is_int(self.sliding_window) or self.sliding_window < 1):
+            raise ConfigError(f"key 'sliding_window' = {_show(self.sliding_window)} must be positive or null")
         if self.layer_types is not None:
             if len(self.layer_types) != self.num_hidden_layers:
                 raise ConfigError(
-                    f"layer_types has {len(self.layer_types)} entries for "
+                    f"key 'layer_types' has {len(self.layer_types)} entries for "
                     f"num_hidden_layers={self.num_hidden_layers}"
                 )
             bad = [t for t in self.layer_types if t not in (FULL, SLIDING)]
             if bad:
-                raise ConfigError(f"layer_types entry {bad[0]!r} is not one of {FULL!r}, {SLIDING!r}")
+                raise ConfigError(f"key 'layer_types' entry {bad[0]!r} is not one of {FULL!r}, {SLIDING!r}")
 
     @property
     def architecture(self) -> str:
@@ -147,9 +181,11 @@ class DecoderConfig:
         """
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_bytes())
         except FileNotFoundError as e:
             raise ConfigError(f"{path}: file not found") from e
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from e
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: not valid JSON ({e})") from e
         if not isinstance(data, dict):
@@ -176,6 +212,7 @@ class DecoderConfig:
                 f"(supported: {', '.join(sorted(FAMILIES))})"
             )
         family = FAMILIES[model_type]
+        _check_shared_keys(data, source)
 
         def req(key: str) -> Any:
             if data.get(key) is None:
@@ -183,6 +220,11 @@ class DecoderConfig:
             return data[key]
 
         hidden, heads = int(req("hidden_size")), int(req("num_attention_heads"))
+        if not data.get("head_dim") and heads > hidden:
+            raise ConfigError(
+                f"{source}: key 'num_attention_heads' = {heads} exceeds hidden_size = {hidden} "
+                "and no head_dim is given (head_dim would be 0)"
+            )
         req("num_hidden_layers")  # family readers may derive per-layer settings from it
         dtype = data.get("dtype", data.get("torch_dtype"))
         if dtype is not None and dtype not in _DTYPES:
@@ -214,8 +256,8 @@ class DecoderConfig:
                 num_attention_heads=heads,
                 num_key_value_heads=int(data.get("num_key_value_heads") or heads),
                 model_type=model_type,
-                max_position_embeddings=int(data.get("max_position_embeddings", 2048)),
-                rms_norm_eps=float(data.get("rms_norm_eps", 1e-6)),
+                max_position_embeddings=int(data.get("max_position_embeddings") or 2048),
+                rms_norm_eps=float(data.get("rms_norm_eps") or 1e-6),
                 rope=rope,
                 bos_token_id=data.get("bos_token_id"),
                 eos_token_id=data.get("eos_token_id"),
@@ -269,14 +311,33 @@ class DecoderConfig:
 def _parse_rope(data: dict[str, Any], source: str) -> RopeConfig:
     """Read RoPE settings from either schema; the transformers-5 ``rope_parameters`` wins if present."""
     params = data.get("rope_parameters")
+    if params is not None and not isinstance(params, dict):
+        raise ConfigError(f"{source}: key 'rope_parameters' must be an object or null, got {_show(params)}")
     if isinstance(params, dict):
         key, scaling = "rope_parameters", params
-        theta = params.get("rope_theta", data.get("rope_theta", 10000.0))
+        theta = params.get("rope_theta", data.get("rope_theta"))
+        if params.get("rope_theta") is not None and not _is_positive(params["rope_theta"]):
+            raise ConfigError(
+                f"{source}: key 'rope_parameters.rope_theta' = {_show(params['rope_theta'])} "
+                "must be a positive number"
+            )
     else:
         key, scaling = "rope_scaling", data.get("rope_scaling") or {}
-        theta = data.get("rope_theta", 10000.0)
+        theta = data.get("rope_theta")
         if not isinstance(scaling, dict):
-            raise ConfigError(f"{source}: key 'rope_scaling' must be an object or null, got {scaling!r}")
+            raise ConfigError(f"{source}: key 'rope_scaling' must be an object or null, got {_show(scaling)}")
+    theta = 10000.0 if theta is None else theta
+    for name in ("factor", "low_freq_factor", "high_freq_factor"):
+        if scaling.get(name) is not None and not _is_positive(scaling[name]):
+            raise ConfigError(
+                f"{source}: key '{key}.{name}' = {_show(scaling[name])} must be a positive number"
+            )
+    original = scaling.get("original_max_position_embeddings")
+    if original is not None and not (_is_int(original) and original > 0):
+        raise ConfigError(
+            f"{source}: key '{key}.original_max_position_embeddings' = {_show(original)} "
+            "must be a positive integer"
+        )
     type_key = "rope_type" if "rope_type" in scaling else "type"
     rope_type = scaling.get(type_key, "default")
     if rope_type not in ROPE_TYPES:
@@ -301,3 +362,52 @@ def _parse_rope(data: dict[str, Any], source: str) -> RopeConfig:
         high_freq_factor=float(scaling["high_freq_factor"]),
         original_max_position_embeddings=int(scaling["original_max_position_embeddings"]),
     )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_positive(value: Any) -> bool:
+    """A finite number above zero (JSON int or float; ``true`` is not a number)."""
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    )
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, str | int | float | list | dict | None) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_shared_keys(data: dict[str, Any], source: str) -> None:
+    """Refuse a shared key of the wrong JSON type or range, naming the file and the key.
+
+    Raises:
+        ConfigError: e.g. ``"hidden_size": "64"``, ``"num_hidden_layers": 0``, ``"rms_norm_eps": -1``,
+            ``"tie_word_embeddings": "false"`` (a string is truthy: it would silently tie).
+    """
+    for key in _POSITIVE_INTS:
+        value = data.get(key)
+        if value is not None and not (_is_int(value) and value > 0):
+            raise ConfigError(f"{source}: key {key!r} = {_show(value)} must be a positive integer")
+    for key in _POSITIVE_NUMBERS:
+        value = data.get(key)
+        if value is not None and not _is_positive(value):
+            raise ConfigError(f"{source}: key {key!r} = {_show(value)} must be a positive number")
+    for key in _BOOLS:
+        value = data.get(key)
+        if value is not None and not isinstance(value, bool):
+            raise ConfigError(f"{source}: key {key!r} = {_show(value)} must be true or false")
+    for key in _TOKEN_IDS:
+        value = data.get(key)
+        ids = value if isinstance(value, list) and key == "eos_token_id" else [value]
+        if value is not None and not (ids and all(_is_int(i) for i in ids)):
+            kind = "an integer, a list of integers" if key == "eos_token_id" else "an integer"
+            raise ConfigError(f"{source}: key {key!r} = {_show(value)} must be {kind} or null")
+    types = data.get("layer_types")
+    if types is not None and not (isinstance(types, list) and all(isinstance(t, str) for t in types)):
+        raise ConfigError(f"{source}: key 'layer_types' = {_show(types)} must be a list of strings or null")
+    act = data.get("hidden_act")
+    if act is not None and not isinstance(act, str):
+        raise ConfigError(f"{source}: key 'hidden_act' = {_show(act)} must be a string")

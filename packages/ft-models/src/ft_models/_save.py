@@ -6,8 +6,10 @@ Output: ``config.json`` (Hub-style keys ``rope_theta``/``rope_scaling``, ``archi
 ``model.safetensors.index.json``. Tied embeddings are written once (``model.embed_tokens.weight``), as
 transformers expects.
 
-Atomicity: everything is written and fsynced in a temporary directory beside the target, which then
-replaces the target by rename; a failure leaves the target untouched and no partial output. A
+Atomicity: everything is written in a temporary directory beside the target, which
+:func:`~ft_models._atomic.publish_dir` fsyncs and renames over the target; a failure leaves the target
+untouched and no partial output. Files get the mode a plain ``open`` gives (the umask's), like every file
+ft writes. A
 non-empty target is replaced only when it is an earlier ft output holding nothing but the files ft
 wrote there (listed in ``.ft-model.json``), or when ``overwrite=True``.
 """
@@ -15,9 +17,9 @@ wrote there (listed in ``.ft-model.json``), or when ``overwrite=True``.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
+import stat
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,6 +28,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from ._atomic import publish_dir
 from ._checkpoint import INDEX, SINGLE
 from ._decoder import CausalLM
 from .errors import CheckpointError
@@ -111,8 +114,7 @@ def save_pretrained(
                 (tmp / name).write_text(content)
             written.append(name)
         _write_json(tmp / MARKER, {"files": sorted(set(written))})
-        _fsync_files(tmp)
-        _replace(tmp, target)
+        publish_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -176,10 +178,12 @@ def _write_weights(tmp: Path, tensors: dict[str, torch.Tensor], shards: list[lis
         if len(shards) == 1
         else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     )
+    mode = _open_mode(tmp)
     for name, keys in zip(names, shards, strict=True):
         # Contiguous CPU tensors with private storage (safetensors refuses shared storage).
         part = {k: tensors[k].detach().to("cpu").contiguous().clone() for k in keys}
         save_file(part, str(tmp / name), metadata={"format": "pt"})
+        (tmp / name).chmod(mode)  # safetensors creates its files 0o600; give them the umask's mode
         del part
     if len(shards) == 1:
         return names
@@ -202,33 +206,14 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def _fsync_files(directory: Path) -> None:
-    for p in directory.iterdir():
-        with open(p, "rb") as f:
-            os.fsync(f.fileno())
-    _fsync_dir(directory)
+def _open_mode(directory: Path) -> int:
+    """The permission bits a plain ``open()`` gives a new file in ``directory`` (0o666 minus the umask).
 
-
-def _replace(tmp: Path, target: Path) -> None:
-    """Move ``tmp`` to ``target``; an existing target is renamed aside first and deleted last."""
-    old = None
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        target.rename(old)
+    Read from a probe file rather than with ``os.umask``, which can only be read by setting it (racy).
+    """
+    probe = directory / ".mode-probe"
+    probe.touch(mode=0o666)
     try:
-        tmp.rename(target)
-    except BaseException:
-        if old is not None:
-            old.rename(target)
-        raise
-    _fsync_dir(target.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
+        return stat.S_IMODE(probe.stat().st_mode)
     finally:
-        os.close(fd)
+        probe.unlink()

@@ -3,16 +3,17 @@
 File keys are `base_model.model.<module path>.lora_A.weight` (and `lora_B.weight`,
 `lora_magnitude_vector`), the path being the module's path in the unwrapped model. Because ft models
 use transformers' module paths, one adapter file serves ft, PEFT (`PeftModel.from_pretrained`) and
-vLLM alike. Files are written atomically (temporary file, fsync, rename); the config is written last,
-so a directory with a config always has its weights.
+vLLM alike. Files are written atomically (:func:`~ft_peft._atomic.write_atomic`: temporary file, fsync,
+rename, with the mode a plain ``open`` gives); the config is written last, so a directory with a config
+always has its weights.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -21,33 +22,16 @@ import torch
 from torch import nn
 
 from ft_peft._apply import _linear_layers, _pattern_value, apply_lora, clean_name, lora_modules, match_targets
+from ft_peft._atomic import write_atomic
 from ft_peft._lora import LoRALinear
 from ft_peft._quant import QuantConfig
-from ft_peft.errors import AdapterFormatError, AdapterShapeError
+from ft_peft.errors import AdapterFormatError, AdapterShapeError, TargetNotFoundError
 
 __all__ = ["load_adapter", "save_adapter"]
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 _PREFIX = "base_model.model."
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _full_cpu(t: torch.Tensor) -> torch.Tensor:
@@ -115,7 +99,7 @@ def save_adapter(
         "rank_pattern": {re.escape(n): m.rank for n, m in layers.items() if m.rank != r},
         "alpha_pattern": {re.escape(n): m.alpha for n, m in layers.items() if m.alpha != alpha},
     }
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tensors = {}
     for name, layer in layers.items():
@@ -125,19 +109,45 @@ def save_adapter(
             tensors[f"{_PREFIX}{name}.lora_magnitude_vector"] = _full_cpu(layer.lora_magnitude_vector)
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    _atomic_write(out / CONFIG_NAME, lambda p: Path(p).write_text(text))
+    write_atomic(out / WEIGHTS_NAME, save(tensors, metadata={"format": "pt"}))
+    write_atomic(out / CONFIG_NAME, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
     return out
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_rank(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _check_regex(pattern: str, path: Path, key: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise AdapterFormatError(f"{path}: {key}: {pattern!r} is not a valid regex ({exc})") from None
+
+
 def _read_config(path: Path) -> dict[str, Any]:
+    """Read and check ``adapter_config.json``: every key ft uses has the JSON type and range it needs.
+
+    Raises:
+        AdapterFormatError: naming the file and the key (missing file, not JSON, not an object, a
+            non-number ``r``/``lora_alpha``, an empty or malformed ``target_modules``, ...).
+    """
     if not path.is_file():
         raise AdapterFormatError(f"{path}: adapter config not found")
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(path.read_bytes())
+    except OSError as exc:
+        raise AdapterFormatError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     except json.JSONDecodeError as exc:
         raise AdapterFormatError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    except UnicodeDecodeError as exc:
+        raise AdapterFormatError(f"{path}: not valid JSON (not UTF-8 text)") from exc
+    if not isinstance(config, dict):
+        raise AdapterFormatError(f"{path}: expected a JSON object, got {type(config).__name__}")
     expected = {"peft_type": "LORA", "bias": "none", "fan_in_fan_out": False}
     for key, value in expected.items():
         if config.get(key, value) != value:
@@ -148,6 +158,38 @@ def _read_config(path: Path) -> dict[str, Any]:
     for key in ("r", "lora_alpha", "target_modules"):
         if key not in config:
             raise AdapterFormatError(f"{path}: missing key {key!r}")
+    if not _is_rank(config["r"]):
+        raise AdapterFormatError(f"{path}: r={config['r']!r} must be a positive integer")
+    if not _is_number(config["lora_alpha"]):
+        raise AdapterFormatError(f"{path}: lora_alpha={config['lora_alpha']!r} must be a number")
+    dropout = config.get("lora_dropout")
+    if dropout is not None and not (_is_number(dropout) and 0 <= dropout < 1):
+        raise AdapterFormatError(f"{path}: lora_dropout={dropout!r} must be a number in [0, 1)")
+    for key in ("use_dora", "use_rslora"):
+        if config.get(key) is not None and not isinstance(config[key], bool):
+            raise AdapterFormatError(f"{path}: {key}={config[key]!r} must be true or false")
+    target = config["target_modules"]
+    if isinstance(target, str):
+        _check_regex(target, path, "target_modules")
+    elif not isinstance(target, list) or not all(isinstance(t, str) and t for t in target):
+        raise AdapterFormatError(
+            f"{path}: target_modules={target!r} must be a list of module names or a regex"
+        )
+    elif not target:
+        raise AdapterFormatError(f"{path}: target_modules is empty")
+    for key, valid, kind in (
+        ("rank_pattern", _is_rank, "a positive integer"),
+        ("alpha_pattern", _is_number, "a number"),
+    ):
+        patterns = config.get(key)
+        if patterns is None:
+            continue
+        if not isinstance(patterns, dict):
+            raise AdapterFormatError(f"{path}: {key} must be an object of regex -> value")
+        for pattern, value in patterns.items():
+            _check_regex(rf"(.*\.)?({pattern})$", path, f"{key}[{pattern!r}]")
+            if not valid(value):
+                raise AdapterFormatError(f"{path}: {key}[{pattern!r}]={value!r} must be {kind}")
     return config
 
 
@@ -161,10 +203,17 @@ def _read_tensors(directory: Path) -> dict[str, torch.Tensor]:
         raise AdapterFormatError(f"{path}: adapter weights not found{hint}")
     from safetensors.torch import load_file
 
+    try:
+        loaded = load_file(path)
+    except Exception as exc:  # safetensors raises its own error types (truncated header, bad offsets)
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise AdapterFormatError(f"{path}: not a readable safetensors file ({detail})") from exc
     out = {}
-    for key, tensor in load_file(path).items():
+    for key, tensor in loaded.items():
         if not key.startswith(_PREFIX):
             raise AdapterFormatError(f"{path}: key {key!r} does not start with {_PREFIX!r}")
+        if not tensor.is_floating_point():
+            raise AdapterFormatError(f"{path}: key {key!r} holds {tensor.dtype}, not a floating-point tensor")
         out[key[len(_PREFIX) :]] = tensor
     return out
 
@@ -262,7 +311,11 @@ def load_adapter(
         linears = _linear_layers(model)
         rank_pattern = config.get("rank_pattern") or None
         shapes = {}
-        for full in match_targets(model, target):
+        try:
+            targeted = match_targets(model, target)
+        except TargetNotFoundError as exc:
+            raise AdapterFormatError(f"{config_path}: target_modules: {exc}") from exc
+        for full in targeted:
             name = clean_name(full)
             rank = int(_pattern_value(rank_pattern, name, int(config["r"])))
             d_out, d_in = linears[full].weight.shape

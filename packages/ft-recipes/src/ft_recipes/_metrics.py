@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -109,9 +108,9 @@ class JsonlLogger:
                 if step is not None and step <= start_step
             ]
             if len(kept) != len(lines):
-                tmp = path.with_name(f".{METRICS}.tmp")
-                tmp.write_text("".join(kept), encoding="utf-8")
-                os.replace(tmp, path)
+                from ft_dist import write_atomic  # imports torch: only when a file is rewritten
+
+                write_atomic(path, "".join(kept).encode("utf-8"))
         self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def log(self, record: Mapping[str, Any], step: int) -> None:

@@ -295,26 +295,32 @@ def app_state(
 
 
 def save_checkpoint(output_dir: str, step: int, state: dict[str, Any], keep_last: int) -> Path:
-    """Write ``output_dir/checkpoints/step_{step}`` atomically (with this rank's RNG) and prune old ones.
+    """Write ``output_dir/checkpoints/step_{step}`` atomically (with this rank's RNG), then prune and tidy.
 
     Raises:
         CheckpointSaveError: The write failed (disk full, permissions); the newest complete checkpoint
             is untouched and named in the message, and nothing is pruned.
     """
     root = Path(output_dir) / CHECKPOINTS
+    rng = ft_dist.rng_state()
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        path = ft_dist.save_checkpoint(root, step, app_state=state, rank_state=ft_dist.rng_state())
+        path = ft_dist.save_checkpoint(root, step, app_state=state, rank_state=rng, keep_last=keep_last)
     except (ft_dist.CheckpointError, OSError) as e:
         last = ft_dist.latest_checkpoint(root)
         kept = f"the last complete checkpoint {last} is kept" if last else "no earlier checkpoint exists"
         raise CheckpointSaveError(f"checkpoint: {e}; {kept}") from e
-    ft_dist.prune_checkpoints(root, keep_last=keep_last)
     return path
 
 
-def resume_checkpoint(output_dir: str, resume: str | None, state: dict[str, Any]) -> Path | None:
+def resume_checkpoint(
+    output_dir: str, resume: str | None, state: dict[str, Any], keep_last: int | None = None
+) -> Path | None:
     """Load ``resume`` (``auto``: the newest complete checkpoint, none is a fresh start) into ``state``.
+
+    Then the run's checkpoint root is tidied (``ft_dist.clean_checkpoints``): what a killed save or prune
+    left is removed, and complete checkpoints beyond ``keep_last`` are pruned, never the one resumed from.
+    ``keep_last=None`` uses the value recorded by the save that wrote the checkpoint resumed from (so a
+    run killed between its last save and that save's prune ends with ``keep_last`` checkpoints).
 
     Raises:
         UserError: ``resume`` names a directory that is not a complete checkpoint.
@@ -322,20 +328,25 @@ def resume_checkpoint(output_dir: str, resume: str | None, state: dict[str, Any]
     """
     if resume is None:
         return None
+    root = Path(output_dir) / CHECKPOINTS
     if resume == "auto":
-        path = ft_dist.latest_checkpoint(Path(output_dir) / CHECKPOINTS)
+        path = ft_dist.latest_checkpoint(root)
         if path is None:
+            ft_dist.clean_checkpoints(root)  # a run killed before its first checkpoint: its temp dirs
             return None
     else:
         path = Path(resume).expanduser()
-        if not (path / ".ft-checkpoint.json").is_file():
-            raise UserError(f"resume: {resume}: not a complete ft checkpoint (no .ft-checkpoint.json)")
+        if not ft_dist.is_checkpoint(path):
+            raise UserError(f"resume: {resume}: not a complete ft checkpoint (no {ft_dist.MARKER})")
     try:
         rank_state = ft_dist.load_checkpoint(path, app_state=state)
     except ft_dist.CheckpointError as e:
         raise CheckpointLoadError(f"resume: {e}") from e
     if rank_state is not None:
         ft_dist.set_rng_state(rank_state)
+    if keep_last is None:
+        keep_last = (ft_dist.checkpoint_info(path) or {}).get("keep_last")
+    ft_dist.clean_checkpoints(root, keep_last=keep_last, keep=path)
     return path
 
 
