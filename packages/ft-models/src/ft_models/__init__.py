@@ -28,6 +28,16 @@ from ._decoder import (
 from ._family import Family
 from ._gemma2 import GEMMA2_PRESETS, build_gemma2, gemma2_config
 from ._generate import generate, left_pad
+from ._kernel_choice import (
+    ATTENTION_KERNELS,
+    GROUPED_MAX_KEYS,
+    AttentionKernelName,
+    AutoKernel,
+    GroupedKernel,
+    attention_kernel,
+    auto_attention_kernel,
+    set_attention_kernel,
+)
 from ._llama import LLAMA_PRESETS, build_llama, llama_config
 from ._mask import AttentionMask
 from ._mistral import MISTRAL_PRESETS, mistral_config
@@ -46,8 +56,10 @@ from .errors import CacheError, CheckpointError, ConfigError, FtModelsError
 __version__ = "0.1.0"
 
 __all__ = [
+    "ATTENTION_KERNELS",
     "FAMILIES",
     "GEMMA2_PRESETS",
+    "GROUPED_MAX_KEYS",
     "LLAMA_PRESETS",
     "MISTRAL_PRESETS",
     "PRESETS",
@@ -55,7 +67,9 @@ __all__ = [
     "QWEN3_PRESETS",
     "AssetNotFoundError",
     "AttentionKernel",
+    "AttentionKernelName",
     "AttentionMask",
+    "AutoKernel",
     "CacheError",
     "CausalLM",
     "CheckpointError",
@@ -69,6 +83,7 @@ __all__ = [
     "FtModelsError",
     "GatedMLP",
     "GenerationStats",
+    "GroupedKernel",
     "GroupedQueryAttention",
     "KVCache",
     "RMSNorm",
@@ -82,6 +97,8 @@ __all__ = [
     "TransformerDecoder",
     "UnitOffsetRMSNorm",
     "__version__",
+    "attention_kernel",
+    "auto_attention_kernel",
     "build_gemma2",
     "build_llama",
     "build_model",
@@ -101,6 +118,7 @@ __all__ = [
     "qwen3_config",
     "read_stop_token_ids",
     "save_pretrained",
+    "set_attention_kernel",
     "smollm2_gguf_path",
     "soft_cap",
 ]
