@@ -15,7 +15,13 @@ from ._attention import (
     soft_cap,
 )
 from ._cache import KVCache
-from ._checkpoint import from_pretrained
+from ._checkpoint import (
+    CheckpointFormat,
+    LoadedCheckpoint,
+    checkpoint_format,
+    from_pretrained,
+    load_pretrained,
+)
 from ._config import DecoderConfig, RopeConfig
 from ._decode_step import DecodeStep
 from ._decoder import (
@@ -73,6 +79,7 @@ __all__ = [
     "CacheError",
     "CausalLM",
     "CheckpointError",
+    "CheckpointFormat",
     "ConfigError",
     "Decode",
     "DecodeStep",
@@ -86,6 +93,7 @@ __all__ = [
     "GroupedKernel",
     "GroupedQueryAttention",
     "KVCache",
+    "LoadedCheckpoint",
     "RMSNorm",
     "RopeConfig",
     "RotaryEmbedding",
@@ -104,6 +112,7 @@ __all__ = [
     "build_model",
     "build_qwen2",
     "build_qwen3",
+    "checkpoint_format",
     "from_pretrained",
     "gemma2_config",
     "generate",
@@ -111,6 +120,7 @@ __all__ = [
     "grouped_matmul_attention",
     "left_pad",
     "llama_config",
+    "load_pretrained",
     "mistral_config",
     "positions_from_documents",
     "preset_config",

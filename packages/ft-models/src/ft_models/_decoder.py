@@ -14,7 +14,6 @@ Shape legend: b batch, s sequence, d model dim, v vocabulary.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 from torch import nn
@@ -249,7 +248,6 @@ class CausalLM(nn.Module):
         self.model = model
         self.lm_head = lm_head
         self.logit_transform = logit_transform
-        self.gguf_metadata: dict[str, Any] | None = None
         self.tie_weights()
 
     def tie_weights(self) -> None:

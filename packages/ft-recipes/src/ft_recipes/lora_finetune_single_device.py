@@ -122,6 +122,7 @@ class Run:
 def setup(cfg: Config) -> Run:
     """Device, precision, model + adapters, data, optimizer, schedule; then resume if asked."""
     import ft_dist
+    import ft_models
     import ft_peft
     from ft_recipes import _train
     from ft_recipes._assets import resolve_path
@@ -164,7 +165,7 @@ def setup(cfg: Config) -> Run:
 
     written = None  # removed again if setup fails, so a refused run leaves nothing behind
     base_path = str(resolve_path(cfg.model["path"]).resolve())
-    if model.gguf_metadata is not None:  # PEFT needs an HF base: write the dequantised one beside the adapter
+    if ft_models.checkpoint_format(base_path) != "hf":  # PEFT needs an HF base: write it beside the adapter
         base_dir = Path(cfg.output_dir) / "base"
         if not (base_dir / "config.json").is_file():
             _train.save_hf_dir(model, tokenizer, base_dir)
