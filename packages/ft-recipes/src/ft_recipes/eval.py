@@ -168,17 +168,20 @@ class Config:
     output: str | None = None  # results JSONL
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    attention: Literal["auto", "sdpa", "grouped", "eager"] = "auto"  # see ft_recipes.training.apply_attention
 
 
 def main(cfg: Config) -> None:
     """Load, answer every prompt, print the score, write the results."""
     from ft_recipes._assets import resolve_path
     from ft_recipes._setup import load_model_and_tokenizer, pick_device, pick_dtype
+    from ft_recipes.training import apply_attention
 
     device = pick_device(cfg.device)
-    model, tokenizer = load_model_and_tokenizer(
-        cfg.model, cfg.tokenizer, cfg.adapter, device, pick_dtype(cfg.precision, device)
-    )
+    dtype = pick_dtype(cfg.precision, device)
+    model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.tokenizer, cfg.adapter, device, dtype)
+    attention = apply_attention(model, cfg.attention, device=device, dtype=dtype, training=False)
+    print(f"[eval] attention={attention}", file=sys.stderr)
     items = read_items(resolve_path(cfg.data))
     result = evaluate(
         model,

@@ -65,6 +65,7 @@ class Config:
     # Decode through ft-models' compiled step (about 2x faster per token at batch 1 on a CPU); the
     # first turn pays the compilation (tens of seconds), so it pays off for long answers.
     compile: bool = False
+    attention: Literal["auto", "sdpa", "grouped", "eager"] = "auto"  # see ft_recipes.training.apply_attention
 
 
 def _render(messages: list[dict[str, str]], tokenizer: Any, use_template: bool) -> str:
@@ -148,11 +149,14 @@ def main(cfg: Config) -> None:
     import torch
 
     from ft_recipes._setup import load_model_and_tokenizer, pick_device, pick_dtype, stop_token_ids
+    from ft_recipes.training import apply_attention
 
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.precision, device)
     model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.tokenizer, cfg.adapter, device, dtype)
     print(f"[generate] device={device} dtype={str(dtype).removeprefix('torch.')}", file=sys.stderr)
+    attention = apply_attention(model, cfg.attention, device=device, dtype=dtype, training=False)
+    print(f"[generate] attention={attention}", file=sys.stderr)
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.sampling.seed if cfg.sampling.seed is not None else torch.seed())
     chat = _Chat(model, tokenizer, sorted(stop_token_ids(tokenizer)), gen)

@@ -83,6 +83,7 @@ class Config:
     clip_grad_norm: float | None = 1.0
     activation_checkpointing: bool = False
     compile: bool = False
+    attention: Literal["auto", "sdpa", "grouped", "eager"] = "auto"  # see ft_recipes.training.apply_attention
     validation: ValidationConfig | None = None
     loggers: list[LoggerName] = field(default_factory=lambda: ["jsonl"])
     wandb: WandbConfig = field(default_factory=WandbConfig)
@@ -128,6 +129,7 @@ def setup(cfg: Config) -> Run:
     from ft_recipes._assets import resolve_path
     from ft_recipes._setup import pick_device
     from ft_recipes.training import (
+        apply_attention,
         apply_precision,
         build_lr_scheduler,
         build_optimizer,
@@ -187,6 +189,15 @@ def setup(cfg: Config) -> Run:
         )
         ft_peft.set_trainable(model)
         apply_precision(model, policy)
+        attention = apply_attention(
+            model,
+            cfg.attention,
+            device=device,
+            dtype=policy.compute_dtype,
+            training=True,
+            max_seq_len=cfg.max_seq_len,
+        )
+        print(f"[lora] attention={attention}", file=sys.stderr)
         if cfg.activation_checkpointing:
             ft_dist.apply_activation_checkpointing(model)
         if cfg.compile:

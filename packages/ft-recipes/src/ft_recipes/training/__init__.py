@@ -1,9 +1,10 @@
 """Training utilities shared by every ft recipe: one implementation each.
 
-The chunked loss, the precision policy, optimizers, LR schedules, gradient clipping and per-block
-compilation. Activation checkpointing and checkpoints live in ``ft_dist``.
+The chunked loss, the precision policy, optimizers, LR schedules, gradient clipping, per-block
+compilation and the attention-kernel setting. Activation checkpointing and checkpoints live in ``ft_dist``.
 """
 
+from ft_recipes.training._attention import ATTENTION_CHOICES, apply_attention, describe_attention
 from ft_recipes.training._clip import clip_grad_norm
 from ft_recipes.training._compile import compile_blocks
 from ft_recipes.training._loss import IGNORE_INDEX, batch_loss, linear_cross_entropy
@@ -21,6 +22,7 @@ from ft_recipes.training.errors import (
 )
 
 __all__ = [
+    "ATTENTION_CHOICES",
     "IGNORE_INDEX",
     "OPTIMIZERS",
     "PRECISIONS",
@@ -34,12 +36,14 @@ __all__ = [
     "TrainingDivergedError",
     "TrainingError",
     "WarmupSchedule",
+    "apply_attention",
     "apply_precision",
     "batch_loss",
     "build_lr_scheduler",
     "build_optimizer",
     "clip_grad_norm",
     "compile_blocks",
+    "describe_attention",
     "linear_cross_entropy",
     "resolve_precision",
 ]
