@@ -37,11 +37,11 @@ __all__ = ["DecodeStep"]
 _StepFn = Callable[..., torch.Tensor]
 _compiled: _StepFn | None = None
 
-# Largest batch whose linear layers the compiled step computes as streaming reductions. Measured on
-# the SmolLM2-135M shape (fp32, one thread, CPU time per compiled step, reduction vs BLAS): batch 1
-# 32 vs 55 ms; batch 2 347 vs 87 ms, 4: 366 vs 78 ms, 8: 431 vs 102 ms. From two rows on, the
-# reduction as inductor fuses it into the whole step is compute-bound and BLAS (which reuses each
-# weight tile across the rows) wins, so only single-row steps are rewritten.
+# Largest batch whose linear layers the compiled step computes as streaming reductions. At one row
+# the fused reduction beats BLAS's matrix-vector product; from two rows on, the reduction as inductor
+# fuses it into the whole step is compute-bound and BLAS (which reuses each weight tile across the
+# rows) wins by a wide margin, so only single-row steps are rewritten (per-step timings:
+# bench/README.md, "Measurements behind code choices").
 ROWWISE_MAX_ROWS = 1
 
 

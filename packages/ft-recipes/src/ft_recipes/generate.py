@@ -62,8 +62,9 @@ class Config:
     max_new_tokens: PositiveInt = 256
     stop: list[str] = field(default_factory=list)
     sampling: Sampling = field(default_factory=Sampling)
-    # Decode through ft-models' compiled step (about 2x faster per token at batch 1 on a CPU); the
-    # first turn pays the compilation (tens of seconds), so it pays off for long answers.
+    # Decode through ft-models' compiled step (faster per token, above all at batch 1 on a CPU); the
+    # first turn pays the compilation, so it pays off for long answers (bench/README.md, "Measurements
+    # behind code choices").
     compile: bool = False
     attention: Literal["auto", "sdpa", "grouped", "eager"] = "auto"  # see ft_recipes.training.apply_attention
 
