@@ -10,6 +10,7 @@ generate recipe logs ``auto -> sdpa`` (no gradients).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from types import ModuleType
 
@@ -92,4 +93,6 @@ def test_generate_logs_what_auto_resolved_to(
     )
     generate.main(prepare(generate, str(config)).config)
     err = capsys.readouterr().err
-    assert "[generate] attention=auto -> sdpa (no gradients" in err, err
+    assert re.search(
+        r"^\[generate\] device=cpu dtype=bfloat16 attention=auto -> sdpa \(no gradients", err, re.M
+    ), err
