@@ -88,7 +88,7 @@ def build_ft(
     """The model and optimizer exactly as the recipes set them up; returns (model, optimizer, precision)."""
     import ft_models
     import ft_peft
-    from ft_recipes.training import apply_precision, build_optimizer, resolve_precision
+    from ft_recipes.training import apply_attention, apply_precision, build_optimizer, resolve_precision
 
     model = ft_models.from_pretrained(str(ckpt), dtype=torch.float32, device=device)
     if precision is None:
@@ -100,7 +100,10 @@ def build_ft(
         torch.manual_seed(0)
         ft_peft.apply_lora(model, TARGETS, rank=8, alpha=16, dropout=0.0, quantize=quantize)
         ft_peft.set_trainable(model)
-    apply_precision(model, resolve_precision(precision, device))
+    policy = resolve_precision(precision, device)
+    apply_precision(model, policy)
+    # The recipes' default `attention: auto` (grouped products for bf16 CPU training).
+    apply_attention(model, "auto", device=torch.device(device), dtype=policy.compute_dtype, training=True)
     if compile:
         for layer in model.model.layers:
             layer.compile()

@@ -3,14 +3,17 @@ transformers reading the same file; absent keys take transformers' defaults, ``n
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from family_support import check_logits, reference_from_handwritten, variant
+from family_table import GEMMA2
 
 import ft_models
-from ft_models import DecoderConfig
+from ft_models import ConfigError, DecoderConfig, EagerKernel, SDPAKernel, soft_cap
 
 # Shaped like google/gemma-2-2b's config.json (both activation keys, soft-cap keys, hybrid cache),
 # scaled down: 4 layers, odd vocabulary, head_dim 24 != 64 / 4, GQA 2:1.
@@ -103,3 +106,16 @@ def test_absent_keys_take_transformers_defaults() -> None:
     reread = Gemma2Config(**{k: v for k, v in written.items() if k not in ("model_type", "architectures")})
     assert reread.attn_logit_softcapping is None
     assert reread.final_logit_softcapping is None
+
+
+@pytest.mark.parametrize("name", list(GEMMA2.cases))
+def test_builder_picks_the_capping_kernel_and_refuses_others(name: str) -> None:
+    c = DecoderConfig.from_hf_dict(GEMMA2.cases[name])
+    with pytest.raises(ConfigError, match=r"attn_logit_softcapping=.*SDPAKernel"):
+        ft_models.build_gemma2(c, kernel=SDPAKernel())
+    with pytest.raises(ConfigError, match="attn_logit_softcapping"):
+        ft_models.build_gemma2(c, kernel=EagerKernel())
+    custom = ft_models.build_gemma2(c, kernel=EagerKernel(score_mod=soft_cap(c.attn_logit_softcapping)))
+    assert isinstance(custom.model.layers[1].self_attn.kernel, EagerKernel)
+    uncapped = ft_models.build_gemma2(dataclasses.replace(c, attn_logit_softcapping=None))
+    assert isinstance(uncapped.model.layers[0].self_attn.kernel, SDPAKernel)

@@ -56,8 +56,13 @@ def prompt_ids(gguf_path: Path) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def ft_model(gguf_path: Path) -> Any:
-    return ft_models.from_pretrained(gguf_path)
+def loaded(gguf_path: Path) -> ft_models.LoadedCheckpoint:
+    return ft_models.load_pretrained(gguf_path)
+
+
+@pytest.fixture(scope="module")
+def ft_model(loaded: ft_models.LoadedCheckpoint) -> Any:
+    return loaded.model
 
 
 @pytest.fixture(scope="module")
@@ -97,11 +102,14 @@ def test_greedy_continuation_matches_transformers(
     assert len(set(new_ids[0].tolist())) >= 8
 
 
-def test_gguf_metadata_on_model(ft_model: Any, gguf_path: Path) -> None:
-    meta = ft_model.gguf_metadata
+def test_gguf_metadata_beside_the_model(loaded: ft_models.LoadedCheckpoint, gguf_path: Path) -> None:
+    meta = loaded.gguf_metadata
+    assert loaded.format == "gguf" == ft_models.checkpoint_format(gguf_path)
+    assert meta is not None
     assert meta["general.architecture"] == "llama"
-    assert len(meta["tokenizer.ggml.tokens"]) == ft_model.model.embed_tokens.weight.shape[0]
+    assert len(meta["tokenizer.ggml.tokens"]) == loaded.model.model.embed_tokens.weight.shape[0]
     assert meta == read_gguf(gguf_path, load_tensors=False).metadata
+    assert not hasattr(loaded.model, "gguf_metadata")  # a format detail, not the model's
 
 
 @pytest.fixture

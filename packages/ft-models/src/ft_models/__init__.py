@@ -15,7 +15,13 @@ from ._attention import (
     soft_cap,
 )
 from ._cache import KVCache
-from ._checkpoint import from_pretrained
+from ._checkpoint import (
+    CheckpointFormat,
+    LoadedCheckpoint,
+    checkpoint_format,
+    from_pretrained,
+    load_pretrained,
+)
 from ._config import DecoderConfig, RopeConfig
 from ._decode_step import DecodeStep
 from ._decoder import (
@@ -28,6 +34,16 @@ from ._decoder import (
 from ._family import Family
 from ._gemma2 import GEMMA2_PRESETS, build_gemma2, gemma2_config
 from ._generate import generate, left_pad
+from ._kernel_choice import (
+    ATTENTION_KERNELS,
+    GROUPED_MAX_KEYS,
+    AttentionKernelName,
+    AutoKernel,
+    GroupedKernel,
+    attention_kernel,
+    auto_attention_kernel,
+    set_attention_kernel,
+)
 from ._llama import LLAMA_PRESETS, build_llama, llama_config
 from ._mask import AttentionMask
 from ._mistral import MISTRAL_PRESETS, mistral_config
@@ -46,8 +62,10 @@ from .errors import CacheError, CheckpointError, ConfigError, FtModelsError
 __version__ = "0.1.0"
 
 __all__ = [
+    "ATTENTION_KERNELS",
     "FAMILIES",
     "GEMMA2_PRESETS",
+    "GROUPED_MAX_KEYS",
     "LLAMA_PRESETS",
     "MISTRAL_PRESETS",
     "PRESETS",
@@ -55,10 +73,13 @@ __all__ = [
     "QWEN3_PRESETS",
     "AssetNotFoundError",
     "AttentionKernel",
+    "AttentionKernelName",
     "AttentionMask",
+    "AutoKernel",
     "CacheError",
     "CausalLM",
     "CheckpointError",
+    "CheckpointFormat",
     "ConfigError",
     "Decode",
     "DecodeStep",
@@ -69,8 +90,10 @@ __all__ = [
     "FtModelsError",
     "GatedMLP",
     "GenerationStats",
+    "GroupedKernel",
     "GroupedQueryAttention",
     "KVCache",
+    "LoadedCheckpoint",
     "RMSNorm",
     "RopeConfig",
     "RotaryEmbedding",
@@ -83,11 +106,14 @@ __all__ = [
     "UnitOffsetRMSNorm",
     "__version__",
     "asset_path",
+    "attention_kernel",
+    "auto_attention_kernel",
     "build_gemma2",
     "build_llama",
     "build_model",
     "build_qwen2",
     "build_qwen3",
+    "checkpoint_format",
     "from_pretrained",
     "gemma2_config",
     "generate",
@@ -95,6 +121,7 @@ __all__ = [
     "grouped_matmul_attention",
     "left_pad",
     "llama_config",
+    "load_pretrained",
     "mistral_config",
     "peak_memory_bytes",
     "positions_from_documents",
@@ -103,6 +130,7 @@ __all__ = [
     "qwen3_config",
     "read_stop_token_ids",
     "save_pretrained",
+    "set_attention_kernel",
     "smollm2_gguf_path",
     "soft_cap",
 ]

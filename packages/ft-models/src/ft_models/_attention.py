@@ -6,12 +6,16 @@ given one, and hands ``q``/``k``/``v`` to a kernel. Kernels are small callables 
 
 * :class:`SDPAKernel` (default): ``torch.nn.functional.scaled_dot_product_attention`` with
   ``enable_gqa=True`` (k/v are never expanded by hand); ``is_causal=True`` and no mask on the fast path
-  (no documents, padding, cache or window), a boolean mask otherwise. On CPU, bf16 calls that will be
-  differentiated (training) go to :func:`grouped_matmul_attention` instead (see there).
+  (no documents, padding, cache or window), a boolean mask otherwise. Every call goes to SDPA.
 * :class:`EagerKernel`: explicit fp32 scores and softmax, with an optional ``score_mod`` applied to the
   scores before masking (e.g. Gemma 2's tanh soft-capping). Families that modify scores plug a
   modifier into this kernel; a sliding window is a property of the attention layer (``window``) that
   every kernel honours through the mask. No family flags.
+* :func:`grouped_matmul_attention`: batched products around ATen's softmax kernels, the fast CPU path
+  for bf16 training.
+
+Which kernel a model runs is chosen from outside the model by name (``auto``, ``sdpa``, ``grouped``,
+``eager``; see :mod:`._kernel_choice`): the kernels themselves never reroute a call.
 
 Shape legend: b batch, s new tokens, t keys, d model dim, n_h query heads, n_kv key/value heads,
 h_d head dim.
@@ -117,13 +121,13 @@ def grouped_matmul_attention(
     fp32), the softmax and its backward compute in fp32 and store ``q``'s dtype, and the backward
     reuses the forward's probabilities instead of recomputing them.
 
-    Why it exists: PyTorch's CPU flash-attention kernel runs at ~15% of the bf16 matmul peak on two
-    cores (forward plus backward 17.5 ms per SmolLM2-135M layer at batch 4 x 256), while these six
-    products run near the peak: the same layer takes ~8 ms eager and a LoRA bf16 training step gets
-    ~12% faster, eager or compiled. In fp32 SDPA is as fast, and without gradients the gain is small,
-    so :class:`SDPAKernel` routes only bf16 CPU calls that autograd will differentiate here, and only
-    up to 1024 keys: the saved probabilities grow with ``s * t``, where flash attention's state grows
-    with ``s``.
+    Why it exists: PyTorch's CPU flash-attention kernel runs bf16 far below the CPU's bf16 matrix
+    product speed, while these six products run near it, so a bf16 training step on the CPU is faster
+    with them, eager or compiled (figures: bench/README.md, "Measurements behind code choices"). In
+    fp32 SDPA is as fast, and without gradients the gain is small, so the ``auto`` setting
+    (:func:`auto_attention_kernel`) uses this kernel only for bf16 CPU calls that autograd will
+    differentiate, and only up to 1024 keys: the saved probabilities grow with ``s * t``, where flash
+    attention's state grows with ``s``.
 
     Args:
         q: ``[b, n_h, s, h_d]``.
@@ -150,36 +154,12 @@ def _mask_bias(mask: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor:
     return torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
 
 
-# grouped_matmul_attention keeps the [b, n_h, s, t] probabilities for the backward, where flash
-# attention keeps O(s) per head. Up to 1024 keys that is at most about what a layer already saves
-# (SmolLM2-135M: 9 * 1024 per token against ~10k for its projections and MLP); beyond, memory would
-# grow with the square of the context, so longer rows keep SDPA.
-_MATMUL_ATTENTION_MAX_KEYS = 1024
-
-
-def _matmul_attention_wins(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """bf16 CPU attention over several queries, at most 1024 keys, that autograd will differentiate."""
-    return (
-        q.device.type == "cpu"
-        and q.dtype == torch.bfloat16
-        and q.shape[2] > 1
-        and k.shape[2] <= _MATMUL_ATTENTION_MAX_KEYS
-        and torch.is_grad_enabled()
-        and (q.requires_grad or k.requires_grad or v.requires_grad)
-    )
-
-
 class SDPAKernel:
-    """PyTorch's fused scaled-dot-product attention (flash / memory-efficient / math backends).
-
-    bf16 training on CPU goes to :func:`grouped_matmul_attention`, which is ~2x faster there.
-    """
+    """PyTorch's fused scaled-dot-product attention (flash / memory-efficient / math backends)."""
 
     def __call__(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
     ) -> torch.Tensor:
-        if _matmul_attention_wins(q, k, v):
-            return grouped_matmul_attention(q, k, v, mask, scale)
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=True
         )

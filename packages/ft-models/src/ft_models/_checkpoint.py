@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from safetensors import safe_open
@@ -27,11 +29,59 @@ from ._registry import build_model
 from ._rope import RotaryEmbedding
 from .errors import CheckpointError
 
-__all__ = ["from_pretrained", "load_weights", "weight_files"]
+__all__ = [
+    "CheckpointFormat",
+    "LoadedCheckpoint",
+    "checkpoint_format",
+    "from_pretrained",
+    "load_pretrained",
+    "load_weights",
+    "weight_files",
+]
 
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+CheckpointFormat = Literal["hf", "gguf"]
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """What :func:`load_pretrained` read: the model, and the format details that are not the model's.
+
+    Attributes:
+        model: The model in eval mode.
+        format: ``"hf"`` (a safetensors directory) or ``"gguf"`` (a llama.cpp file, dequantised).
+        gguf_metadata: The GGUF file's raw key/values (plain Python values); ``None`` for ``"hf"``.
+    """
+
+    model: CausalLM
+    format: CheckpointFormat
+    gguf_metadata: dict[str, Any] | None = None
+
+
+def checkpoint_format(path: str | Path) -> CheckpointFormat:
+    """What ``path`` holds, without reading weights: ``"hf"`` or ``"gguf"``.
+
+    A caller that needs an HF directory (PEFT, transformers, vLLM) asks this before deciding to write
+    the model out as one.
+
+    Raises:
+        CheckpointError: The path is missing, a file that is not ``.gguf``, or a directory without
+            ``config.json``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or directory")
+    if path.is_file():
+        if path.suffix == ".gguf":
+            return "gguf"
+        raise CheckpointError(f"{path}: expected a model directory or a .gguf file")
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path / 'config.json'}: file not found")
+    return "hf"
 
 
 def from_pretrained(
@@ -43,6 +93,27 @@ def from_pretrained(
 ) -> CausalLM:
     """Load a model from an HF directory (single or sharded safetensors) or a ``.gguf`` file.
 
+    The model only: :func:`load_pretrained` also returns the checkpoint's format and GGUF metadata.
+    Arguments and errors as there.
+
+    Returns:
+        The model in eval mode.
+    """
+    return load_pretrained(path, dtype=dtype, device=device, kernel=kernel).model
+
+
+def load_pretrained(
+    path: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    kernel: AttentionKernel | None = None,
+) -> LoadedCheckpoint:
+    """Load a model from an HF directory or a ``.gguf`` file, with the format it came in.
+
+    Format details (a GGUF file's metadata, whether the source is an HF directory) are returned next
+    to the model rather than kept on it: the model is the same object whatever it was read from.
+
     Args:
         path: Directory with ``config.json`` and ``model.safetensors`` or
             ``model.safetensors.index.json`` plus shards; or a ``.gguf`` file.
@@ -52,7 +123,7 @@ def from_pretrained(
         kernel: Attention kernel (SDPA by default).
 
     Returns:
-        The model in eval mode.
+        The model (in eval mode), ``"hf"`` or ``"gguf"``, and the GGUF metadata.
 
     Raises:
         CheckpointError: Missing path or file, unreadable file, missing or unexpected keys, shape
@@ -61,14 +132,9 @@ def from_pretrained(
     """
     path = Path(path)
     device = torch.device(device) if device is not None else torch.device("cpu")
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file or directory")
-    if path.is_file():
-        if path.suffix == ".gguf":
-            return _from_gguf(path, dtype=dtype, device=device, kernel=kernel)
-        raise CheckpointError(f"{path}: expected a model directory or a .gguf file")
-    if not (path / "config.json").is_file():
-        raise CheckpointError(f"{path / 'config.json'}: file not found")
+    if checkpoint_format(path) == "gguf":
+        model, metadata = _from_gguf(path, dtype=dtype, device=device, kernel=kernel)
+        return LoadedCheckpoint(model, "gguf", metadata)
     config = DecoderConfig.from_file(path / "config.json")
     files = weight_files(path)
     if dtype is None:
@@ -77,7 +143,7 @@ def from_pretrained(
         model = build_model(config, kernel=kernel)
     source = path / INDEX if (path / INDEX).is_file() else path / SINGLE
     load_weights(model, files, dtype=dtype, device=device, source=str(source))
-    return model.eval()
+    return LoadedCheckpoint(model.eval(), "hf")
 
 
 def weight_files(directory: Path) -> dict[Path, list[str]]:
@@ -242,8 +308,9 @@ def _owner(model: nn.Module, key: str) -> tuple[nn.Module, str]:
 
 def _from_gguf(
     path: Path, *, dtype: torch.dtype | None, device: torch.device, kernel: AttentionKernel | None
-) -> CausalLM:
-    """Build from a GGUF file: the reader returns an HF-style config and HF-named float32 tensors."""
+) -> tuple[CausalLM, dict[str, Any]]:
+    """Build from a GGUF file: the reader returns an HF-style config, HF-named float32 tensors and the
+    file's metadata (returned beside the model)."""
     from ._gguf import read_gguf  # optional dependency `gguf`, imported only here
 
     ckpt = read_gguf(path)
@@ -262,5 +329,4 @@ def _from_gguf(
             yield key, tensors.pop(key), str(path)
 
     _assign_all(model, drain(), dtype=dtype or torch.float32, device=device)
-    model.gguf_metadata = ckpt.metadata
-    return model.eval()
+    return model.eval(), ckpt.metadata

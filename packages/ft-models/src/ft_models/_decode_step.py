@@ -6,9 +6,11 @@ whole ``capacity``-long buffer under a key mask ``valid & (slot <= current)``. I
 same shapes at every step of a generation and across generations with the same batch and cache
 capacity, and capacities come in power-of-two buckets (:meth:`KVCache.reserve`), so
 ``torch.compile`` captures the step once per bucket (no recompilation per step or per prompt
-length). The step runs the model's own layers, norms and output projection; only the loop over
-them is written here, so every family that composes :class:`TransformerDecoder` works unchanged.
-The mask and RoPE tables are built once per step, not per layer, and nothing syncs with the host.
+length). The step prepares only what differs from a prompt forward (the RoPE tables of the new
+positions, :meth:`AttentionMask.for_decode_step` and slot-addressed cache views) and hands them to
+:meth:`TransformerDecoder.forward_prepared`, the same embedding, layers and final norm a forward runs,
+so every family that composes :class:`TransformerDecoder` works unchanged. The mask and RoPE tables
+are built once per step, not per layer, and nothing syncs with the host.
 
 Decoding a few rows is memory-bound: each step streams every weight once. The compiled step therefore
 runs under :class:`RowwiseLinear`, which computes every linear layer with at most ``max_rows`` input
@@ -35,11 +37,11 @@ __all__ = ["DecodeStep"]
 _StepFn = Callable[..., torch.Tensor]
 _compiled: _StepFn | None = None
 
-# Largest batch whose linear layers the compiled step computes as streaming reductions. Measured on
-# the SmolLM2-135M shape (fp32, one thread, CPU time per compiled step, reduction vs BLAS): batch 1
-# 32 vs 55 ms; batch 2 347 vs 87 ms, 4: 366 vs 78 ms, 8: 431 vs 102 ms. From two rows on, the
-# reduction as inductor fuses it into the whole step is compute-bound and BLAS (which reuses each
-# weight tile across the rows) wins, so only single-row steps are rewritten.
+# Largest batch whose linear layers the compiled step computes as streaming reductions. At one row
+# the fused reduction beats BLAS's matrix-vector product; from two rows on, the reduction as inductor
+# fuses it into the whole step is compute-bound and BLAS (which reuses each weight tile across the
+# rows) wins by a wide margin, so only single-row steps are rewritten (per-step timings:
+# bench/README.md, "Measurements behind code choices").
 ROWWISE_MAX_ROWS = 1
 
 
@@ -102,19 +104,8 @@ def _forward(
 ) -> torch.Tensor:
     """The step itself: ``tokens`` ``[b]`` at RoPE ``positions`` ``[b]``, written at cache ``slot``."""
     decoder = model.model
-    h = decoder.embed_tokens(tokens[:, None])  # [b, 1, d]
-    if decoder.embed_scale != 1.0:
-        h = h * torch.tensor(decoder.embed_scale, dtype=h.dtype)
     rope = decoder.rotary_emb(positions[:, None])  # cos, sin [b, 1, h_d]
-    k_slot = torch.arange(valid.shape[1], device=valid.device)  # [t]
-    seen = valid & (k_slot <= slot)  # [b, t]
-    # The mask of every window the layers use, built once; each layer looks its own up.
-    dense = {
-        w: (seen if w is None else seen & (slot - k_slot < w))[:, None, None, :]  # [b, 1, 1, t]
-        for w in windows
-    }
-    mask = AttentionMask(1, valid.shape[1], None, None, valid.device, dense)
-    for i, layer in enumerate(decoder.layers):
-        h = layer(h, rope, mask, KVCacheLayer(keys[i], values[i], slot=slot))
-    h = decoder.norm(h)
+    mask = AttentionMask.for_decode_step(valid, slot, windows)
+    caches = [KVCacheLayer(keys[i], values[i], slot=slot) for i in range(len(keys))]
+    h = decoder.forward_prepared(tokens[:, None], rope, mask, caches)  # [b, 1, d]
     return model.output_projection(h[:, -1]).float()  # [b, v]

@@ -14,7 +14,6 @@ Shape legend: b batch, s sequence, d model dim, v vocabulary.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 from torch import nn
@@ -195,12 +194,34 @@ class TransformerDecoder(nn.Module):
                     if document_ids is not None
                     else torch.arange(s, device=device).expand(b, s)
                 )
+        layer_caches = [cache.layer(i) for i in range(len(self.layers))] if cache is not None else None
+        return self.forward_prepared(input_ids, self.rotary_emb(position_ids), mask, layer_caches)
+
+    def forward_prepared(
+        self,
+        input_ids: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: AttentionMask,
+        layer_caches: Sequence[KVCacheLayer] | None = None,
+    ) -> torch.Tensor:
+        """Embed ``input_ids`` ``[b, s]``, run every layer and the final norm: hidden ``[b, s, d]``.
+
+        :meth:`forward` prepares the mask, RoPE tables and per-layer cache views from a batch and a
+        :class:`KVCache`; a caller that prepares them another way (the static decode step, which writes
+        at a slot given as a tensor and masks the whole buffer) calls this with its own, so the
+        embedding, its scale, the layer loop and the final norm exist once.
+
+        Args:
+            input_ids: ``[b, s]`` token ids.
+            rope: ``(cos, sin)`` for the new tokens, each ``[b, s, h_d]`` fp32.
+            mask: The attention mask every layer uses (each applies its own window).
+            layer_caches: One cache view per layer (in layer order), or ``None`` without a cache.
+        """
         h = self.embed_tokens(input_ids)  # [b, s, d]
         if self.embed_scale != 1.0:
             h = h * torch.tensor(self.embed_scale, dtype=h.dtype)
-        rope = self.rotary_emb(position_ids)
         for i, layer in enumerate(self.layers):
-            h = layer(h, rope, mask, cache.layer(i) if cache is not None else None)
+            h = layer(h, rope, mask, layer_caches[i] if layer_caches is not None else None)
         return self.norm(h)
 
 
@@ -227,7 +248,6 @@ class CausalLM(nn.Module):
         self.model = model
         self.lm_head = lm_head
         self.logit_transform = logit_transform
-        self.gguf_metadata: dict[str, Any] | None = None
         self.tie_weights()
 
     def tie_weights(self) -> None:

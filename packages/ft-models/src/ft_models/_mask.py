@@ -21,6 +21,7 @@ Shape legend: b batch, s queries, t keys.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -74,6 +75,31 @@ class AttentionMask:
         q_doc = torch.where(new_valid, 0, -1)  # [b, s]
         k_doc = torch.where(key_valid, 0, -1)  # [b, t]
         return cls(new_valid.shape[1], key_valid.shape[1], q_doc, k_doc, key_valid.device)
+
+    @classmethod
+    def for_decode_step(
+        cls, key_valid: torch.Tensor, slot: torch.Tensor, windows: Iterable[int | None]
+    ) -> AttentionMask:
+        """Mask for one new token per row written at cache ``slot`` of a ``t``-slot buffer.
+
+        The static decode step attends over the whole buffer, so its shapes never change: a key is
+        visible when it is valid and not later than ``slot`` (and, for a window, less than ``window``
+        slots behind it). The query's slot is a tensor, not a Python int, so a compiled step is not
+        specialised to it. The masks of all ``windows`` are built here, once per step.
+
+        Args:
+            key_valid: ``[b, t]`` bool, the cache's key-valid mask including the new token.
+            slot: 1-element long tensor, the new token's slot.
+            windows: Every window size the model's layers use (``None``: full attention).
+        """
+        t = key_valid.shape[1]
+        k_slot = torch.arange(t, device=key_valid.device)  # [t]
+        seen = key_valid & (k_slot <= slot)  # [b, t]
+        dense = {
+            w: (seen if w is None else seen & (slot - k_slot < w))[:, None, None, :]  # [b, 1, 1, t]
+            for w in windows
+        }
+        return cls(1, t, None, None, key_valid.device, dense)
 
     def is_plain_causal(self, window: int | None = None) -> bool:
         """True when the mask is the standard causal one (no documents, padding, cache or window)."""

@@ -18,8 +18,8 @@ active *inside* a compiled function; in eager mode the unfused reduction would m
 
 At one new token per row, attention has the same problem at a smaller scale: the CPU flash-attention
 kernel behind ``F.scaled_dot_product_attention`` is built for blocks of queries, and for a single bf16
-query it costs ~150 us a call (measured: 9 query / 3 key-value heads, 256 keys, 2 threads), 30x the
-arithmetic, and more than a fifth of a SmolLM2-135M bf16 decode step. :class:`SingleQueryAttention`
+query a call costs many times its arithmetic, a sizeable share of a small model's bf16 decode step
+(figures: bench/README.md, "Measurements behind code choices"). :class:`SingleQueryAttention`
 computes those calls as two small fp32 matrix products around a masked softmax
 (:func:`single_query_attention`, GQA by grouping the query heads, keys never copied per head).
 

@@ -183,22 +183,24 @@ class Config:
     output: str | None = None  # results JSONL
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    attention: Literal["auto", "sdpa", "grouped", "eager"] = "auto"  # see ft_recipes.training.apply_attention
 
 
 def main(cfg: Config) -> None:
     """Load, answer every prompt, print the score, write the results."""
     from ft_recipes._assets import resolve_path
     from ft_recipes._setup import load_model_and_tokenizer, pick_device
-    from ft_recipes.training import resolve_inference_precision
+    from ft_recipes.training import apply_attention, resolve_inference_precision
 
     items = read_items(resolve_path(cfg.data))  # a bad file is refused before the model is loaded
     device = pick_device(cfg.device)
     precision = resolve_inference_precision(cfg.precision, device)
     dtype = str(precision.dtype).removeprefix("torch.")
-    print(f"[eval] device={device} dtype={dtype} ({precision.reason})", file=sys.stderr)
     model, tokenizer = load_model_and_tokenizer(
         cfg.model, cfg.tokenizer, cfg.adapter, device, precision.dtype
     )
+    attention = apply_attention(model, cfg.attention, device=device, dtype=precision.dtype, training=False)
+    print(f"[eval] device={device} dtype={dtype} attention={attention} ({precision.reason})", file=sys.stderr)
     result = evaluate(
         model,
         tokenizer,

@@ -71,6 +71,7 @@ class Config:
     clip_grad_norm: PositiveFloat | None = 1.0  # null: measure the norm only
     activation_checkpointing: bool = False
     compile: bool = False
+    attention: Literal["auto", "sdpa", "grouped", "eager"] = "auto"  # see ft_recipes.training.apply_attention
     validation: ValidationConfig | None = None
     loggers: list[LoggerName] = field(default_factory=lambda: ["jsonl"])
     wandb: WandbConfig = field(default_factory=WandbConfig)
@@ -110,6 +111,7 @@ def setup(cfg: Config) -> Run:
     from ft_recipes import _train
     from ft_recipes._setup import pick_device
     from ft_recipes.training import (
+        apply_attention,
         apply_precision,
         build_lr_scheduler,
         build_optimizer,
@@ -147,6 +149,15 @@ def setup(cfg: Config) -> Run:
 
     _train.seed_everything(cfg.seed)  # dropout; and the checkpoints' RNG sidecar is the same run to run
     apply_precision(model, policy)
+    attention = apply_attention(
+        model,
+        cfg.attention,
+        device=device,
+        dtype=policy.compute_dtype,
+        training=True,
+        max_seq_len=cfg.max_seq_len,
+    )
+    print(f"[full] attention={attention}", file=sys.stderr)
     if cfg.activation_checkpointing:
         ft_dist.apply_activation_checkpointing(model)
     if cfg.compile:

@@ -76,9 +76,11 @@ class Config:
     max_new_tokens: PositiveInt = 256
     stop: list[str] = field(default_factory=list)
     sampling: Sampling = field(default_factory=Sampling)
-    # Decode through ft-models' compiled step (about 2x faster per token at batch 1 on a CPU); the
-    # first turn pays the compilation (tens of seconds), so it pays off for long answers.
+    # Decode through ft-models' compiled step (faster per token, above all at batch 1 on a CPU); the
+    # first turn pays the compilation, so it pays off for long answers (bench/README.md, "Measurements
+    # behind code choices").
     compile: bool = False
+    attention: Literal["auto", "sdpa", "grouped", "eager"] = "auto"  # see ft_recipes.training.apply_attention
 
 
 def _render(messages: list[dict[str, str]], tokenizer: Any, use_template: bool) -> str:
@@ -162,15 +164,19 @@ def main(cfg: Config) -> None:
     import torch
 
     from ft_recipes._setup import load_model_and_tokenizer, pick_device, stop_token_ids
-    from ft_recipes.training import resolve_inference_precision
+    from ft_recipes.training import apply_attention, resolve_inference_precision
 
     device = pick_device(cfg.device)
     precision = resolve_inference_precision(cfg.precision, device)
     model, tokenizer = load_model_and_tokenizer(
         cfg.model, cfg.tokenizer, cfg.adapter, device, precision.dtype
     )
+    attention = apply_attention(model, cfg.attention, device=device, dtype=precision.dtype, training=False)
     dtype = str(precision.dtype).removeprefix("torch.")
-    print(f"[generate] device={device} dtype={dtype} ({precision.reason})", file=sys.stderr)
+    print(
+        f"[generate] device={device} dtype={dtype} attention={attention} ({precision.reason})",
+        file=sys.stderr,
+    )
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.sampling.seed if cfg.sampling.seed is not None else torch.seed())
     chat = _Chat(model, tokenizer, sorted(stop_token_ids(tokenizer)), gen)

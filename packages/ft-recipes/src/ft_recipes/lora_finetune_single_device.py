@@ -96,6 +96,7 @@ class Config:
     clip_grad_norm: PositiveFloat | None = 1.0  # null: measure the norm only
     activation_checkpointing: bool = False
     compile: bool = False
+    attention: Literal["auto", "sdpa", "grouped", "eager"] = "auto"  # see ft_recipes.training.apply_attention
     validation: ValidationConfig | None = None
     loggers: list[LoggerName] = field(default_factory=lambda: ["jsonl"])
     wandb: WandbConfig = field(default_factory=WandbConfig)
@@ -137,11 +138,13 @@ class Run:
 def setup(cfg: Config) -> Run:
     """Device, precision, model + adapters, data, optimizer, schedule; then resume if asked."""
     import ft_dist
+    import ft_models
     import ft_peft
     from ft_recipes import _train
     from ft_recipes._assets import resolve_path
     from ft_recipes._setup import pick_device
     from ft_recipes.training import (
+        apply_attention,
         apply_precision,
         build_lr_scheduler,
         build_optimizer,
@@ -179,7 +182,7 @@ def setup(cfg: Config) -> Run:
 
     written = None  # removed again if setup fails, so a refused run leaves nothing behind
     base_path = str(resolve_path(cfg.model["path"]).resolve())
-    if model.gguf_metadata is not None:  # PEFT needs an HF base: write the dequantised one beside the adapter
+    if ft_models.checkpoint_format(base_path) != "hf":  # PEFT needs an HF base: write it beside the adapter
         base_dir = Path(cfg.output_dir) / "base"
         if not (base_dir / "config.json").is_file():
             _train.save_hf_dir(model, tokenizer, base_dir)
@@ -201,6 +204,15 @@ def setup(cfg: Config) -> Run:
         )
         ft_peft.set_trainable(model)
         apply_precision(model, policy)
+        attention = apply_attention(
+            model,
+            cfg.attention,
+            device=device,
+            dtype=policy.compute_dtype,
+            training=True,
+            max_seq_len=cfg.max_seq_len,
+        )
+        print(f"[lora] attention={attention}", file=sys.stderr)
         if cfg.activation_checkpointing:
             ft_dist.apply_activation_checkpointing(model)
         if cfg.compile:

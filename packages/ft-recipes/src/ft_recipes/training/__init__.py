@@ -1,10 +1,11 @@
 """Training utilities shared by every ft recipe: one implementation each.
 
 The chunked loss, the precision policies (with the inference precision rule beside them: ``auto`` is
-decided in one module), optimizers, LR schedules, gradient clipping and per-block compilation.
-Activation checkpointing and checkpoints live in ``ft_dist``.
+decided in one module), optimizers, LR schedules, gradient clipping, per-block compilation and the
+attention-kernel setting. Activation checkpointing and checkpoints live in ``ft_dist``.
 """
 
+from ft_recipes.training._attention import ATTENTION_CHOICES, apply_attention, describe_attention
 from ft_recipes.training._clip import clip_grad_norm
 from ft_recipes.training._compile import compile_blocks
 from ft_recipes.training._loss import IGNORE_INDEX, batch_loss, linear_cross_entropy
@@ -30,6 +31,7 @@ from ft_recipes.training.errors import (
 )
 
 __all__ = [
+    "ATTENTION_CHOICES",
     "IGNORE_INDEX",
     "INFERENCE_PRECISIONS",
     "OPTIMIZERS",
@@ -45,12 +47,14 @@ __all__ = [
     "TrainingDivergedError",
     "TrainingError",
     "WarmupSchedule",
+    "apply_attention",
     "apply_precision",
     "batch_loss",
     "build_lr_scheduler",
     "build_optimizer",
     "clip_grad_norm",
     "compile_blocks",
+    "describe_attention",
     "linear_cross_entropy",
     "resolve_inference_precision",
     "resolve_precision",

@@ -78,8 +78,8 @@ def build_optimizer(
         p.device.type in ("cpu", "cuda") for p in trainable
     ):
         # torch's fused kernel: one pass per parameter instead of ~8 elementwise ops, fp32 math for
-        # bf16 parameters (measured on the SmolLM2-135M parameter set, CPU: 248 -> 76 ms fp32,
-        # 159 -> 61 ms bf16); GradScaler hands it the scale and inf flags itself.
+        # bf16 parameters, several times faster per step (bench/README.md, "Measurements behind code
+        # choices"); GradScaler hands it the scale and inf flags itself.
         kwargs["fused"] = True
     optimizer: torch.optim.Optimizer = getattr(module, class_name)(trainable, **kwargs)
     return optimizer
