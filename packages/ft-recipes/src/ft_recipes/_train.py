@@ -158,12 +158,7 @@ class _EpochBatches(torch.utils.data.Dataset):  # type: ignore[type-arg]
         return len(self.loader.rows(self.epoch)) // self.per_step
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
-        chosen = self.loader.rank_rows(self.epoch, k * self.per_step)
-        return ft_data.collate_rows(  # type: ignore[no-any-return]
-            [[self.loader.dataset[i] for i in row] for row in chosen],
-            pad_id=self.loader.pad_id,
-            length=self.loader.max_seq_len if self.loader.packed else None,
-        )
+        return self.loader.batch(self.loader.rank_rows(self.epoch, k * self.per_step))  # type: ignore[no-any-return]
 
 
 def micro_batches(loader: Any, num_workers: int = 0) -> Iterator[dict[str, torch.Tensor]]:
