@@ -1,6 +1,6 @@
 """Training utilities shared by every ft recipe: one implementation each.
 
-The chunked loss, the precision policies (with the inference precision rule beside them: ``auto`` is
+The chunked loss, the preference losses and metrics (DPO and variants, TRL's definitions), the precision policies (with the inference precision rule beside them: ``auto`` is
 decided in one module), optimizers, LR schedules, gradient clipping and per-block compilation.
 Activation checkpointing and checkpoints live in ``ft_dist``.
 """
@@ -18,6 +18,16 @@ from ft_recipes.training._precision import (
     resolve_inference_precision,
     resolve_precision,
 )
+from ft_recipes.training._preference import (
+    LOSS_TYPES,
+    METRIC_NAMES,
+    PreferenceLoss,
+    PreferenceStats,
+    SequenceLogps,
+    completion_logps,
+    preference_loss,
+    sequence_logps,
+)
 from ft_recipes.training._schedules import SCHEDULES, WarmupSchedule, build_lr_scheduler
 from ft_recipes.training.errors import (
     LossError,
@@ -32,6 +42,8 @@ from ft_recipes.training.errors import (
 __all__ = [
     "IGNORE_INDEX",
     "INFERENCE_PRECISIONS",
+    "LOSS_TYPES",
+    "METRIC_NAMES",
     "OPTIMIZERS",
     "PRECISIONS",
     "SCHEDULES",
@@ -41,7 +53,10 @@ __all__ = [
     "OptimizerError",
     "PrecisionError",
     "PrecisionPolicy",
+    "PreferenceLoss",
+    "PreferenceStats",
     "ScheduleError",
+    "SequenceLogps",
     "TrainingDivergedError",
     "TrainingError",
     "WarmupSchedule",
@@ -51,7 +66,10 @@ __all__ = [
     "build_optimizer",
     "clip_grad_norm",
     "compile_blocks",
+    "completion_logps",
     "linear_cross_entropy",
+    "preference_loss",
     "resolve_inference_precision",
     "resolve_precision",
+    "sequence_logps",
 ]
