@@ -305,6 +305,14 @@ class PreferenceStats:
         """No pairs yet."""
         return PreferenceStats(torch.zeros(len(_STATS), dtype=torch.float64, device=device))
 
+    def to_cpu(self) -> PreferenceStats:
+        """The same sums on the CPU (accumulated there, so a window never syncs per metric)."""
+        return PreferenceStats(self.sums.detach().cpu())
+
+    def metrics_pairs(self) -> int:
+        """Pairs counted."""
+        return int(self.sums[0])
+
     def metrics(self) -> dict[str, float]:
         """TRL's metrics: means over pairs, and token-weighted means for ``logits/*``."""
         s = dict(zip(_STATS, self.sums.tolist(), strict=True))
