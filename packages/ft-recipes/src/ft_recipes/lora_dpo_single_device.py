@@ -27,7 +27,15 @@ from ft_recipes._train_config import (
     ValidationConfig,
     WandbConfig,
 )
-from ft_recipes.config import Component, Interval, NonNegativeInt, PositiveFloat, PositiveInt, Seed
+from ft_recipes.config import (
+    Component,
+    Interval,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Seed,
+)
 from ft_recipes.lora_finetune_single_device import LoraConfig
 
 # torch and the model code are imported inside the functions, so `tune validate` reads this schema cheaply.
@@ -51,8 +59,9 @@ class PreferenceConfig:
         loss_type: One or several of ``sigmoid`` (DPO), ``hinge``, ``ipo``, ``robust``, ``simpo``
             (reference-free, alone only), summed with ``loss_weights`` (default 1 each).
         beta: > 0, the strength of the pull towards the reference (IPO's tau, SimPO's beta).
+        loss_weights: Each >= 0 (a negative weight would train that loss backwards; 0 turns it off).
         label_smoothing: In [0, 0.5): the assumed probability of a flipped label (``robust``, ``simpo``).
-        simpo_gamma: SimPO's target reward margin.
+        simpo_gamma: SimPO's target reward margin, >= 0.
         reference: ``live`` (adapters disabled every step) or ``precomputed`` (once before training;
             identical numbers, one forward per micro-batch instead of two).
         precompute_batch_size: Pairs per forward when precomputing (null: ``batch_size``).
@@ -61,10 +70,10 @@ class PreferenceConfig:
     loss_type: list[Literal["sigmoid", "hinge", "ipo", "robust", "simpo"]] = field(
         default_factory=lambda: ["sigmoid"]
     )
-    loss_weights: list[float] | None = None
+    loss_weights: list[NonNegativeFloat] | None = None
     beta: PositiveFloat = 0.1
     label_smoothing: Annotated[float, Interval(0, 0.5, high_open=True)] = 0.0
-    simpo_gamma: float = 0.5
+    simpo_gamma: NonNegativeFloat = 0.5
     reference: Literal["live", "precomputed"] = "live"
     precompute_batch_size: PositiveInt | None = None
 
