@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 from ft_data._chat import END_OF_TURN_MARKERS, TokenizedChat, TrainOn, tokenize_chat
 from ft_data._dataset import DatasetReport, TokenizedDataset, build_dataset
-from ft_data._inspect import TokenView, format_example, inspect_example
+from ft_data._inspect import (
+    PreferenceView,
+    TokenView,
+    format_example,
+    format_preference,
+    inspect_example,
+    inspect_preference,
+)
 from ft_data._labels import IGNORE_INDEX, labels_from_mask
 from ft_data._load import load_tokenizer
 from ft_data._messages import (
@@ -23,6 +30,7 @@ from ft_data._messages import (
     from_sharegpt,
     validate_roles,
 )
+from ft_data._preference import PREFERENCE_FIELDS, build_preference_dataset, extract_prompt
 from ft_data._protocol import Tokenizer
 from ft_data._sources import RowSource, read_rows
 from ft_data._template import BUILTIN_TEMPLATES, apply_chat_template, load_chat_template
@@ -46,9 +54,11 @@ __all__ = [
     "BUILTIN_TEMPLATES",
     "END_OF_TURN_MARKERS",
     "IGNORE_INDEX",
+    "PREFERENCE_FIELDS",
     "DatasetReport",
     "Loader",
     "Message",
+    "PreferenceView",
     "RowSource",
     "TokenView",
     "TokenizedChat",
@@ -59,16 +69,20 @@ __all__ = [
     "__version__",
     "apply_chat_template",
     "build_dataset",
+    "build_preference_dataset",
     "collate_generation",
     "collate_preference",
     "collate_rows",
+    "extract_prompt",
     "format_example",
+    "format_preference",
     "from_alpaca",
     "from_input_output",
     "from_openai",
     "from_preference",
     "from_sharegpt",
     "inspect_example",
+    "inspect_preference",
     "labels_from_mask",
     "load_chat_template",
     "load_tokenizer",

@@ -7,9 +7,8 @@ Kinds of examples:
   assistant message through the same template;
 * ``text``: plain ``text`` for completion training (BOS when the tokenizer adds one, EOS appended),
   every token trained;
-* ``preference``: ``chosen`` / ``rejected`` (strings or message lists) with an optional shared
-  ``prompt``, tokenised as two chats (fields ``chosen_input_ids``, ``chosen_labels``,
-  ``rejected_input_ids``, ``rejected_labels``).
+* ``preference``: prompt + chosen + rejected pairs, built by `build_preference_dataset` (``columns``
+  is its ``column_map``).
 
 `columns` maps these field names to the data's own column names. Examples longer than
 ``max_seq_len`` are truncated or dropped (``length_policy``); both are counted in the report.
@@ -28,11 +27,19 @@ from ft_data._chat import TrainOn, tokenize_chat
 from ft_data._labels import IGNORE_INDEX, labels_from_mask
 from ft_data._messages import Message, from_alpaca, from_openai, from_sharegpt
 from ft_data._protocol import Tokenizer
-from ft_data._sources import read_rows
+from ft_data._sources import RowSource, read_rows
 from ft_data._template import resolve_template
 from ft_data.errors import ChatTemplateError, DataCacheError, DataRowError, MessageError
 
-__all__ = ["DatasetReport", "Kind", "LengthPolicy", "TokenizedDataset", "build_dataset"]
+__all__ = [
+    "DatasetReport",
+    "Kind",
+    "LengthPolicy",
+    "TokenizedDataset",
+    "build_dataset",
+    "open_cache",
+    "store_cache",
+]
 
 Kind = Literal["chat", "instruct", "text", "preference"]
 LengthPolicy = Literal["truncate", "drop"]
@@ -94,6 +101,53 @@ class TokenizedDataset:
         return {k: v[index] for k, v in self.fields.items()}
 
 
+def open_cache(
+    src: RowSource,
+    tokenizer: Tokenizer,
+    template_source: str | None,
+    settings: Mapping[str, Any],
+    cache_dir: str | os.PathLike[str] | None,
+    use_cache: bool,
+) -> tuple[Path | None, str, TokenizedDataset | None]:
+    """The cache file of a build and, when it holds a valid entry, the dataset read from it.
+
+    Returns:
+        ``(path, state, hit)``: the file (None without cache), ``off`` / ``built`` / ``rebuilt`` (a
+        corrupt file is replaced) for the build to report, and the cached dataset or None.
+    """
+    from ft_data import __version__
+
+    if not use_cache:
+        return None, "off", None
+    key = _cache.cache_key(
+        data=src.fingerprint,
+        tokenizer=_cache.tokenizer_fingerprint(tokenizer),
+        template=template_source,
+        settings=settings,
+        version=__version__,
+    )
+    root = Path(cache_dir) if cache_dir is not None else _cache.default_cache_dir()
+    path = root / f"{key}.ftdata"
+    if not path.is_file():
+        return path, "built", None
+    try:
+        cached, stored = _cache.read_cache(path)
+    except DataCacheError:
+        return path, "rebuilt", None
+    return (
+        path,
+        "hit",
+        TokenizedDataset(cached, DatasetReport(**{**stored, "cache": "hit", "cache_path": str(path)})),
+    )
+
+
+def store_cache(path: Path | None, fields: Mapping[str, list[list[int]]], report: DatasetReport) -> None:
+    """Write a finished build to its cache file (nothing without cache)."""
+    if path is not None:
+        body = {k: v for k, v in asdict(report).items() if k not in ("cache", "cache_path")}
+        _cache.write_cache(path, fields, body)
+
+
 def _field(
     row: Mapping[str, Any], name: str, columns: Mapping[str, str], where: str, kind: type | None
 ) -> Any:
@@ -127,17 +181,6 @@ def _chat_of(row: Mapping[str, Any], kind: Kind, columns: Mapping[str, str], whe
     if system is not None and chat[0].role != "system":
         chat.insert(0, Message("system", system))
     return chat
-
-
-def _pref_part(value: Any, where: str) -> list[Message]:
-    """A preference side: an answer string, assistant messages, or a whole conversation."""
-    if isinstance(value, str):
-        return [Message("assistant", value)]
-    if not isinstance(value, list) or not value or not all(isinstance(m, dict) for m in value):
-        raise DataRowError(f"{where}: expected a string or a non-empty list of messages")
-    if value[0].get("role") == "assistant":
-        return [Message("assistant", str(m.get("content") or "")) for m in value]
-    return from_openai(value, where=where)
 
 
 def _fit(
@@ -190,7 +233,7 @@ def build_dataset(
         template_kwargs: Extra template variables (fix ``date_string`` for templates that print today).
         tools: Tool schemas passed to the template for every example.
         system: System prompt added to chats that have none.
-        train_on: ``assistant`` (default), ``last`` (default for preference) or ``all``.
+        train_on: ``assistant`` (default), ``last`` or ``all`` (preference pairs: ``last`` only).
         special_in_content: See `tokenize_chat`.
         end_of_turn: Extra end-of-turn markers, see `tokenize_chat`.
         max_seq_len: Longest example kept (tokens).
@@ -201,12 +244,32 @@ def build_dataset(
     Raises:
         DataFileError, DataRowError: Bad input, naming the file, the row and the field.
     """
-    from ft_data import __version__
-
     columns = dict(columns or {})
-    train_on = train_on or ("last" if kind == "preference" else "assistant")
     if kind not in _NEEDED:
         raise ValueError(f"kind={kind!r}: expected one of {', '.join(_NEEDED)}")
+    if kind == "preference":
+        if train_on not in (None, "last"):
+            raise ValueError(f"train_on={train_on!r}: preference pairs train on the answer only ('last')")
+        from ft_data._preference import build_preference_dataset
+
+        return build_preference_dataset(
+            source,
+            tokenizer=tokenizer,
+            column_map=columns,
+            split=split,
+            data_format=data_format,
+            template=template,
+            template_kwargs=template_kwargs,
+            tools=tools,
+            system=system,
+            special_in_content=special_in_content,
+            end_of_turn=end_of_turn,
+            max_seq_len=max_seq_len,
+            length_policy=length_policy,
+            cache_dir=cache_dir,
+            use_cache=use_cache,
+        )
+    train_on = train_on or "assistant"
     if length_policy not in ("truncate", "drop"):
         raise ValueError(f"length_policy={length_policy!r}: expected 'truncate' or 'drop'")
     src = read_rows(source, split=split, data_format=data_format)
@@ -224,26 +287,9 @@ def build_dataset(
         "max_seq_len": max_seq_len,
         "length_policy": length_policy,
     }
-    path: Path | None = None
-    state = "off"
-    if use_cache:
-        key = _cache.cache_key(
-            data=src.fingerprint,
-            tokenizer=_cache.tokenizer_fingerprint(tokenizer),
-            template=template_source,
-            settings=settings,
-            version=__version__,
-        )
-        path = Path(cache_dir) if cache_dir is not None else _cache.default_cache_dir()
-        path = path / f"{key}.ftdata"
-        state = "built"
-        if path.is_file():
-            try:
-                cached, stored = _cache.read_cache(path)
-                hit = DatasetReport(**{**stored, "cache": "hit", "cache_path": str(path)})
-                return TokenizedDataset(cached, hit)
-            except DataCacheError:
-                state = "rebuilt"
+    path, state, hit = open_cache(src, tokenizer, template_source, settings, cache_dir, use_cache)
+    if hit is not None:
+        return hit
     chat_kw = dict(
         tokenizer=tokenizer,
         template=template_source,
@@ -253,10 +299,7 @@ def build_dataset(
         end_of_turn=end_of_turn,
         **(template_kwargs or {}),
     )
-    fields: dict[str, list[list[int]]] = {}
-    names = ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels")
-    for name in names if kind == "preference" else ("input_ids", "labels"):
-        fields[name] = []
+    fields: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
     truncated = dropped = 0
     for n, row in enumerate(src.rows, start=1):
         where = f"{src.name}: row {n}"
@@ -267,22 +310,6 @@ def build_dataset(
                     text, add_bos=bool(getattr(tokenizer, "add_bos_default", False)), add_eos=True
                 )
                 pairs = [(ids, labels_from_mask(ids, [False] + [True] * (len(ids) - 1)))]
-            elif kind == "preference":
-                prompt_value = row.get(columns.get("prompt", "prompt"))
-                if isinstance(prompt_value, str):
-                    prompt = [Message("user", prompt_value)]
-                else:
-                    prompt = (
-                        from_openai(prompt_value, where=f"{where}: field 'prompt'") if prompt_value else []
-                    )
-                if system is not None and (not prompt or prompt[0].role != "system"):
-                    prompt.insert(0, Message("system", system))
-                pairs = []
-                for side in ("chosen", "rejected"):
-                    value = _field(row, side, columns, where, None)
-                    part = _pref_part(value, f"{where}: field '{columns.get(side, side)}'")
-                    chat = tokenize_chat([*prompt, *part], **chat_kw)  # type: ignore[arg-type]
-                    pairs.append((chat.input_ids, chat.labels))
             else:
                 chat = tokenize_chat(_chat_of(row, kind, columns, where, system), **chat_kw)  # type: ignore[arg-type]
                 pairs = [(chat.input_ids, chat.labels)]
@@ -298,17 +325,16 @@ def build_dataset(
             dropped += 1
             continue
         truncated += too_long
-        for (ids, labels), prefix in zip(fitted, ("chosen_", "rejected_") if kind == "preference" else ("",)):  # type: ignore[misc]
-            fields[f"{prefix}input_ids"].append(ids)
-            fields[f"{prefix}labels"].append(labels)
-    labels_fields = [k for k in fields if k.endswith("labels")]
+        for ids, labels in fitted:  # type: ignore[misc]
+            fields["input_ids"].append(ids)
+            fields["labels"].append(labels)
     report = DatasetReport(
         source=src.name,
         rows=len(src.rows),
-        examples=len(fields[labels_fields[0]]),
+        examples=len(fields["labels"]),
         truncated=truncated,
         dropped_too_long=dropped,
-        trained_tokens=sum(x != IGNORE_INDEX for k in labels_fields for seq in fields[k] for x in seq),
+        trained_tokens=sum(x != IGNORE_INDEX for seq in fields["labels"] for x in seq),
         cache=state,
         cache_path=None if path is None else str(path),
     )
@@ -316,7 +342,5 @@ def build_dataset(
         raise DataRowError(
             f"{src.name}: every row was dropped (max_seq_len={max_seq_len}, length_policy=drop)"
         )
-    if path is not None:
-        body = {k: v for k, v in asdict(report).items() if k not in ("cache", "cache_path")}
-        _cache.write_cache(path, fields, body)
+    store_cache(path, fields, report)
     return TokenizedDataset(fields, report)

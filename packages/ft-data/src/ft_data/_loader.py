@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ft_data._collate import collate_rows
+from ft_data._collate import collate_preference, collate_rows
 
 __all__ = ["Loader", "pack_rows", "row_order"]
 
@@ -75,7 +75,9 @@ def row_order(
 
 
 class Loader:
-    """Iterates this rank's batches of a tokenised dataset (``input_ids`` / ``labels`` examples).
+    """Iterates this rank's batches of a tokenised dataset (``input_ids`` / ``labels`` examples, or
+    preference pairs: then a row is one pair, never packed, and a batch is `collate_preference`'s
+    ``[2b, s]`` chosen-then-rejected rows plus ``pair_index`` ``[b]``, the pairs' dataset indices).
 
     Args:
         dataset: Examples with `lengths` (e.g. `TokenizedDataset`).
@@ -104,6 +106,9 @@ class Loader:
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} is outside world_size={world_size}")
+        self.preference = len(dataset) > 0 and "chosen_input_ids" in dataset[0]
+        if self.preference and packed:
+            raise ValueError("preference pairs are not packed: pass packed=False")
         self.dataset, self.batch_size, self.max_seq_len = dataset, batch_size, max_seq_len
         self.seed, self.world_size, self.rank = seed, world_size, rank
         self.packed, self.shuffle, self.pad_id = packed, shuffle, pad_id
@@ -134,17 +139,24 @@ class Loader:
         start = rows_consumed + self.rank * self.batch_size
         return self.rows(epoch)[start : start + self.batch_size]
 
+    def batch(self, rows: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        """The collated batch of `rows` (example indices per row), as `__iter__` yields it."""
+        if self.preference:
+            batch = collate_preference([self.dataset[row[0]] for row in rows], pad_id=self.pad_id)
+            batch["pair_index"] = torch.tensor([row[0] for row in rows], dtype=torch.long)  # [b]
+            return batch
+        return collate_rows(
+            [[self.dataset[i] for i in row] for row in rows],
+            pad_id=self.pad_id,
+            length=self.max_seq_len if self.packed else None,
+        )
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         """Batches until the end of the current epoch; the position advances as each is yielded."""
         step = self.batch_size * self.world_size
         rows = self.rows(self.epoch)
         while self.rows_consumed + step <= len(rows):
-            chosen = self.rank_rows(self.epoch, self.rows_consumed)
-            batch = collate_rows(
-                [[self.dataset[i] for i in row] for row in chosen],
-                pad_id=self.pad_id,
-                length=self.max_seq_len if self.packed else None,
-            )
+            batch = self.batch(self.rank_rows(self.epoch, self.rows_consumed))
             self.rows_consumed += step
             yield batch
         self.epoch += 1

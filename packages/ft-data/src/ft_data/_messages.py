@@ -20,6 +20,7 @@ __all__ = [
     "Message",
     "Role",
     "ToolCall",
+    "convert_openai",
     "from_alpaca",
     "from_input_output",
     "from_openai",
@@ -139,6 +140,14 @@ def from_openai(messages: Any, *, where: str = "messages") -> list[Message]:
         messages: The list of message objects.
         where: Prefix for error messages (file, row and field), so a bad row is easy to find.
     """
+    out = convert_openai(messages, where=where)
+    validate_roles(out, where=where)
+    return out
+
+
+def convert_openai(messages: Any, *, where: str = "messages") -> list[Message]:
+    """`from_openai` without the role-order check, for parts of a conversation (a preference answer
+    alone is ``[assistant]``); the caller checks the order of the whole conversation."""
     if not isinstance(messages, list):
         raise MessageError(f"{where}: expected a list of messages, got {type(messages).__name__}")
     out = []
@@ -160,7 +169,6 @@ def from_openai(messages: Any, *, where: str = "messages") -> list[Message]:
                 reasoning=next((raw[k] for k in REASONING_KEYS if isinstance(raw.get(k), str)), None),
             )
         )
-    validate_roles(out, where=where)
     return out
 
 

@@ -158,12 +158,7 @@ class _EpochBatches(torch.utils.data.Dataset):  # type: ignore[type-arg]
         return len(self.loader.rows(self.epoch)) // self.per_step
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
-        chosen = self.loader.rank_rows(self.epoch, k * self.per_step)
-        return ft_data.collate_rows(  # type: ignore[no-any-return]
-            [[self.loader.dataset[i] for i in row] for row in chosen],
-            pad_id=self.loader.pad_id,
-            length=self.loader.max_seq_len if self.loader.packed else None,
-        )
+        return self.loader.batch(self.loader.rank_rows(self.epoch, k * self.per_step))  # type: ignore[no-any-return]
 
 
 def micro_batches(loader: Any, num_workers: int = 0) -> Iterator[dict[str, torch.Tensor]]:
@@ -356,7 +351,8 @@ def end_step(run: Any, log: MetricsLog, step: int, metrics: dict[str, Any]) -> N
 
     Args:
         run: The recipe's ``Run`` (``cfg``, ``loader``, ``device``, ``model``, ``val_loader``,
-            ``total_steps``, ``state``).
+            ``total_steps``, ``state``; optionally ``validate``, a callable returning the validation
+            record's entries, for recipes whose validation is not the token loss).
         log: The run's metrics log.
         step: The optimizer step just taken (1-based).
         metrics: The step's own figures (``loss``, ``lr``, ``grad_norm``, ``trained_tokens``,
@@ -370,7 +366,10 @@ def end_step(run: Any, log: MetricsLog, step: int, metrics: dict[str, Any]) -> N
         "peak_memory_mib": peak_memory_mib(run.device),
     }
     v = cfg.validation
-    if v is not None and validation_due(v.every_n_steps, step, run.total_steps):
+    validate = getattr(run, "validate", None)  # a recipe's own validation (preference metrics), else SFT's
+    if v is not None and validation_due(v.every_n_steps, step, run.total_steps) and validate is not None:
+        record.update(validate())
+    elif v is not None and validation_due(v.every_n_steps, step, run.total_steps):
         val_loss, val_tokens = validation_loss(run.model, run.val_loader, v.max_batches, run.device)
         record.update(val_loss=val_loss, val_tokens=val_tokens)
         log.print(f"[val] step {step}: loss {val_loss:.4f} over {val_tokens} trained tokens")

@@ -1,7 +1,8 @@
 """``tune data inspect``: one example of a config's dataset as the model sees it, token by token.
 
-The config needs a ``tokenizer`` and a ``dataset`` component (``ft_data.build_dataset``, which
-receives the tokenizer). The trained flag of each token is read back from the example's labels by
+The config needs a ``tokenizer`` and a ``dataset`` component (``ft_data.build_dataset`` or
+``ft_data.build_preference_dataset``, which receive the tokenizer). A preference pair is shown as its
+shared prompt and the chosen and rejected answers with their trained tokens. The trained flag of each token is read back from the example's labels by
 ft-data, so the view shows what the loss will actually train on. In a terminal, trained tokens are
 green and the rest dim, inline; otherwise one token per line with ``+`` (trained) or ``.``.
 """
@@ -47,6 +48,8 @@ def inspect_example(
     if not 0 <= index < len(dataset):
         raise UserError(f"--index {index}: the dataset has {len(dataset)} examples")
     example = dataset[index]
+    if "chosen_input_ids" in example:
+        return _preference(example, tokenizer, color)
     if "input_ids" not in example or "labels" not in example:
         raise UserError(f"{config}: example {index} has fields {sorted(example)}, not input_ids and labels")
     if not color:
@@ -55,3 +58,20 @@ def inspect_example(
     trained = sum(v.trained for v in views)
     body = "".join(f"{_GREEN if v.trained else _DIM}{v.text}{_RESET}" for v in views)
     return f"{len(views)} tokens, {trained} trained (green)\n{body}\n"
+
+
+def _preference(example: dict[str, list[int]], tokenizer: object, color: bool) -> str:
+    import ft_data
+
+    if not color:
+        return ft_data.format_preference(example, tokenizer) + "\n"  # type: ignore[arg-type]
+    view = ft_data.inspect_preference(example, tokenizer)  # type: ignore[arg-type]
+    lines = [
+        f"prompt ({len(view.prompt)} tokens, not trained)",
+        f"{_DIM}{''.join(v.text for v in view.prompt)}{_RESET}",
+    ]
+    for side, views in (("chosen", view.chosen), ("rejected", view.rejected)):
+        trained = sum(v.trained for v in views)
+        lines.append(f"{side} ({len(views)} tokens, {trained} trained, green)")
+        lines.append("".join(f"{_GREEN if v.trained else _DIM}{v.text}{_RESET}" for v in views))
+    return "\n".join(lines) + "\n"

@@ -104,6 +104,13 @@ RECIPES: dict[str, RecipeInfo] = {
             ),
         ),
         RecipeInfo(
+            name="lora_dpo_single_device",
+            module="ft_recipes.lora_dpo_single_device",
+            summary="DPO / IPO / hinge / robust / SimPO on a LoRA or QLoRA adapter, one device, exact resume",
+            distributed=False,
+            configs=("smollm2/135M_dpo",),
+        ),
+        RecipeInfo(
             name="full_finetune_single_device",
             module="ft_recipes.full_finetune_single_device",
             summary="Full fine-tuning on one device (CPU or CUDA), exact resume",

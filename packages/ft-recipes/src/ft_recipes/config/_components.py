@@ -36,6 +36,7 @@ SHORT_NAMES: dict[str, str] = {
     "from_pretrained": "ft_models.from_pretrained",
     "load_tokenizer": "ft_data.load_tokenizer",
     "build_dataset": "ft_data.build_dataset",
+    "build_preference_dataset": "ft_data.build_preference_dataset",
     "apply_lora": "ft_peft.apply_lora",
     "QuantConfig": "ft_peft.QuantConfig",
     "AdamW": "torch.optim.AdamW",

@@ -1,8 +1,9 @@
 """Training utilities shared by every ft recipe: one implementation each.
 
-The chunked loss, the precision policies (with the inference precision rule beside them: ``auto`` is
-decided in one module), optimizers, LR schedules, gradient clipping, per-block compilation and the
-attention-kernel setting. Activation checkpointing and checkpoints live in ``ft_dist``.
+The chunked loss, the preference losses and metrics (DPO and variants, TRL's definitions), the
+precision policies (with the inference precision rule beside them: ``auto`` is decided in one
+module), optimizers, LR schedules, gradient clipping, per-block compilation and the attention-kernel
+setting. Activation checkpointing and checkpoints live in ``ft_dist``.
 """
 
 from ft_recipes.training._attention import ATTENTION_CHOICES, apply_attention, describe_attention
@@ -19,6 +20,16 @@ from ft_recipes.training._precision import (
     resolve_inference_precision,
     resolve_precision,
 )
+from ft_recipes.training._preference import (
+    LOSS_TYPES,
+    METRIC_NAMES,
+    PreferenceLoss,
+    PreferenceStats,
+    SequenceLogps,
+    completion_logps,
+    preference_loss,
+    sequence_logps,
+)
 from ft_recipes.training._schedules import SCHEDULES, WarmupSchedule, build_lr_scheduler
 from ft_recipes.training.errors import (
     LossError,
@@ -34,6 +45,8 @@ __all__ = [
     "ATTENTION_CHOICES",
     "IGNORE_INDEX",
     "INFERENCE_PRECISIONS",
+    "LOSS_TYPES",
+    "METRIC_NAMES",
     "OPTIMIZERS",
     "PRECISIONS",
     "SCHEDULES",
@@ -43,7 +56,10 @@ __all__ = [
     "OptimizerError",
     "PrecisionError",
     "PrecisionPolicy",
+    "PreferenceLoss",
+    "PreferenceStats",
     "ScheduleError",
+    "SequenceLogps",
     "TrainingDivergedError",
     "TrainingError",
     "WarmupSchedule",
@@ -54,8 +70,11 @@ __all__ = [
     "build_optimizer",
     "clip_grad_norm",
     "compile_blocks",
+    "completion_logps",
     "describe_attention",
     "linear_cross_entropy",
+    "preference_loss",
     "resolve_inference_precision",
     "resolve_precision",
+    "sequence_logps",
 ]

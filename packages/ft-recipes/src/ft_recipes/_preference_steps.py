@@ -1,0 +1,227 @@
+"""The preference (DPO) steps every preference recipe shares: reference log-probs, the pair-normalised
+forward/backward of an accumulation window, and validation metrics.
+
+The reference is a callable from a collated batch to its summed log-probs ``[2n]``:
+
+* ``adapters_off``: the LoRA model itself with its adapters disabled (``ft_peft.disable_adapters``): no
+  second copy of the weights;
+* ``frozen``: a frozen copy (full fine-tuning);
+* ``precomputed``: a table of every pair's reference log-probs computed once before training
+  (:func:`precompute_reference`) and looked up by the batch's ``pair_index``, so the reference costs
+  nothing per step (and no memory for full fine-tuning).
+
+The window's loss is every micro-batch's summed per-pair loss divided by the window's pair count (all
+ranks when distributed: pass ``num_pairs``), so 4 x 1, 2 x 2 and 1 x 4 give the same gradients.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from ft_recipes.errors import UserError
+from ft_recipes.training import PreferenceLoss, PreferenceStats, preference_loss, sequence_logps
+
+__all__ = [
+    "Reference",
+    "adapters_off_reference",
+    "frozen_reference",
+    "precompute_reference",
+    "preference_forward_backward",
+    "preference_train",
+    "preference_validation",
+    "table_reference",
+]
+
+Reference = Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
+"""A batch (on the model's device) -> the reference's summed log-probs ``[2n]``, without gradient."""
+
+
+def adapters_off_reference(model: torch.nn.Module) -> Reference:
+    """The LoRA model with its adapters disabled: the base model it started from, without a copy."""
+    import ft_peft
+
+    def reference(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        with torch.no_grad(), ft_peft.disable_adapters(model):
+            return sequence_logps(model, batch).logps
+
+    return reference
+
+
+def frozen_reference(frozen: torch.nn.Module) -> Reference:
+    """A separate frozen model (full fine-tuning)."""
+    frozen.eval().requires_grad_(False)
+
+    def reference(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        with torch.no_grad():
+            return sequence_logps(frozen, batch).logps
+
+    return reference
+
+
+def table_reference(table: torch.Tensor) -> Reference:
+    """Precomputed log-probs ``[N, 2]`` (chosen, rejected per pair) looked up by ``pair_index``."""
+
+    def reference(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        rows = table.to(batch["pair_index"].device)[batch["pair_index"]]  # [n, 2]
+        return torch.cat([rows[:, 0], rows[:, 1]])  # [2n]
+
+    return reference
+
+
+def _pair_batches(loader: Any, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Every pair of the loader's dataset once, in dataset order."""
+    n = len(loader.dataset)
+    for start in range(0, n, batch_size):
+        yield loader.batch([[i] for i in range(start, min(start + batch_size, n))])
+
+
+def precompute_reference(
+    reference: Reference, loader: Any, device: torch.device, batch_size: int
+) -> torch.Tensor:
+    """Every pair's reference log-probs ``[N, 2]`` (fp32, on CPU), computed once before training.
+
+    Args:
+        reference: The live reference (e.g. :func:`adapters_off_reference` before any step).
+        loader: The training (or validation) loader; its dataset is read in order, every pair once.
+        device: Where to compute.
+        batch_size: Pairs per forward.
+    """
+    table = torch.zeros(len(loader.dataset), 2, dtype=torch.float32)
+    for batch in _pair_batches(loader, batch_size):
+        b = {k: v.to(device) for k, v in batch.items()}
+        logps = reference(b).float().cpu()
+        table[batch["pair_index"]] = torch.stack(logps.chunk(2), dim=1)
+    return table
+
+
+def preference_forward_backward(
+    model: torch.nn.Module,
+    window: list[dict[str, torch.Tensor]],
+    device: torch.device,
+    cfg: PreferenceLoss,
+    reference: Reference | None,
+    *,
+    num_pairs: int | None = None,
+    scaler: Any = None,
+) -> tuple[float, PreferenceStats, int]:
+    """Forward and backward of one accumulation window with the pair-normalised preference loss.
+
+    Args:
+        model: The policy (train mode); gradients accumulate into its parameters.
+        window: Preference micro-batches (``[2n, s]`` tensors and ``pair_index`` ``[n]``).
+        device: Where to compute.
+        cfg: The loss.
+        reference: The reference (None for SimPO).
+        num_pairs: Pairs in the window across every rank (default: this window's own count).
+        scaler: A ``GradScaler`` (fp16) or None.
+
+    Returns:
+        (the window's loss, its metric sums, its non-padding tokens).
+    """
+    pairs = num_pairs if num_pairs is not None else sum(int(b["pair_index"].numel()) for b in window)
+    if pairs <= 0:
+        raise UserError("dataset: an accumulation window holds no preference pair")
+    total, stats, real = 0.0, PreferenceStats.zero(), 0
+    for batch in window:
+        b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        ref = None if cfg.reference_free or reference is None else reference(b)
+        loss, part = preference_loss(cfg, sequence_logps(model, b), ref, num_pairs=pairs)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        total += float(loss.detach())
+        stats = stats + part.to_cpu()
+        real += int((batch["document_ids"] != -1).sum())
+    return total, stats, real
+
+
+def preference_validation(
+    model: torch.nn.Module,
+    loader: Any,
+    cfg: PreferenceLoss,
+    reference: Reference | None,
+    device: torch.device,
+    max_batches: int | None = None,
+) -> dict[str, float]:
+    """Loss (mean over pairs) and TRL's metrics on held-out pairs, without gradients or dropout.
+
+    The split is read in order, every pair once (its first ``max_batches`` batches with a limit).
+
+    Returns:
+        ``loss`` and :data:`~ft_recipes.training.METRIC_NAMES`, and ``pairs``.
+    """
+    was_training = model.training
+    model.eval()
+    total, stats = 0.0, PreferenceStats.zero()
+    try:
+        with torch.no_grad():
+            for k, batch in enumerate(_pair_batches(loader, loader.batch_size)):
+                if max_batches is not None and k >= max_batches:
+                    break
+                b = {key: v.to(device) for key, v in batch.items()}
+                ref = None if cfg.reference_free or reference is None else reference(b)
+                loss, part = preference_loss(cfg, sequence_logps(model, b), ref, num_pairs=1)
+                total += float(loss)
+                stats = stats + part.to_cpu()
+    finally:
+        model.train(was_training)
+    pairs = stats.metrics_pairs()
+    return {"loss": total / max(pairs, 1), **stats.metrics(), "pairs": float(pairs)}
+
+
+def preference_train(run: Any) -> None:
+    """The loop of the single-device preference recipes: one optimizer step per accumulation window until
+    ``total_steps``, then ``end_step`` (metrics with TRL's names, validation, checkpoint) after each.
+
+    Everything but the window's forward/backward is the SFT loop's own steps (``micro_batches``,
+    ``optimizer_step``, ``end_step``, ``MetricsLog``), so checkpoints and resume behave as in SFT.
+
+    Args:
+        run: The recipe's ``Run``: the SFT fields (``cfg``, ``counters``, ``loader``, ``model``,
+            ``device``, ``optimizer``, ``scheduler``, ``scaler``, ``total_steps``, ``state``) plus
+            ``loss`` (a :class:`PreferenceLoss`) and ``reference`` (a :data:`Reference` or None).
+    """
+    from ft_recipes._train import MetricsLog, diverged, end_step, micro_batches, optimizer_step
+
+    cfg, counters = run.cfg, run.counters
+    batches = micro_batches(run.loader, cfg.num_workers)
+    log = MetricsLog(
+        cfg.output_dir,
+        run.total_steps,
+        counters["step"],
+        cfg.loggers,
+        wandb_project=cfg.wandb.project,
+        wandb_name=cfg.wandb.name,
+        config=asdict(cfg),
+    )
+    try:
+        while counters["step"] < run.total_steps:
+            start = time.perf_counter()
+            window = [next(batches) for _ in range(cfg.gradient_accumulation_steps)]
+            loss, stats, real = preference_forward_backward(
+                run.model, window, run.device, run.loss, run.reference, scaler=run.scaler
+            )
+            step = counters["step"] + 1
+            if not math.isfinite(loss):
+                raise diverged(step, "loss", loss, cfg.output_dir)
+            lr = float(run.scheduler.get_last_lr()[0])
+            norm = optimizer_step(
+                run.model,
+                run.optimizer,
+                run.scheduler,
+                cfg.clip_grad_norm,
+                run.scaler,
+                step=step,
+                output_dir=cfg.output_dir,
+            )
+            counters["step"] = step
+            counters["tokens"] += real
+            elapsed = time.perf_counter() - start
+            metrics = {"loss": loss, "lr": lr, "grad_norm": norm, "pairs": stats.metrics_pairs()}
+            end_step(run, log, step, {**metrics, **stats.metrics(), "tokens_per_s": real / elapsed})
+    finally:
+        log.close()
