@@ -18,7 +18,12 @@ import torch
 
 import ft_models
 from ft_recipes import eval as eval_recipe
-from ft_recipes import full_finetune_single_device, generate, lora_finetune_single_device
+from ft_recipes import (
+    full_finetune_single_device,
+    generate,
+    lora_dpo_single_device,
+    lora_finetune_single_device,
+)
 from ft_recipes.training import ATTENTION_CHOICES, TrainingError, apply_attention, describe_attention
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -93,7 +98,7 @@ def test_unknown_name_is_a_training_error_naming_the_key() -> None:
 
 @pytest.mark.parametrize(
     "recipe",
-    [lora_finetune_single_device, full_finetune_single_device, generate, eval_recipe],
+    [lora_finetune_single_device, full_finetune_single_device, lora_dpo_single_device, generate, eval_recipe],
     ids=lambda m: m.__name__.rsplit(".", 1)[-1],
 )
 def test_each_recipe_schema_names_ft_models_kernels(recipe: ModuleType) -> None:

@@ -16,6 +16,7 @@ from ft_recipes.config import (
 )
 
 __all__ = [
+    "AttentionName",
     "Beta",
     "CheckpointConfig",
     "EvalConfig",
@@ -27,6 +28,9 @@ __all__ = [
 ]
 
 LoggerName = Literal["jsonl", "tensorboard", "wandb"]
+# The attention kernels a recipe may name (ft_models.ATTENTION_KERNELS, spelled here so that reading a schema
+# never imports torch; a test asserts the two agree). See ft_recipes.training.apply_attention.
+AttentionName = Literal["auto", "sdpa", "grouped", "eager"]
 # An Adam moment decay rate: 0 keeps no history (allowed, as torch allows it); 1 would never forget the
 # first gradient and divides by zero in the bias correction (1 - beta**t).
 Beta = Annotated[float, Interval(0, 1, high_open=True)]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ft_recipes._train_config import AttentionName
 from ft_recipes.config import Component, PositiveInt
 
 __all__ = ["FILE_KEYS", "METRICS", "PROVIDED", "Config", "EvalResult", "evaluate", "main", "read_items"]
@@ -183,7 +184,7 @@ class Config:
     output: str | None = None  # results JSONL
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    attention: Literal["auto", "sdpa", "grouped", "eager"] = "auto"  # see ft_recipes.training.apply_attention
+    attention: AttentionName = "auto"  # see ft_recipes.training.apply_attention
 
 
 def main(cfg: Config) -> None:

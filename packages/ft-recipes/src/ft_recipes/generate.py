@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+from ft_recipes._train_config import AttentionName
 from ft_recipes.config import Component, Interval, NonNegativeFloat, PositiveFloat, PositiveInt, Seed
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ class Config:
     # first turn pays the compilation, so it pays off for long answers (bench/README.md, "Measurements
     # behind code choices").
     compile: bool = False
-    attention: Literal["auto", "sdpa", "grouped", "eager"] = "auto"  # see ft_recipes.training.apply_attention
+    attention: AttentionName = "auto"  # see ft_recipes.training.apply_attention
 
 
 def _render(messages: list[dict[str, str]], tokenizer: Any, use_template: bool) -> str:

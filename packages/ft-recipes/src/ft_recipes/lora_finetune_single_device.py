@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from ft_recipes._train_config import (
+    AttentionName,
     CheckpointConfig,
     EvalConfig,
     LoggerName,
@@ -96,7 +97,7 @@ class Config:
     clip_grad_norm: PositiveFloat | None = 1.0  # null: measure the norm only
     activation_checkpointing: bool = False
     compile: bool = False
-    attention: Literal["auto", "sdpa", "grouped", "eager"] = "auto"  # see ft_recipes.training.apply_attention
+    attention: AttentionName = "auto"  # see ft_recipes.training.apply_attention
     validation: ValidationConfig | None = None
     loggers: list[LoggerName] = field(default_factory=lambda: ["jsonl"])
     wandb: WandbConfig = field(default_factory=WandbConfig)
