@@ -7,6 +7,7 @@ Usage: ``python launch_worker.py SCENARIO TIMEOUT_S OUT_DIR``. Prints ``error: .
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import time
@@ -21,6 +22,8 @@ import ft_dist
 
 def main(scenario: str, timeout_s: float, out: Path) -> None:
     launch = ft_dist.init_distributed(timeout_s=timeout_s, device_type="cpu")
+    mesh = ft_dist.build_mesh()  # the launch's default: shard within a node, replicate across nodes
+    (out / f"mesh_{launch.rank}.json").write_text(json.dumps([mesh.mesh_dim_names, mesh.mesh.tolist()]))
     (out / f"started_{launch.rank}").write_text(str(time.time()))
     guard = contextlib.nullcontext() if scenario == "unguarded" else ft_dist.abort_on_failure()
     try:

@@ -7,6 +7,7 @@ Two real processes per case, started the way torchrun starts them (``RANK``, ``W
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -27,14 +28,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _launch(scenario: str, timeout_s: float, out: Path) -> list[tuple[int, list[str], float]]:
-    """Both ranks' (exit code, stderr lines, seconds from the last rank's start to its exit)."""
+def _launch(
+    scenario: str, timeout_s: float, out: Path, *, nodes: int = 1
+) -> list[tuple[int, list[str], float]]:
+    """Both ranks' (exit code, stderr lines, seconds from the last rank's start to its exit), on one node
+    or as two nodes of one process each."""
     out.mkdir()
     port = str(_free_port())
     procs = []
+    per_node = 2 // nodes
     for rank in range(2):
         env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2", RANK=str(rank))
-        env.update(LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2", OMP_NUM_THREADS="1")
+        env.update(LOCAL_RANK=str(rank % per_node), LOCAL_WORLD_SIZE=str(per_node), OMP_NUM_THREADS="1")
         cmd = [sys.executable, str(WORKER), scenario, str(timeout_s), str(out)]
         procs.append(subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True))
     results = []
@@ -58,6 +63,10 @@ def test_exception_on_one_rank_ends_every_rank_naming_it(tmp_path: Path) -> None
         seen = "" if rank == 1 else " (seen on rank 0)"
         assert lines == [f"error: rank 1 of 2 failed: ValueError: bad row 17 on purpose{seen}"]
         assert seconds < 60  # not the 300 s process-group timeout
+    # One node: the default mesh shards over both ranks (FSDP).
+    for rank in range(2):
+        mesh = json.loads((tmp_path / "raise" / f"mesh_{rank}.json").read_text())
+        assert mesh == [["dp_shard"], [0, 1]]
 
 
 def test_without_the_guard_the_peer_cannot_name_the_failing_rank(tmp_path: Path) -> None:
@@ -70,7 +79,7 @@ def test_without_the_guard_the_peer_cannot_name_the_failing_rank(tmp_path: Path)
 
 
 def test_stuck_rank_ends_at_the_configured_timeout(tmp_path: Path) -> None:
-    results = _launch("stuck", 3, tmp_path / "stuck")
+    results = _launch("stuck", 3, tmp_path / "stuck", nodes=2)
     for rank, (code, lines, seconds) in enumerate(results):
         assert code == 1, (rank, lines)
         assert len(lines) == 1, lines
@@ -78,3 +87,7 @@ def test_stuck_rank_ends_at_the_configured_timeout(tmp_path: Path) -> None:
         assert "Timed out" in lines[0]
         assert seconds < 3 + 30
     assert results[1][1][0].endswith("(seen on rank 1)")
+    # Two nodes of one rank: the default mesh replicates across them (HSDP, one rank per shard group).
+    for rank in range(2):
+        mesh = json.loads((tmp_path / "stuck" / f"mesh_{rank}.json").read_text())
+        assert mesh == [["dp_replicate", "dp_shard"], [[0], [1]]]
