@@ -220,6 +220,33 @@ def test_pure_and_fp16_policies() -> None:
         resolve_precision("bf16", "cpu")
 
 
+@pytest.mark.parametrize(
+    ("name", "param_dtype"),
+    [("fp32", None), ("bf16-mixed", torch.bfloat16), ("bf16-pure", None), ("fp16", torch.float16)],
+)
+def test_sharded_precision_sets_storage_and_leaves_the_casts_to_fsdp(
+    name: str, param_dtype: torch.dtype | None
+) -> None:
+    """For a model about to be sharded: the storage dtypes, no per-unit cast; FSDP2's param_dtype instead.
+
+    The numbers a sharded bf16-mixed run gets from this are compared with the per-unit casts on one
+    device in the top-level tests/test_dist_sharding.py (two gloo ranks).
+    """
+    policy = resolve_precision(name, "cpu")
+    assert policy.fsdp_param_dtype == param_dtype
+    ids = torch.randint(0, 53, (2, 5))
+    torch.manual_seed(0)
+    cast = apply_precision(_Net(), policy)
+    torch.manual_seed(0)
+    sharded = apply_precision(_Net(), policy, sharded=True)
+    assert [p.dtype for p in sharded.parameters()] == [p.dtype for p in cast.parameters()]
+    assert not any("forward" in vars(m) for m in sharded.modules())  # nothing wrapped
+    if param_dtype is not None:  # wrong variant: without a sharding policy nothing computes in low precision
+        assert any("forward" in vars(m) for m in cast.modules())
+        assert sharded(ids).dtype == torch.float32
+        assert cast(ids).dtype == param_dtype
+
+
 def test_recipe_schemas_offer_exactly_the_precisions_the_rules_resolve() -> None:
     """The schemas spell the names as Literals (``tune validate`` must not import torch to read them);
     they must stay the copies of the tuples the two rules accept."""

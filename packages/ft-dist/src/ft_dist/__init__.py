@@ -1,7 +1,9 @@
-"""ft-dist: activation checkpointing and atomic DCP training checkpoints, applied from outside the model.
+"""ft-dist: FSDP2 sharding, activation checkpointing and atomic DCP training checkpoints, applied from
+outside the model.
 
 Everything here works in one process without ``init_process_group`` and unchanged under
-``torch.distributed`` (FSDP2 sharding adds to it, it does not replace it).
+``torch.distributed``: a launch helper, the data-parallel mesh, sharding with sum reductions, the
+global token count, clipping over sharded gradients, and checkpoints that every rank writes.
 """
 
 from ft_dist._activation_checkpointing import apply_activation_checkpointing, decoder_layers
@@ -20,32 +22,59 @@ from ft_dist._checkpointer import (
     read_rank_state,
     save_checkpoint,
 )
+from ft_dist._clip import clip_grad_norm_
+from ft_dist._launch import Launch, abort_on_failure, global_count, init_distributed
+from ft_dist._mesh import build_mesh, collective_device, mesh_shape
 from ft_dist._rng import rng_state, set_rng_state
 from ft_dist._safe_io import read_metadata
-from ft_dist.errors import CheckpointError, FtDistError, UnsafeCheckpointError
+from ft_dist._shard import fsdp_modules, is_sharded, output_group, set_gradient_sync, shard_model
+from ft_dist.errors import (
+    CheckpointError,
+    DistributedError,
+    FtDistError,
+    RankFailedError,
+    ShardingError,
+    UnsafeCheckpointError,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MARKER",
     "CheckpointError",
+    "DistributedError",
     "FtDistError",
+    "Launch",
     "ModelOptimizerState",
+    "RankFailedError",
+    "ShardingError",
     "UnsafeCheckpointError",
     "__version__",
+    "abort_on_failure",
     "apply_activation_checkpointing",
+    "build_mesh",
     "checkpoint_info",
     "clean_checkpoints",
+    "clip_grad_norm_",
+    "collective_device",
     "decoder_layers",
+    "fsdp_modules",
+    "global_count",
+    "init_distributed",
     "is_checkpoint",
+    "is_sharded",
     "latest_checkpoint",
     "load_checkpoint",
+    "mesh_shape",
+    "output_group",
     "prune_checkpoints",
     "publish_dir",
     "read_metadata",
     "read_rank_state",
     "rng_state",
     "save_checkpoint",
+    "set_gradient_sync",
     "set_rng_state",
+    "shard_model",
     "write_atomic",
 ]

@@ -12,6 +12,10 @@ precision upcast explicitly (ft-models computes RMSNorm statistics, RoPE and the
 fp32; :func:`linear_cross_entropy` upcasts logits). Forward inputs are not cast (RoPE tables stay fp32):
 a sharded run uses the same policy with ``cast_forward_inputs=False``.
 
+When the model is sharded, FSDP2 makes the same copies: ``MixedPrecisionPolicy(param_dtype=bf16,
+reduce_dtype=fp32, cast_forward_inputs=False)`` (``PrecisionPolicy.fsdp_param_dtype`` and
+``apply_precision(..., sharded=True)``, which sets the storage dtypes and leaves the casts to FSDP2).
+
 No ``torch.autocast`` is involved: autocast casts per op (including ops outside the model) and keeps
 no unit boundary, so its numerics differ from FSDP2's. No parametrisation either: it would rename
 state-dict keys (``parametrizations.weight.original``).
@@ -84,6 +88,17 @@ class PrecisionPolicy:
     frozen_dtype: torch.dtype
     grad_scaler: bool
     reason: str
+
+    @property
+    def fsdp_param_dtype(self) -> torch.dtype | None:
+        """The ``param_dtype`` of FSDP2's ``MixedPrecisionPolicy`` when the model is sharded: the compute
+        dtype where it differs from the master dtype (``bf16-mixed``, ``fp16``), else None.
+
+        Pass it to ``ft_dist.shard_model`` (whose ``reduce_dtype`` is fp32) and call
+        :func:`apply_precision` with ``sharded=True``: FSDP2 then makes the per-unit bf16 copies when it
+        all-gathers a unit, instead of the casts :func:`apply_precision` installs for one device.
+        """
+        return self.compute_dtype if self.compute_dtype != self.master_dtype else None
 
     def make_grad_scaler(self, device: str | torch.device) -> torch.amp.GradScaler | None:
         """A ``torch.amp.GradScaler`` for fp16, else None."""
@@ -232,11 +247,16 @@ def _cast_forward(
             owner._parameters[name] = param
 
 
-def apply_precision(model: nn.Module, policy: PrecisionPolicy) -> nn.Module:
+def apply_precision(model: nn.Module, policy: PrecisionPolicy, *, sharded: bool = False) -> nn.Module:
     """Set parameter storage dtypes for ``policy`` and, for mixed policies, install the per-unit casts.
 
     Call after freezing (``ft_peft.set_trainable``) and before activation checkpointing, compile and
     building the optimizer. State-dict keys do not change. Returns ``model``.
+
+    With ``sharded=True`` only the storage dtypes are set: the model is about to be sharded with
+    ``ft_dist.shard_model(..., param_dtype=policy.fsdp_param_dtype)``, whose all-gather makes the same
+    per-unit compute copies (two casts would be one too many, and FSDP2 reads the parameters it
+    manages, not a cast installed around them).
 
     Raises:
         PrecisionError: a unit's ``forward`` is already wrapped (activation checkpointing or another
@@ -248,7 +268,7 @@ def apply_precision(model: nn.Module, policy: PrecisionPolicy) -> nn.Module:
         target = policy.master_dtype if param.requires_grad else policy.frozen_dtype
         if param.dtype != target:
             param.data = param.data.to(target)
-    if policy.compute_dtype == policy.master_dtype:
+    if sharded or policy.compute_dtype == policy.master_dtype:
         return model
     for unit in _units(model):
         if "forward" in vars(unit):
