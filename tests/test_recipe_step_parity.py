@@ -22,7 +22,7 @@ from transformers import LlamaForCausalLM
 
 import ft_peft
 from ft_recipes import _train
-from ft_recipes._run import prepare
+from ft_recipes.runner import prepare
 
 LR, WD, RANK, ALPHA = 1e-2, 0.05, 4, 8.0
 TARGETS = ["q_proj", "v_proj", "down_proj"]

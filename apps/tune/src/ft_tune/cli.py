@@ -157,7 +157,7 @@ def validate_cmd(
     config: str, overrides: tuple[str, ...], recipe: str, check_files: bool, allow_any_component: bool
 ) -> None:
     """Check CONFIG against its recipe's schema and components' signatures, building nothing."""
-    from ft_recipes._run import prepare
+    from ft_recipes.runner import prepare
 
     prepared = prepare(recipe, config, overrides, allow_any=allow_any_component, check_files=check_files)
     for warning in prepared.warnings:
@@ -183,7 +183,7 @@ def run_cmd(
     recipe: str, config: str, overrides: tuple[str, ...], allow_any_component: bool, **dist: Any
 ) -> None:
     """Run RECIPE (a registered name or a .py file) with CONFIG and OVERRIDES."""
-    from ft_recipes._run import load_recipe, prepare, run
+    from ft_recipes.runner import load_recipe, prepare, run
     from ft_recipes.errors import UserError
     from ft_recipes.registry import RECIPES
 
