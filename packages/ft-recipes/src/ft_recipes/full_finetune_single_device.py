@@ -24,6 +24,7 @@ from ft_recipes._train_config import (
     WandbConfig,
 )
 from ft_recipes.config import Component, NonNegativeInt, PositiveInt
+from ft_recipes.runner import write_resolved_config
 
 # torch and the model code are imported inside the functions, so `tune validate` reads this schema cheaply.
 
@@ -163,6 +164,7 @@ def setup(cfg: Config) -> Run:
     resumed = _train.resume_checkpoint(cfg.output_dir, cfg.resume, state)
     if resumed is not None:
         print(f"[full] resumed from {resumed} at step {counters['step']}", file=sys.stderr)
+    write_resolved_config(cfg.output_dir)  # only now: a run refused above leaves the old one
     return Run(
         cfg,
         device,

@@ -28,6 +28,7 @@ from ft_recipes._train_config import (
     WandbConfig,
 )
 from ft_recipes.config import Component, NonNegativeInt, PositiveInt
+from ft_recipes.runner import write_resolved_config
 
 # torch and the model code are imported inside the functions, so `tune validate` reads this schema cheaply.
 
@@ -213,6 +214,7 @@ def setup(cfg: Config) -> Run:
         if written is not None:
             shutil.rmtree(written, ignore_errors=True)
         raise
+    write_resolved_config(cfg.output_dir)  # only now: a run refused above leaves the old one
     return Run(
         cfg, device, model, tokenizer, loader, optimizer, scheduler,
         scaler, state, counters, total, val_loader, base_path,
