@@ -74,7 +74,7 @@ def private_imports(root: Path) -> list[str]:
     """Imports of another package's private module or name under ``root`` (see the module docstring)."""
     errors: list[str] = []
     scopes: list[tuple[Path, str | None]] = [(root / "tests", None), (root / "bench", None)]
-    for _dist, (path, module) in MEMBERS.items():
+    for path, module in MEMBERS.values():
         scopes += [(root / path / "src", module), (root / path / "tests", module)]
     for folder, own in scopes:
         for src in sorted(folder.rglob("*.py")) if folder.is_dir() else []:
