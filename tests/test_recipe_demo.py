@@ -32,7 +32,7 @@ def test_demo_job_tunes_the_real_model_past_80(tmp_path: Path) -> None:
     args = shlex.split(COMMAND)
     args[0] = str(Path(sys.executable).parent / "tune")
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=2400)
     assert done.returncode == 0, done.stderr[-2000:]
     found = re.search(r"\[eval\] exact_match: base ([\d.]+) -> tuned ([\d.]+)", done.stdout)
     assert found, done.stdout
