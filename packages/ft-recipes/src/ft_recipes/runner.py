@@ -198,7 +198,7 @@ def prepare(
         UserError: Any config problem (see :mod:`ft_recipes.errors`).
     """
     find_config(config)  # an unknown config is reported before the recipe
-    module = load_recipe(recipe) if isinstance(recipe, str) and recipe else recipe or None
+    module = recipe if isinstance(recipe, ModuleType) else load_recipe(recipe) if recipe else None
     cfg = load_recipe_config(config, overrides, recipe=module, allow_any=allow_any)
     if module is None:
         module = load_recipe(recipe_for_config(config, cfg))
