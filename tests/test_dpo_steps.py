@@ -16,7 +16,7 @@ from dpo_support import make_tiny_dpo
 import ft_data
 import ft_models
 import ft_peft
-from ft_recipes._preference_steps import (
+from ft_recipes.steps import (
     adapters_off_reference,
     precompute_reference,
     preference_forward_backward,

@@ -18,7 +18,7 @@ import torch
 
 import ft_data
 import ft_models
-from ft_models._assets import smollm2_gguf_path
+from ft_models import smollm2_gguf_path
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 from ft_recipes import full_finetune_single_device as full
 from ft_recipes import generate
 from ft_recipes import lora_finetune_single_device as lora
-from ft_recipes._run import prepare
+from ft_recipes.runner import prepare
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,8 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_recipe_support import make_tiny
 
-from ft_recipes._run import prepare, run
 from ft_recipes.errors import MissingExtraError
+from ft_recipes.runner import prepare, run
 
 
 @pytest.fixture(scope="module")

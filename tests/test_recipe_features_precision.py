@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from test_recipe_support import make_tiny
 
 from ft_recipes import full_finetune_single_device as full
-from ft_recipes._run import prepare, run
+from ft_recipes.runner import prepare, run
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from test_recipe_support import make_tiny
 from transformers import AutoModelForCausalLM
 
 import ft_data
-from ft_recipes._run import prepare, run
+from ft_recipes.runner import prepare, run
 
 BATCH = 2
 

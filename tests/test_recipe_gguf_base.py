@@ -19,7 +19,7 @@ from test_recipe_support import make_tiny
 from transformers import AutoModelForCausalLM
 
 from ft_recipes import lora_finetune_single_device as lora
-from ft_recipes._run import prepare, run
+from ft_recipes.runner import prepare, run
 
 # ft-models' test-only GGUF writer (llama.cpp's names and q/k row order).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "packages" / "ft-models" / "tests"))

@@ -18,8 +18,8 @@ from peft import PeftModel
 from test_recipe_support import make_tiny
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ft_recipes._run import prepare, run
 from ft_recipes.errors import UserError
+from ft_recipes.runner import prepare, run
 from ft_recipes.training import TrainingDivergedError
 
 

@@ -25,7 +25,7 @@ from transformers import LlamaForCausalLM
 
 import ft_peft
 from ft_recipes import steps
-from ft_recipes._run import prepare
+from ft_recipes.runner import prepare
 
 # A weight decay large enough that dropping it moves every tensor by over MARGIN x the parameter
 # tolerance (lr * wd * |p| against rtol * |p|: 1e-2 * 0.2 / 1e-4 = 20 on the larger weights).

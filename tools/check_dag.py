@@ -1,8 +1,13 @@
-"""Check the package dependency DAG of DESIGN.md.
+"""Check the package dependency DAG of DESIGN.md, and that packages meet only through public names.
 
-Two checks per member: its declared dependencies on siblings are exactly the allowed
-edges (with a version range, never a bare name), and its sources import no sibling
-package outside those edges. Run by `nox -s lint`; exits non-zero naming the offence.
+Per member: its declared dependencies on siblings are exactly the allowed edges (with a version
+range, never a bare name), and its sources import no sibling package outside those edges.
+
+Private imports: a module or name whose dotted path has a part starting with one underscore
+(`ft_data._gguf`, `from ft_models import _assets`) is private to its package. A member's sources and
+its own tests (`packages/ft-x/tests`, `apps/tune/tests`) may import that member's privates, never
+another's; the top-level `tests/` and `bench/` may import none. Run by `nox -s lint`; exits
+non-zero naming each offence.
 """
 
 from __future__ import annotations
@@ -44,6 +49,46 @@ def _transitive(dist: str) -> set[str]:
     return out
 
 
+def _imports(src: Path) -> list[tuple[int, str]]:
+    """``(line, dotted name)`` of every absolute import in ``src``; ``from m import a`` gives ``m.a``."""
+    tree = ast.parse(src.read_text(), filename=str(src))
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names]
+    return found
+
+
+def _private_prefix(name: str) -> str | None:
+    """``ft_x._mod`` for ``ft_x._mod.thing`` (up to the first private part), None for a public name."""
+    parts = name.split(".")
+    for i, part in enumerate(parts[1:], start=1):
+        if part.startswith("_") and not part.startswith("__"):
+            return ".".join(parts[: i + 1])
+    return None
+
+
+def private_imports(root: Path) -> list[str]:
+    """Imports of another package's private module or name under ``root`` (see the module docstring)."""
+    errors: list[str] = []
+    scopes: list[tuple[Path, str | None]] = [(root / "tests", None), (root / "bench", None)]
+    for path, module in MEMBERS.values():
+        scopes += [(root / path / "src", module), (root / path / "tests", module)]
+    for folder, own in scopes:
+        for src in sorted(folder.rglob("*.py")) if folder.is_dir() else []:
+            for lineno, name in _imports(src):
+                top = name.split(".")[0]
+                private = _private_prefix(name)
+                if top in MODULE_TO_DIST and top != own and private is not None:
+                    where = f"{src.relative_to(root)}:{lineno}"
+                    errors.append(
+                        f"{where}: imports {private}, private to {MODULE_TO_DIST[top]}; use its public API"
+                    )
+    return errors
+
+
 def check() -> list[str]:
     errors: list[str] = []
     for dist, (path, _module) in MEMBERS.items():
@@ -62,17 +107,11 @@ def check() -> list[str]:
             )
         reachable = _transitive(dist)
         for src in sorted((ROOT / path / "src").rglob("*.py")):
-            tree = ast.parse(src.read_text(), filename=str(src))
-            for node in ast.walk(tree):
-                names: list[str] = []
-                if isinstance(node, ast.Import):
-                    names = [alias.name for alias in node.names]
-                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                    names = [node.module]
-                for name in names:
-                    target = MODULE_TO_DIST.get(name.split(".")[0])
-                    if target and target != dist and target not in reachable:
-                        errors.append(f"{src.relative_to(ROOT)}:{node.lineno}: {dist} may not import {name}")
+            for lineno, name in _imports(src):
+                target = MODULE_TO_DIST.get(name.split(".")[0])
+                if target and target != dist and target not in reachable:
+                    errors.append(f"{src.relative_to(ROOT)}:{lineno}: {dist} may not import {name}")
+    errors += private_imports(ROOT)
     return errors
 
 

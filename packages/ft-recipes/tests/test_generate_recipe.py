@@ -18,7 +18,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import ft_data
 import ft_models
-from ft_recipes._run import prepare, run
+from ft_recipes.runner import prepare, run
 
 END = "<|im_end|>"
 

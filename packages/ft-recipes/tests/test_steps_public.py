@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from ft_recipes import _setup, _train, steps
+from ft_recipes import _preference_steps, _setup, _train, steps
 
 
 def test_every_shared_step_has_its_public_name() -> None:
-    assert set(steps.__all__) == set(_train.__all__) | set(_setup.__all__)
+    modules = (_train, _setup, _preference_steps)
+    assert set(steps.__all__) == set().union(*(m.__all__ for m in modules))
     for name in steps.__all__:  # the same objects, not copies
-        implementation = getattr(_train, name, None) or getattr(_setup, name)
+        implementation = next(getattr(m, name) for m in modules if name in m.__all__)
         assert getattr(steps, name) is implementation, name

@@ -22,7 +22,10 @@ import click
 from ft_tune import __version__
 
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-_OVERRIDES_HELP = "OVERRIDES are key=value (YAML-typed), ~key (delete) or key=NAME (swap a component)."
+_OVERRIDES_HELP = (
+    "OVERRIDES are key=value, ~key (delete) or key=NAME (swap a component); a value for a text key "
+    "(a prompt, a path) is the text as written, any other value is YAML (lr=1e-4, dims=[1,2])."
+)
 
 
 def _exit_code(exc: BaseException) -> int | None:
@@ -134,10 +137,10 @@ def cp_cmd(name: str, dest: Path, force: bool) -> None:
 @click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
 def cat_cmd(config: str, overrides: tuple[str, ...]) -> None:
     """Print CONFIG (a shipped name or a YAML path) with overrides and interpolation applied."""
-    from ft_recipes.config import load_config, to_yaml
-    from ft_recipes.registry import find_config
+    from ft_recipes.config import to_yaml
+    from ft_recipes.runner import load_recipe_config
 
-    click.echo(to_yaml(load_config(find_config(config), overrides)), nl=False)
+    click.echo(to_yaml(load_recipe_config(config, overrides)), nl=False)
 
 
 _allow_any = click.option(
@@ -157,7 +160,7 @@ def validate_cmd(
     config: str, overrides: tuple[str, ...], recipe: str, check_files: bool, allow_any_component: bool
 ) -> None:
     """Check CONFIG against its recipe's schema and components' signatures, building nothing."""
-    from ft_recipes._run import prepare
+    from ft_recipes.runner import prepare
 
     prepared = prepare(recipe, config, overrides, allow_any=allow_any_component, check_files=check_files)
     for warning in prepared.warnings:
@@ -183,9 +186,9 @@ def run_cmd(
     recipe: str, config: str, overrides: tuple[str, ...], allow_any_component: bool, **dist: Any
 ) -> None:
     """Run RECIPE (a registered name or a .py file) with CONFIG and OVERRIDES."""
-    from ft_recipes._run import load_recipe, prepare, run
     from ft_recipes.errors import UserError
     from ft_recipes.registry import RECIPES
+    from ft_recipes.runner import load_recipe, prepare, run
 
     given = {k: v for k, v in dist.items() if v is not None}
     if os.environ.get("FT_TUNE_WORKER") == "1":

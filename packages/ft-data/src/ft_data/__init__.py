@@ -1,7 +1,7 @@
 """ft-data: tokenizers, chat templates, datasets and packing for ft.
 
 `import ft_data` stays light (no torch): the batch helpers (`Loader`, `collate_rows`,
-`collate_generation`, `pack_rows`, `row_order`) are imported on first use.
+`collate_generation`, `pack_rows`, `row_order`) and `read_gguf_metadata` are imported on first use.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from ft_data._template import BUILTIN_TEMPLATES, apply_chat_template, load_chat_
 
 if TYPE_CHECKING:
     from ft_data._collate import collate_generation, collate_preference, collate_rows
+    from ft_data._gguf import read_gguf_metadata
     from ft_data._loader import Loader, pack_rows, row_order
 
 __version__ = "0.1.0"
@@ -48,6 +49,7 @@ _LAZY = {
     "collate_rows": "ft_data._collate",
     "collate_generation": "ft_data._collate",
     "collate_preference": "ft_data._collate",
+    "read_gguf_metadata": "ft_data._gguf",
 }
 
 __all__ = [
@@ -87,6 +89,7 @@ __all__ = [
     "load_chat_template",
     "load_tokenizer",
     "pack_rows",
+    "read_gguf_metadata",
     "read_rows",
     "row_order",
     "tokenize_chat",

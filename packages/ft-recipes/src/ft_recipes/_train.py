@@ -66,7 +66,8 @@ __all__ = [
 ]
 
 CHECKPOINTS = "checkpoints"
-# Files `tune run` itself writes before the recipe starts (the resolved config).
+# The resolved config a run writes at the end of its setup: a directory holding nothing else (a run that
+# stopped before its first checkpoint or output) may be started again without `resume`.
 _OWN_FILES = {"config.yaml"}
 
 

@@ -25,6 +25,7 @@ from ft_recipes._train_config import (
     WandbConfig,
 )
 from ft_recipes.config import Component, NonNegativeInt, PositiveFloat, PositiveInt, Seed
+from ft_recipes.runner import write_resolved_config
 
 # torch and the model code are imported inside the functions, so `tune validate` reads this schema cheaply.
 
@@ -179,9 +180,10 @@ def setup(cfg: Config) -> Run:
     scaler = policy.make_grad_scaler(device)  # fp16 only; checkpointed with the rest
     counters = {"step": 0, "tokens": 0}
     state = _train.app_state(model, optimizer, scheduler, loader, counters, lora=False, scaler=scaler)
-    resumed = _train.resume_checkpoint(cfg.output_dir, cfg.resume, state)
+    resumed = _train.resume_checkpoint(cfg.output_dir, cfg.resume, state, keep_last=cfg.checkpoint.keep_last)
     if resumed is not None:
         print(f"[full] resumed from {resumed} at step {counters['step']}", file=sys.stderr)
+    write_resolved_config(cfg.output_dir)  # only now: a run refused above leaves the old one
     return Run(
         cfg,
         device,

@@ -10,11 +10,11 @@ green and the rest dim, inline; otherwise one token per line with ``+`` (trained
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
-from ft_recipes.config import COMPONENT, load_config
-from ft_recipes.config._components import instantiate, resolve_component
+from ft_recipes.config import COMPONENT, instantiate, resolve_component
 from ft_recipes.errors import ConfigError, UserError
-from ft_recipes.registry import find_config
+from ft_recipes.runner import load_recipe_config
 
 __all__ = ["inspect_example"]
 
@@ -32,8 +32,8 @@ def inspect_example(
     """
     import ft_data
 
-    path = find_config(config)
-    cfg = load_config(path, overrides)
+    cfg = load_recipe_config(config, overrides)  # overrides typed by the config's recipe, as in `tune run`
+    path = Path(cfg.file)
     for key in ("tokenizer", "dataset"):
         node = cfg.data.get(key)
         if not isinstance(node, dict) or COMPONENT not in node:

@@ -5,12 +5,26 @@ Setup (``pick_device``, ``load_model_and_tokenizer``, ``stop_token_ids``: EOS pl
 end-of-turn markers) and the training steps in their loop order (``load_tokenizer``, ``load_model``,
 ``build_loader``, ``micro_batches``, ``forward_backward``, ``optimizer_step``, ``end_step``,
 ``save_checkpoint`` / ``resume_checkpoint``, ``save_hf_dir``, ``run_eval``; ``train`` is the whole loop).
-They are implemented once, in ``ft_recipes._setup`` and ``ft_recipes._train``, and every shipped recipe
+The preference (DPO) steps: ``preference_forward_backward``, the reference log-prob sources
+(``adapters_off_reference``, ``frozen_reference``, ``precompute_reference``, ``table_reference``),
+``preference_train`` and ``preference_validation``.
+They are implemented once, in ``ft_recipes._setup``, ``ft_recipes._train`` and
+``ft_recipes._preference_steps``, and every shipped recipe
 calls them, so a feature cannot differ between recipes; this module only names them publicly.
 """
 
 from __future__ import annotations
 
+from ft_recipes._preference_steps import (
+    Reference,
+    adapters_off_reference,
+    frozen_reference,
+    precompute_reference,
+    preference_forward_backward,
+    preference_train,
+    preference_validation,
+    table_reference,
+)
 from ft_recipes._setup import load_model_and_tokenizer, pick_device, stop_token_ids
 from ft_recipes._train import (
     METRICS,
@@ -39,12 +53,15 @@ from ft_recipes._train import (
 __all__ = [
     "METRICS",
     "MetricsLog",
+    "Reference",
+    "adapters_off_reference",
     "build_loader",
     "build_validation_loader",
     "check_eval_data",
     "check_output_dir",
     "end_step",
     "forward_backward",
+    "frozen_reference",
     "load_model",
     "load_model_and_tokenizer",
     "load_tokenizer",
@@ -52,12 +69,17 @@ __all__ = [
     "optimizer_step",
     "peak_memory_mib",
     "pick_device",
+    "precompute_reference",
+    "preference_forward_backward",
+    "preference_train",
+    "preference_validation",
     "resume_checkpoint",
     "run_eval",
     "save_checkpoint",
     "save_hf_dir",
     "seed_everything",
     "stop_token_ids",
+    "table_reference",
     "train",
     "validation_due",
     "validation_loss",

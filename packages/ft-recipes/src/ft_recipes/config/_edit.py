@@ -1,30 +1,58 @@
 """Command-line overrides and ``${...}`` interpolation of a config tree.
 
-Overrides keep torchtune's surface: ``key.sub=value`` sets a value parsed as YAML (``lr=3e-4`` is a
-float, ``dims=[1,2]`` a list, ``name='3'`` a string), ``~key`` deletes a key, and ``key=name`` on a
-node that holds a ``_component_`` swaps the component while keeping its keywords (the strict schema
-check then reports any keyword the new component does not take). Interpolation replaces
-``${dotted.key}`` by that key's value (the value itself when the string is only the reference,
-its text inside a longer string), ``${env:NAME}`` / ``${env:NAME,default}`` by an environment
-variable; ``$${`` writes a literal ``${``.
+Overrides keep torchtune's surface: ``key.sub=value`` sets a value, ``~key`` deletes a key, and
+``key=name`` on a node that holds a ``_component_`` swaps the component while keeping its keywords
+(the strict schema check then reports any keyword the new component does not take).
+
+A value's type follows what the key is declared as, because a shell hands over text and YAML would
+turn parts of it into something else (``prompt=Reply with the date: 3 July 1999`` into a mapping,
+``a # b`` into ``a``, ``yes`` into true, ``3.0`` into a float). For a key declared as text (``str``,
+``str | None``, a path, a ``Literal`` of strings; by the recipe's schema or, inside a ``_component_``
+node, by the callable's signature) the value is the text as written; a value that is one YAML quoted
+scalar as a whole (``'"a: b"'``) is still unquoted, and for ``str | None`` an unquoted ``null`` / ``~``
+is None. Any other key, or one whose type cannot be told, gets the value parsed as YAML (``lr=3e-4`` a
+float, ``dims=[1,2]`` a list, ``name='3'`` a string). The declared type is looked up only when the two
+readings differ, so most overrides never import a recipe or a component; the lookup itself is given
+by the caller (:func:`ft_recipes.config.load_config` builds it from a schema).
+
+Interpolation replaces ``${dotted.key}`` by that key's value (the value itself when the string is only
+the reference, its text inside a longer string), ``${env:NAME}`` / ``${env:NAME,default}`` by an
+environment variable; ``$${`` writes a literal ``${``. It runs after the overrides, so it applies to
+text given on the command line too.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal
 
 import yaml
 
 from ft_recipes.config._load import ConfigLoader, Located, Where
 from ft_recipes.errors import ConfigError, OverrideError
 
-__all__ = ["COMPONENT", "apply_overrides", "dotted_keys", "get_dotted", "interpolate"]
+__all__ = [
+    "COMPONENT",
+    "RECIPE_KEY",
+    "KindOf",
+    "ValueKind",
+    "apply_overrides",
+    "dotted_keys",
+    "get_dotted",
+    "interpolate",
+]
 
 COMPONENT = "_component_"
+# A config may name its recipe with this top-level key; it is not part of any recipe's schema.
+RECIPE_KEY = "recipe"
+# How an override's text becomes a value: kept as text, text or None (``str | None``), or parsed as YAML.
+ValueKind = Literal["text", "text_or_null", "yaml"]
+# The kind of a dotted key given the config tree as it stands (see ft_recipes.config._declared).
+KindOf = Callable[[dict[str, Any], str], ValueKind]
 _KEY = re.compile(r"^~?[A-Za-z_][\w-]*(\.[\w-]+)*$")
 _REF = re.compile(r"(?<!\$)\$\{([^{}]*)\}")
 
@@ -61,23 +89,63 @@ def _suggest(key: str, data: dict[str, Any]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _parse_value(text: str, override: str) -> Any:
-    if text == "":
-        raise OverrideError(f'override {override!r}: empty value; write key=null or key=""')
+_NOT_PARSED = object()
+_NULLS = ("null", "Null", "NULL", "~")  # YAML's null, written alone and unquoted
+
+
+def _quoted_scalar(text: str) -> tuple[bool, Any]:
+    """``(True, value)`` when the whole text is one YAML quoted scalar (``"a: b"`` or ``'a: b'``)."""
+    if not text.lstrip().startswith(("'", '"')):
+        return (False, None)
     try:
-        return yaml.load(text, Loader=ConfigLoader)
+        tokens = [
+            t
+            for t in yaml.scan(text, Loader=ConfigLoader)
+            if not isinstance(t, yaml.StreamStartToken | yaml.StreamEndToken)
+        ]
+    except yaml.YAMLError:
+        return (False, None)
+    if len(tokens) == 1 and isinstance(tokens[0], yaml.ScalarToken) and tokens[0].style in ("'", '"'):
+        return (True, tokens[0].value)
+    return (False, None)
+
+
+def _parse_value(text: str, override: str, kind: Callable[[], ValueKind] | None) -> Any:
+    """The value of one override: as text or as YAML, by the kind of its key (asked only if they differ)."""
+    if text == "":
+        raise OverrideError(f"override {override!r}: empty value; write key=null or key='\"\"'")
+    quoted, unquoted = _quoted_scalar(text)
+    as_text = unquoted if quoted else text
+    try:
+        parsed = yaml.load(text, Loader=ConfigLoader)
+        problem = ""
     except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0]
-        raise OverrideError(f"override {override!r}: value is not valid YAML ({first})") from None
+        parsed, problem = _NOT_PARSED, str(exc).splitlines()[0]
+    if isinstance(parsed, str) and parsed == as_text:
+        return parsed  # both readings agree: no need to know the key's type
+    chosen = kind() if kind is not None else "yaml"
+    if chosen == "text_or_null" and text in _NULLS:
+        return None
+    if chosen in ("text", "text_or_null"):
+        return as_text
+    if parsed is _NOT_PARSED:
+        raise OverrideError(f"override {override!r}: value is not valid YAML ({problem})")
+    return parsed
 
 
-def apply_overrides(cfg: Located, overrides: Sequence[str]) -> Located:
+def apply_overrides(cfg: Located, overrides: Sequence[str], kind_of: KindOf | None = None) -> Located:
     """Apply ``key=value`` and ``~key`` overrides in order (in place; returns ``cfg``).
+
+    Args:
+        cfg: The config tree to change.
+        overrides: ``key=value`` / ``~key`` items, applied left to right.
+        kind_of: The kind of a dotted key (text, text or null, YAML) given the tree so far, asked only
+            for a value whose YAML reading differs from its text; None parses every value as YAML.
 
     Raises:
         OverrideError: Bad syntax, a deleted key that does not exist, or a path through a scalar.
     """
-    for _i, item in enumerate(overrides):
+    for item in overrides:
         key, eq, text = item.partition("=")
         key = key.strip()
         if not _KEY.match(key) or (key.startswith("~") and eq) or (not key.startswith("~") and not eq):
@@ -96,7 +164,9 @@ def apply_overrides(cfg: Located, overrides: Sequence[str]) -> Located:
             else:
                 del parent[last]
             continue
-        value = _parse_value(text, item)
+        value = _parse_value(
+            text, item, None if kind_of is None else functools.partial(kind_of, cfg.data, key)
+        )
         _set(cfg.data, key, value, item)
         cfg.where[key] = Where(f"command-line override {item!r}", 0, 0)
         for sub in dotted_keys(value, key):
