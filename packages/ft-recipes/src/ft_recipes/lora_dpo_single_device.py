@@ -49,7 +49,7 @@ PROVIDED = {
     "dataset": {"tokenizer", "max_seq_len"},
     "validation.dataset": {"tokenizer", "max_seq_len"},
 }
-FILE_KEYS = ("model.path", "tokenizer.path", "dataset.source", "validation.dataset.source", "eval.data")
+FILE_KEYS = ("model.path", "tokenizer.path", "dataset.source", "validation.dataset.source")
 
 
 @dataclass

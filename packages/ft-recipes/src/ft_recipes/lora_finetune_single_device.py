@@ -42,7 +42,7 @@ PROVIDED = {
     "dataset": {"tokenizer", "max_seq_len"},
     "validation.dataset": {"tokenizer", "max_seq_len"},
 }
-FILE_KEYS = ("model.path", "tokenizer.path", "dataset.source", "validation.dataset.source", "eval.data")
+FILE_KEYS = ("model.path", "tokenizer.path", "dataset.source", "validation.dataset.source")
 
 
 @dataclass
@@ -107,15 +107,13 @@ class Config:
 
 
 def before_run(cfg: Config) -> None:
-    """Called by ``tune run`` before it writes anything: refuse a non-empty output dir without resume,
-    a logger whose optional library is missing and an ``eval.data`` file that cannot be read as
-    prompt/answer items (otherwise found only once training is over)."""
+    """Called by ``tune run`` before it writes anything: refuse a non-empty output dir without resume
+    and a logger whose optional library is missing."""
     from ft_recipes._metrics import check_loggers
-    from ft_recipes._train import check_eval_data, check_output_dir
+    from ft_recipes._train import check_output_dir
 
     check_output_dir(cfg.output_dir, cfg.resume)
     check_loggers(cfg.loggers)
-    check_eval_data(cfg.eval)
 
 
 @dataclass
@@ -180,6 +178,9 @@ def setup(cfg: Config) -> Run:
             max_seq_len=cfg.max_seq_len,
             packed=cfg.packed,
         )
+    # After the data (a dataset component may write the eval file, as the demo's does), before the model:
+    # a missing or malformed eval.data stops the run here, not once training is over.
+    _train.check_eval_data(cfg.eval)
     model = _train.load_model(cfg.model, tokenizer, device)
 
     written = None  # removed again if setup fails, so a refused run leaves nothing behind
