@@ -1,4 +1,4 @@
-"""Check the package dependency DAG of DESIGN.md, and that packages meet only through public names.
+"""Check the package dependency DAG of ARCHITECTURE.md, and that packages meet only through public names.
 
 Per member: its declared dependencies on siblings are exactly the allowed edges (with a version
 range, never a bare name), and its sources import no sibling package outside those edges.
