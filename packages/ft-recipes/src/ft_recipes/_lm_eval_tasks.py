@@ -28,10 +28,9 @@ from typing import Any
 __all__ = ["local_task_config", "resolve_task_names"]
 
 
-def _read_rows(path: Path, key: str) -> list[dict[str, Any]]:
+def _read_rows(path: Path, where: str) -> list[dict[str, Any]]:
     from ft_recipes.errors import MissingFileError, UserError
 
-    where = f"{key}: {path}"
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -90,6 +89,7 @@ def local_task_config(
     data: str | Path,
     *,
     key: str = "local_tasks",
+    shown: str | None = None,
     until: Sequence[str] = ("\n",),
     max_gen_toks: int = 64,
 ) -> dict[str, Any]:
@@ -99,6 +99,7 @@ def local_task_config(
         name: The task's name in the results.
         data: The JSONL file (read and checked here; lm-eval reads it again through ``datasets``).
         key: The config key that named the file, which every message starts with.
+        shown: The file as the user wrote it, for messages (default ``data``).
         until: Generation tasks: stop strings.
         max_gen_toks: Generation tasks: most new tokens.
 
@@ -107,11 +108,12 @@ def local_task_config(
         UserError: A row that is not JSON or breaks the schema (the message names the line).
     """
     path = Path(data).expanduser().resolve()
-    rows = _read_rows(path, key)
+    where = f"{key}: {shown if shown is not None else data}"
+    rows = _read_rows(path, where)
     multiple_choice = "choices" in rows[0]
     kind: type | None = None
     for row in rows:
-        kind = _check_row(row, f"{key}: {data}", multiple_choice, kind)
+        kind = _check_row(row, where, multiple_choice, kind)
     config: dict[str, Any] = {
         "task": name,
         "dataset_path": "json",

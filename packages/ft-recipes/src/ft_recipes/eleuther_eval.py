@@ -138,6 +138,7 @@ def select_tasks(
             t.name,
             resolve_path(t.data),
             key=f"local_tasks.{i}.data",
+            shown=t.data,
             until=t.until,
             max_gen_toks=t.max_gen_toks,
         )
@@ -253,7 +254,7 @@ def before_run(cfg: Config) -> None:
     from ft_recipes._lm_eval_tasks import local_task_config
 
     for i, task in enumerate(cfg.local_tasks):
-        local_task_config(task.name, resolve_path(task.data), key=f"local_tasks.{i}.data")
+        local_task_config(task.name, resolve_path(task.data), key=f"local_tasks.{i}.data", shown=task.data)
 
 
 def main(cfg: Config) -> None:
