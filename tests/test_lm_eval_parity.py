@@ -89,12 +89,16 @@ def test_wrong_splits_are_rejected(backends: tuple[HFLM, FtLM]) -> None:
     right = score_continuations(ft.model, pairs, batch_size=4, max_length=ft.max_length)
     assert _worst(expected, right) <= TOL
 
-    with_context = [(c[:1], c[1:] + x) for c, x in pairs]
-    early = [(c[:-1], c[-1:] + x) for c, x in pairs if len(c) > 1]
+    # The first two wrong splits move context tokens into the continuation: only requests with a
+    # context token to move and no truncation (a continuation may not exceed the window) take part.
+    fits = [i for i, (c, x) in enumerate(pairs) if len(c) > 1 and len(c) + len(x) <= ft.max_length]
+    assert len(fits) >= len(pairs) // 2
+    with_context = [(pairs[i][0][:1], pairs[i][0][1:] + pairs[i][1]) for i in fits]
+    early = [(pairs[i][0][:-1], pairs[i][0][-1:] + pairs[i][1]) for i in fits]
     apart = [(ft.tok_encode(c), ft.tok_encode(x, add_special_tokens=False)) for c, x in kept]
     for wrong, margin in ((with_context, 5.0), (early, 1.0)):
         scores = score_continuations(ft.model, wrong, batch_size=4, max_length=ft.max_length)
-        assert _worst(expected, scores) > margin
+        assert _worst([expected[i] for i in fits], scores) > margin
     scores = score_continuations(ft.model, apart, batch_size=4, max_length=ft.max_length)
     assert _worst(expected, scores) > 1.0  # the trailing-space request tokenizes differently
 
