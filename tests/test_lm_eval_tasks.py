@@ -11,6 +11,7 @@ model without its adapter must both be rejected by the per-document comparison.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,9 @@ from lm_eval_support import GEN_ROWS, MC_ROWS, make_model, write_jsonl, write_ya
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaForCausalLM
 
-from ft_recipes.eleuther_eval import LocalTask, select_tasks
+import ft_data
+import ft_models
+from ft_recipes.eleuther_eval import LocalTask, run_lm_eval, select_tasks
 from ft_recipes.lm_eval_model import FtLM
 
 TOL = 1e-4
@@ -153,3 +156,48 @@ def test_adapter_through_lm_evals_own_api(setup: dict[str, Path], adapter: Path)
         TaskManager(include_path=str(setup["yaml_dir"]), include_defaults=False),
     )
     assert _worst(_scores(expected, "yaml_mc"), _scores(base, "yaml_mc")) > 0.1
+
+
+def test_run_lm_eval_on_a_model_in_memory(setup: dict[str, Path], tmp_path: Path) -> None:
+    """What a training loop calls: the results of ``FtLM`` on the same model, ``results.json`` written,
+    the model's training mode restored."""
+    model = ft_models.from_pretrained(setup["model"], dtype=torch.float32).train()
+    tok = ft_data.load_tokenizer(setup["model"])
+    results = run_lm_eval(model, tok, _ft_selection(setup), output_dir=tmp_path / "out", bootstrap_iters=0)
+    assert model.training
+    written = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert _metrics(written, "ft_mc") == _metrics(results, "ft_mc")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["results.json"]  # no temporary left
+    direct_sel = _ft_selection(setup)
+    direct = _evaluate(FtLM(model.eval(), tokenizer=tok), direct_sel.objects, direct_sel.manager)
+    for task in ("yaml_mc", "ft_mc", "ft_gen"):
+        assert _metrics(results, task) == _metrics(direct, task)
+
+
+def test_local_rows_keep_strings_that_look_like_dates(tmp_path: Path) -> None:
+    """The demo's date task: answers such as ``"2034-08-10"`` reach lm-eval as written, so a correct
+    generation scores 1 through lm-eval's own ``exact_match``. Wrong variant: the same file read by the
+    ``datasets`` JSON builder (``dataset_path: json`` without ft's loader) turns them into timestamps."""
+    rows = [
+        {"prompt": "Rewrite as YYYY-MM-DD: 10 Aug 2034", "answer": "2034-08-10"},
+        {"prompt": "1951-10-25", "answer": "1951-10-25"},
+    ]
+    data = write_jsonl(tmp_path / "dates.jsonl", rows)
+    (task,) = select_tasks([], [LocalTask("dates", str(data))]).objects
+    docs = list(task.test_docs())
+    assert [dict(d) for d in docs] == rows
+    assert [task.doc_to_text(d) for d in docs] == [r["prompt"] for r in rows]
+    assert [task.process_results(d, [" " + r["answer"]]) for d, r in zip(docs, rows, strict=True)] == [
+        {"exact_match": 1.0}
+    ] * 2
+
+    plain = {
+        "task": "plain_json",
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data)}},
+    }
+    config = {k: v for k, v in task.dump_config().items() if k not in ("task", "custom_dataset")}
+    (wrong,) = TaskManager(include_defaults=False).load([{**config, **plain}])["tasks"].values()
+    wrong_doc = next(iter(wrong.test_docs()))
+    assert str(wrong.doc_to_target(wrong_doc)) != "2034-08-10"
+    assert wrong.process_results(wrong_doc, ["2034-08-10"]) == {"exact_match": 0.0}

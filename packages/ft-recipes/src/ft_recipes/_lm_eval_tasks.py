@@ -5,7 +5,10 @@ Three sources, checked before a model is loaded so that a typo costs seconds, no
 - a task (or group, or tag) name from lm-eval's registry, or from the task YAMLs of ``include_path``
   (lm-eval's ``TaskManager(include_path=...)``), or the path of one task YAML;
 - a local JSONL file in ft's small schema, turned into an lm-eval task config (a dict lm-eval loads
-  like a YAML task, its rows read by the ``datasets`` JSON builder; nothing is fetched):
+  like a YAML task; nothing is fetched). Its rows reach lm-eval through :func:`load_local_rows` (the
+  config's ``custom_dataset``), not through ``dataset_path: json``: the ``datasets`` JSON builder
+  (pyarrow) turns every string that looks like an ISO date into a timestamp, so the demo's answer
+  ``"2034-08-10"`` became ``"2034-08-10 00:00:00"`` and no generation could match it:
 
   * multiple choice, one object per line ``{"prompt": str, "choices": [str, ...], "answer": int | str}``
     (``answer``: the index of the right choice or its text, the same kind on every line); scored by
@@ -21,11 +24,12 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["local_task_config", "resolve_task_names"]
+__all__ = ["load_local_rows", "local_task_config", "resolve_task_names"]
 
 
 def _read_rows(path: Path, where: str) -> list[dict[str, Any]]:
@@ -84,6 +88,44 @@ def _check_row(row: dict[str, Any], where: str, multiple_choice: bool, answer_ki
     return type(answer)
 
 
+class _NoMetadataHint(logging.Filter):
+    """Drops lm-eval's hint about ``--metadata``, which it logs for every task with a
+    ``custom_dataset`` and which means nothing for ft's local tasks (they take no arguments)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Custom kwargs can be passed to `--metadata`" not in record.getMessage()
+
+
+def _quiet_metadata_hint() -> None:
+    logger = logging.getLogger("lm_eval.api.task")
+    if not any(isinstance(f, _NoMetadataHint) for f in logger.filters):
+        logger.addFilter(_NoMetadataHint())
+
+
+def load_local_rows(data_files: dict[str, str], **_: Any) -> Any:
+    """lm-eval's ``custom_dataset`` for ft's local tasks: each split's JSONL rows, values as written.
+
+    lm-eval calls it with the task's ``metadata`` and ``dataset_kwargs`` (and whatever metadata the run
+    adds, ignored here). Rows are read with :mod:`json` and handed to ``datasets.Dataset.from_list``,
+    which keeps Python strings as strings.
+
+    Args:
+        data_files: Split name -> JSONL path (the config's ``dataset_kwargs``).
+
+    Returns:
+        A ``datasets.DatasetDict`` with one split per entry.
+    """
+    import datasets
+
+    splits = {}
+    for split, file in data_files.items():
+        rows = _read_rows(Path(file), file)
+        splits[split] = datasets.Dataset.from_list(
+            [{k: v for k, v in r.items() if k != "_line"} for r in rows]
+        )
+    return datasets.DatasetDict(splits)
+
+
 def local_task_config(
     name: str,
     data: str | Path,
@@ -107,6 +149,7 @@ def local_task_config(
         MissingFileError: The file does not exist or is not UTF-8.
         UserError: A row that is not JSON or breaks the schema (the message names the line).
     """
+    _quiet_metadata_hint()
     path = Path(data).expanduser().resolve()
     where = f"{key}: {shown if shown is not None else data}"
     rows = _read_rows(path, where)
@@ -116,7 +159,8 @@ def local_task_config(
         kind = _check_row(row, where, multiple_choice, kind)
     config: dict[str, Any] = {
         "task": name,
-        "dataset_path": "json",
+        "dataset_path": "json",  # required by lm-eval's schema; custom_dataset is what loads the rows
+        "custom_dataset": load_local_rows,
         "dataset_kwargs": {"data_files": {"test": str(path)}},
         "test_split": "test",
         "doc_to_text": "prompt",
