@@ -8,7 +8,7 @@ attention-kernel setting. Activation checkpointing and checkpoints live in ``ft_
 from ft_recipes.training._attention import ATTENTION_CHOICES, apply_attention, describe_attention
 from ft_recipes.training._clip import clip_grad_norm
 from ft_recipes.training._compile import compile_blocks
-from ft_recipes.training._loss import IGNORE_INDEX, batch_loss, linear_cross_entropy
+from ft_recipes.training._loss import IGNORE_INDEX, batch_loss, linear_cross_entropy, prepare_batch
 from ft_recipes.training._optim import OPTIMIZERS, build_optimizer
 from ft_recipes.training._precision import (
     INFERENCE_PRECISIONS,
@@ -68,6 +68,7 @@ __all__ = [
     "describe_attention",
     "device_facts",
     "linear_cross_entropy",
+    "prepare_batch",
     "resolve_inference_precision",
     "resolve_precision",
 ]
