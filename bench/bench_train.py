@@ -15,9 +15,11 @@ checkpoint of the shape (fp32, as the recipes load), ``ft_peft.apply_lora`` (ran
 q/v/o + MLP; QLoRA: ``quantize="nf4"``) and ``ft_peft.set_trainable``, the precision policy of
 ``ft_recipes.training`` (``resolve_precision`` + ``apply_precision``), the optimizer from
 ``build_optimizer("adamw", lr=1e-4)``, the batch contract (``position_ids`` and ``document_ids`` as the
-collator makes them), and the chunked ``linear_cross_entropy`` with the token normaliser; ``--compile``
+collator makes them, moved by ``prepare_batch`` as the recipes' step moves them), and the chunked
+``linear_cross_entropy`` with the token normaliser (``batch_loss``); ``--compile``
 compiles each decoder layer as the recipes' ``compile: true`` does. Not included (the peers do neither):
-gradient clipping and the LR schedule. Precision for ``bf16``: ``bf16-mixed`` for LoRA/QLoRA (the
+gradient clipping and the LR schedule. On CUDA the JSON line has ``peak_cuda_gib``, the allocator's peak
+during the steps (reset after setup, as the recipes' metrics do), and ``setup_peak_cuda_gib``. Precision for ``bf16``: ``bf16-mixed`` for LoRA/QLoRA (the
 recipes' ``auto`` on a bf16 CPU: frozen base stored bf16, fp32 adapters with bf16 compute copies) and
 ``bf16-pure`` for full (the peers cast the whole model, optimizer state included, to bf16).
 
@@ -112,23 +114,28 @@ def build_ft(
 
 
 def run_ft(args: argparse.Namespace) -> dict[str, Any]:
-    from ft_recipes.training import linear_cross_entropy
+    from ft_recipes.training import batch_loss, prepare_batch
 
     ckpt = make_checkpoint(args.shape, Path(args.ckpt) if args.ckpt else _default_ckpt(args.shape))
     dev = torch.device(args.device)
     model, optimizer, precision = build_ft(
         args.method, args.dtype, ckpt, args.precision, args.compile, args.device
     )
+    rows, seq = args.batch, args.seq
     v = model.config.vocab_size
     torch.manual_seed(0)
-    input_ids = torch.randint(0, v, (B, T), device=dev)
-    labels = torch.randint(0, v, (B, T), device=dev)
-    position_ids = torch.arange(T, device=dev).expand(B, T)
-    document_ids = torch.zeros(B, T, dtype=torch.long, device=dev)  # the collator's unpacked full rows
+    cpu_batch = {  # what the collator makes for unpacked full rows, moved as the recipes' step moves it
+        "input_ids": torch.randint(0, v, (rows, seq)),
+        "labels": torch.randint(0, v, (rows, seq)),
+        "position_ids": torch.arange(seq).expand(rows, seq),
+        "document_ids": torch.zeros(rows, seq, dtype=torch.long),
+    }
+    setup_peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else 0
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)  # the reported peak is training's, as the recipes' metrics
 
     def step() -> float:
-        hidden = model(input_ids, position_ids=position_ids, document_ids=document_ids, return_hidden=True)
-        loss = linear_cross_entropy(hidden, model.output_projection, labels, normalizer=B * T)
+        loss = batch_loss(model, prepare_batch(cpu_batch, dev), normalizer=rows * seq)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -149,9 +156,12 @@ def run_ft(args: argparse.Namespace) -> dict[str, Any]:
         Path(args.profile).write_text(table)
     steady = statistics.median(times[2:])
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    cuda = (
-        {"peak_cuda_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)} if dev.type == "cuda" else {}
-    )
+    cuda = {}
+    if dev.type == "cuda":
+        cuda = {
+            "peak_cuda_gib": round(torch.cuda.max_memory_allocated(dev) / 2**30, 2),
+            "setup_peak_cuda_gib": round(setup_peak / 2**30, 2),
+        }
     return {
         "lib": "ft+compile" if args.compile else "ft",
         "shape": args.shape,
@@ -160,7 +170,8 @@ def run_ft(args: argparse.Namespace) -> dict[str, Any]:
         "dtype": args.dtype,
         "precision": precision,
         "torch": torch.__version__,
-        "tokens_per_s": round(B * T / steady, 1),
+        "tokens_per_s": round(rows * seq / steady, 1),
+        "batch": f"{rows}x{seq}",
         "step_s": round(steady, 4),
         "threads": torch.get_num_threads(),
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -295,6 +306,8 @@ def main() -> None:
     ap.add_argument("--precision", default=None, help="ft: override the precision policy")
     ap.add_argument("--device", default="cpu", help="ft: cpu | cuda")
     ap.add_argument("--shape", default=SHAPE, choices=sorted(SHAPES), help="ft: model shape")
+    ap.add_argument("--batch", type=int, default=B, help="ft: rows per step")
+    ap.add_argument("--seq", type=int, default=T, help="ft: tokens per row")
     ap.add_argument("--profile", default=None, help="ft: write a profiler table of one step here")
     ap.add_argument("--methods", default="lora,qlora,full")
     ap.add_argument("--dtypes", default="bf16,fp32")

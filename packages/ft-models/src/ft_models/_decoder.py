@@ -133,8 +133,11 @@ def _unless_one_document(document_ids: torch.Tensor | None) -> torch.Tensor | No
 
     Unpacked, unpadded batches (what a collator gives for full rows) then take the attention kernels'
     causal fast path instead of a materialised ``[b, 1, s, s]`` mask: the same attention, less work.
+    Only CPU ids are inspected: reading an accelerator tensor's values waits for the device (a host
+    synchronisation per forward), so there the caller states the fact by passing ``document_ids=None``
+    for such rows (ft's training step finds it on the CPU batch before moving it).
     """
-    if document_ids is None or document_ids.shape[1] == 0:
+    if document_ids is None or document_ids.shape[1] == 0 or document_ids.device.type != "cpu":
         return document_ids
     one = bool(((document_ids == document_ids[:, :1]) & (document_ids >= 0)).all())
     return None if one else document_ids
@@ -294,7 +297,9 @@ class CausalLM(nn.Module):
             position_ids: ``[b, s]`` RoPE positions; by default each document counts from 0 (from
                 ``document_ids``), or each row continues its cached count.
             document_ids: ``[b, s]`` packed-document ids; ``-1`` marks padding (attends to nothing
-                but itself, attended by nothing). ``None``: one document per row, no padding.
+                but itself, attended by nothing). ``None``: one document per row, no padding; pass
+                None for such rows on an accelerator (only CPU ids are inspected for it, see
+                ``_unless_one_document``).
             cache: A :class:`KVCache` from :meth:`new_cache`; the new tokens are appended to it.
             return_hidden: Return final-normed hidden states ``[b, s, d]`` instead of logits.
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ft_peft import _dora
+from ft_peft._qlinear import dequant_linear
 from ft_peft._quant import (
     QuantConfig,
     as_quant_config,
@@ -164,20 +165,28 @@ class LoRALinear(nn.Module):
         """alpha / r, or alpha / sqrt(r) with rsLoRA."""
         return self.alpha / (math.sqrt(self.rank) if self.use_rslora else self.rank)
 
+    def _stored(self) -> dict[str, torch.Tensor]:
+        """The quantised weight's tensors (packed codes and statistics), keyed as `quantize_weight` made them."""
+        return {s: getattr(self, "weight" if not s else f"weight_{s}") for s in self._quant_keys}
+
     def dense_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The frozen base weight as a dense `[d_out, d_in]` tensor (dequantised for QLoRA)."""
         if self.quant is None:
             return self.weight if dtype is None else self.weight.to(dtype)
-        stored = {s: getattr(self, "weight" if not s else f"weight_{s}") for s in self._quant_keys}
         shape = (self.out_features, self.in_features)
-        return dequantize_weight(stored, shape, self.quant, dtype or self.quant.compute_dtype)
+        return dequantize_weight(self._stored(), shape, self.quant, dtype or self.quant.compute_dtype)
+
+    def _quantized_linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """`x W^T + b` over the quantised base in `x`'s dtype; W is dequantised again in the backward."""
+        assert self.quant is not None
+        return dequant_linear(x, bias, self._stored(), (self.out_features, self.in_features), self.quant)
 
     def _base_forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.quant is None:
             return F.linear(x, self.weight, self.bias)
         cd = self.quant.compute_dtype
         bias = None if self.bias is None else self.bias.to(cd)
-        return F.linear(x.to(cd), self.dense_weight(cd), bias).to(x.dtype)
+        return self._quantized_linear(x.to(cd), bias).to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Base output plus the adapter's.
@@ -197,9 +206,14 @@ class LoRALinear(nn.Module):
             return (result + self._scaled_lora(x_a)).to(out_dtype)
         lora_out = self.lora_B(self.lora_A(x_a))  # [..., r] -> [..., d_out]
         dense = self.dense_weight(x_a.dtype)  # [d_out, d_in]
+        # The row norms are a constant for autograd (`weight_norm` detaches): only the `[d_out]` norms
+        # are kept, so a quantised base's dense weight is a temporary of this forward, freed below.
         norm = _dora.weight_norm(dense, self.lora_B.weight @ self.lora_A.weight, self.scaling)  # [d_out]
         if isinstance(self.lora_dropout, nn.Identity) or not self.training:
             base_no_bias = result if self.bias is None else result - self.bias
+        elif self.quant is not None:
+            del dense
+            base_no_bias = self._quantized_linear(x_a, None)  # W dropout(x); W dequantised again for backward
         else:
             base_no_bias = F.linear(x_a, dense)  # W dropout(x): the adapter path sees dropped inputs
         delta = _dora.dora_delta(base_no_bias, lora_out, self.lora_magnitude_vector, norm, self.scaling)

@@ -61,6 +61,8 @@ class Config:
     resume: str | None = None  # null | auto | a checkpoint directory
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16-mixed", "bf16-pure", "fp16"] = "auto"
+    # fp32 matmuls on TF32 tensor cores where the GPU has them (Ampere+); no effect elsewhere.
+    tf32: bool = True
     batch_size: PositiveInt = 4
     max_seq_len: PositiveInt = 1024
     packed: bool = True
@@ -115,6 +117,7 @@ def setup(cfg: Config) -> Run:
     from ft_recipes.training import (
         apply_attention,
         apply_precision,
+        apply_tf32,
         build_lr_scheduler,
         build_optimizer,
         compile_blocks,
@@ -123,7 +126,8 @@ def setup(cfg: Config) -> Run:
 
     device = pick_device(cfg.device)
     policy = resolve_precision(cfg.precision, device)
-    print(f"[full] device={device} precision={policy.name} ({policy.reason})", file=sys.stderr)
+    tf32 = apply_tf32(cfg.tf32, device)
+    print(f"[full] device={device} precision={policy.name} ({policy.reason}); {tf32}", file=sys.stderr)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     tokenizer = _train.load_tokenizer(cfg.tokenizer)
     loader, total = _train.build_loader(

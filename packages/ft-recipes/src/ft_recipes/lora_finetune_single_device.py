@@ -86,6 +86,8 @@ class Config:
     resume: str | None = None  # null | auto | a checkpoint directory
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16-mixed", "bf16-pure", "fp16"] = "auto"
+    # fp32 matmuls on TF32 tensor cores where the GPU has them (Ampere+); no effect elsewhere.
+    tf32: bool = True
     batch_size: PositiveInt = 4
     max_seq_len: PositiveInt = 1024
     packed: bool = True
@@ -146,6 +148,7 @@ def setup(cfg: Config) -> Run:
     from ft_recipes.training import (
         apply_attention,
         apply_precision,
+        apply_tf32,
         build_lr_scheduler,
         build_optimizer,
         compile_blocks,
@@ -154,7 +157,8 @@ def setup(cfg: Config) -> Run:
 
     device = pick_device(cfg.device)
     policy = resolve_precision(cfg.precision, device)
-    print(f"[lora] device={device} precision={policy.name} ({policy.reason})", file=sys.stderr)
+    tf32 = apply_tf32(cfg.tf32, device)
+    print(f"[lora] device={device} precision={policy.name} ({policy.reason}); {tf32}", file=sys.stderr)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     tokenizer = _train.load_tokenizer(cfg.tokenizer)
     loader, total = _train.build_loader(
@@ -195,6 +199,10 @@ def setup(cfg: Config) -> Run:
     try:
         _train.seed_everything(cfg.seed)  # the adapter's initialisation
         lc = cfg.lora
+        # QLoRA dequantises to the run's compute dtype: fp32 runs stay fp32, bf16-mixed computes in bf16.
+        quantize = None
+        if lc.quantize is not None:
+            quantize = ft_peft.QuantConfig(lc.quantize, compute_dtype=policy.compute_dtype)
         ft_peft.apply_lora(
             model,
             lc.target_modules,
@@ -203,7 +211,7 @@ def setup(cfg: Config) -> Run:
             dropout=lc.dropout,
             use_rslora=lc.use_rslora,
             use_dora=lc.use_dora,
-            quantize=lc.quantize,
+            quantize=quantize,
         )
         ft_peft.set_trainable(model)
         apply_precision(model, policy)
