@@ -35,7 +35,7 @@ from ._decoder import (
 from ._family import Family
 from ._gemma2 import GEMMA2_PRESETS, build_gemma2, gemma2_config
 from ._generate import generate, left_pad
-from ._gguf_write import GGUF_TENSOR_TYPES, save_gguf
+from ._gguf_write import GGUF_TENSOR_TYPES, check_gguf_export, save_gguf
 from ._kernel_choice import (
     ATTENTION_KERNELS,
     GROUPED_MAX_KEYS,
@@ -116,6 +116,7 @@ __all__ = [
     "build_model",
     "build_qwen2",
     "build_qwen3",
+    "check_gguf_export",
     "checkpoint_format",
     "from_pretrained",
     "gemma2_config",

@@ -38,10 +38,11 @@ import torch
 
 from . import _gguf
 from ._atomic import fsync_dir
+from ._config import DecoderConfig
 from ._decoder import CausalLM
 from ._gguf import GGUF_ARCHITECTURE_OF, GGUFError
 
-__all__ = ["GGUF_TENSOR_TYPES", "save_gguf"]
+__all__ = ["GGUF_TENSOR_TYPES", "check_gguf_export", "save_gguf"]
 
 GGUF_TENSOR_TYPES: tuple[str, ...] = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
 _LOW_BIT = ("q5_1", "q5_0", "q4_1", "q4_0")
@@ -92,29 +93,38 @@ def save_gguf(
     """
     gguf = _gguf._import_gguf()
     target = Path(path)
-    if tensor_type not in GGUF_TENSOR_TYPES:
-        raise GGUFError(
-            f"tensor type {tensor_type!r} is not supported (supported: {', '.join(GGUF_TENSOR_TYPES)})"
-        )
+    check_gguf_export(model.config, tensor_type)
     _check_target(target, overwrite)
-    config = model.config
-    hf = config.to_hf_dict()
-    arch_name = GGUF_ARCHITECTURE_OF.get(config.model_type)
-    if arch_name is None:
-        supported = ", ".join(GGUF_ARCHITECTURE_OF)
-        raise GGUFError(
-            f"model_type {config.model_type!r} cannot be written as GGUF (supported: {supported})"
-        )
+    hf = model.config.to_hf_dict()
+    arch_name = GGUF_ARCHITECTURE_OF[model.config.model_type]
     arch = _gguf._ARCHITECTURES[arch_name]
-    problem = _refusal(arch, arch_name, hf)
-    if problem is not None:
-        raise GGUFError(f"cannot export {config.model_type} as GGUF {arch_name}: {problem}")
     extra = dict(metadata or {})
     keys = [*_model_keys(gguf, arch, arch_name, hf, tensor_type, extra), *_typed_keys(gguf, extra)]
     keys.append(("general.quantization_version", gguf.GGML_QUANT_VERSION, gguf.GGUFValueType.UINT32, None))
     plan = list(_plan(gguf, model, arch, arch_name, tensor_type))
     _write(gguf, target, arch_name, keys, plan)
     return target
+
+
+def check_gguf_export(config: DecoderConfig, tensor_type: str = "f16") -> None:
+    """Refuse, before any weight is read or written, what :func:`save_gguf` cannot write.
+
+    Raises:
+        CheckpointError: (``GGUFError``) an unknown tensor type, a family without a llama.cpp
+            architecture, or a setting that architecture cannot run; one line naming it.
+    """
+    if tensor_type not in GGUF_TENSOR_TYPES:
+        supported = ", ".join(GGUF_TENSOR_TYPES)
+        raise GGUFError(f"tensor type {tensor_type!r} is not supported (supported: {supported})")
+    arch_name = GGUF_ARCHITECTURE_OF.get(config.model_type)
+    if arch_name is None:
+        supported = ", ".join(GGUF_ARCHITECTURE_OF)
+        raise GGUFError(
+            f"model_type {config.model_type!r} cannot be written as GGUF (supported: {supported})"
+        )
+    problem = _refusal(_gguf._ARCHITECTURES[arch_name], arch_name, config.to_hf_dict())
+    if problem is not None:
+        raise GGUFError(f"cannot export {config.model_type} as GGUF {arch_name}: {problem}")
 
 
 def _check_target(target: Path, overwrite: bool) -> None:
