@@ -160,9 +160,7 @@ def test_llama_cpp_vocab_round_trip(llama_cpp_vocab: Path, name: str, tmp_path: 
     assert failures == []
     # Wrong variant: another split (byte level) or no dummy prefix (SentencePiece) fails some cases.
     if written["tokenizer.ggml.model"] == "gpt2":
-        written["tokenizer.ggml.pre"] = (
-            "llama-bpe" if written["tokenizer.ggml.pre"] != "llama-bpe" else "gpt-2"
-        )
+        written["tokenizer.ggml.pre"] = "llama-bpe" if written["tokenizer.ggml.pre"] == "gpt-2" else "gpt-2"
     else:
         written["tokenizer.ggml.add_space_prefix"] = not written["tokenizer.ggml.add_space_prefix"]
     wrong = ft_data.load_tokenizer(write_metadata_gguf(tmp_path / "wrong.gguf", written))

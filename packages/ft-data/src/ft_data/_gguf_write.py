@@ -100,8 +100,8 @@ def _gpt2(tok: BytePairTokenizer, size: int) -> dict[str, Any]:
         if i in added:  # llama.cpp matches added tokens as their text, not as byte-level strings
             tokens.append(added[i].content)
             types.append(CONTROL if added[i].special else USER_DEFINED)
-        elif raw:
-            tokens.append(bytes_to_token(raw))
+        elif raw:  # an entry that is not byte-level text (no merge reaches it) keeps its text
+            tokens.append(tok.vocab_texts.get(i) or bytes_to_token(raw))
             types.append(NORMAL)
         else:
             tokens.append(_pad(i))
