@@ -2,7 +2,8 @@
 
 Llama (Llama 3 / 3.1 / 3.2, SmolLM2), Qwen2 / Qwen2.5, Qwen3, Mistral and Gemma 2 models with
 transformers' module names, loaded from
-Hugging Face safetensors directories or GGUF files and saved as directories transformers loads as is.
+Hugging Face safetensors directories or GGUF files, saved as directories transformers loads as is and as
+GGUF files llama.cpp runs.
 """
 
 from ._assets import AssetNotFoundError, asset_path, smollm2_gguf_path
@@ -34,6 +35,7 @@ from ._decoder import (
 from ._family import Family
 from ._gemma2 import GEMMA2_PRESETS, build_gemma2, gemma2_config
 from ._generate import generate, left_pad
+from ._gguf_write import GGUF_TENSOR_TYPES, check_gguf_export, save_gguf
 from ._kernel_choice import (
     ATTENTION_KERNELS,
     GROUPED_MAX_KEYS,
@@ -65,6 +67,7 @@ __all__ = [
     "ATTENTION_KERNELS",
     "FAMILIES",
     "GEMMA2_PRESETS",
+    "GGUF_TENSOR_TYPES",
     "GROUPED_MAX_KEYS",
     "LLAMA_PRESETS",
     "MISTRAL_PRESETS",
@@ -113,6 +116,7 @@ __all__ = [
     "build_model",
     "build_qwen2",
     "build_qwen3",
+    "check_gguf_export",
     "checkpoint_format",
     "from_pretrained",
     "gemma2_config",
@@ -129,6 +133,7 @@ __all__ = [
     "qwen2_config",
     "qwen3_config",
     "read_stop_token_ids",
+    "save_gguf",
     "save_pretrained",
     "set_attention_kernel",
     "smollm2_gguf_path",

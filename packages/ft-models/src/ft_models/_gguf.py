@@ -8,8 +8,8 @@ block-quantised tensors under llama.cpp's names (``blk.{i}.attn_q.weight``). Rea
 * dequantise every tensor to float32 with the ``gguf`` package (``gguf.quants.dequantize``), tensor by
   tensor and a few MiB of rows at a time, straight into the tensor that is returned, so loading holds
   the fp32 weights plus one small chunk;
-* undo llama.cpp's row permutation of ``q_proj``/``k_proj`` (Llama only; Qwen2 / Qwen3 files keep the
-  rotate-half order): its converter reorders each head's rows so
+* undo llama.cpp's row permutation of ``q_proj``/``k_proj`` (Llama only; Qwen2 / Qwen3 / Gemma 2 files
+  keep the rotate-half order): its converter reorders each head's rows so
   the rotary pairs of RoPE (Su et al. 2021, arXiv:2104.09864) are adjacent, ``(x0, x1), (x2, x3), ...``,
   the interleaved layout of its kernels; ft, like transformers, pairs dimension ``j`` with ``j + h_d/2``
   (rotate-half). The permutation moves rows only and quantisation blocks run along rows, so it is undone
@@ -17,7 +17,13 @@ block-quantised tensors under llama.cpp's names (``blk.{i}.attn_q.weight``). Rea
 
 Llama 3.1-style frequency scaling is stored by llama.cpp as a ``rope_freqs.weight`` tensor of
 per-frequency divisors rather than as metadata; the four Hub parameters are recovered from it and
-checked to reproduce it. Shape legend: ``h_d`` head dim, ``n_h`` heads, ``C`` input features.
+checked to reproduce it. Gemma 2's norms compute ``(1 + w) * x``; llama.cpp stores the gain ``1 + w``, so
+``w`` is recovered by subtracting 1 (exact in fp32 for gains in ``[0.5, 2]``, Sterbenz).
+
+The per-architecture tables are shared with the writer (``_gguf_write.py``), which inverts them: one
+description of each format serves both directions. ``GGUF_ARCHITECTURE_OF`` says which llama.cpp
+architecture each ft family is written as (Mistral is llama.cpp's ``llama``).
+Shape legend: ``h_d`` head dim, ``n_h`` heads, ``C`` input features.
 """
 
 from __future__ import annotations
@@ -39,7 +45,13 @@ from .errors import CheckpointError
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["SUPPORTED_GGUF_ARCHITECTURES", "GGUFCheckpoint", "GGUFError", "read_gguf"]
+__all__ = [
+    "GGUF_ARCHITECTURE_OF",
+    "SUPPORTED_GGUF_ARCHITECTURES",
+    "GGUFCheckpoint",
+    "GGUFError",
+    "read_gguf",
+]
 
 _ROWS_CHUNK_ELEMENTS = 1 << 20  # fp32 elements dequantised per step (4 MiB)
 _BLOCK_TENSOR = re.compile(r"blk\.(\d+)\.([A-Za-z0-9_]+)\.(weight|bias)")
@@ -79,6 +91,12 @@ class _Architecture:
             llama.cpp permuted for interleaved RoPE.
         rope_factors: Name of the per-frequency RoPE divisor tensor, if the format may carry one.
         present_flags: Config flag -> GGUF tensor whose presence sets it (e.g. projection biases).
+        unit_offset_norms: Norm gains (HF names ending in ``norm.weight``) are stored as ``1 + w``
+            (Gemma's ``(1 + w) * x`` RMSNorm, which llama.cpp computes as a plain ``w * x``).
+        derive: Config entries the format implies rather than stores, computed from the config read so
+            far (Gemma 2's attention scale, which llama.cpp derives from the shapes).
+        refuse: For the writer: why a config cannot be written as this architecture (a setting
+            llama.cpp's implementation of it does not have), or ``None``.
     """
 
     model_type: str
@@ -90,6 +108,9 @@ class _Architecture:
     rotary_rows: Mapping[str, str]
     rope_factors: str | None = None
     present_flags: Mapping[str, str] = field(default_factory=dict)
+    unit_offset_norms: bool = False
+    derive: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
+    refuse: Callable[[Mapping[str, Any]], str | None] | None = None
 
 
 _TOKEN_KEYS = (
@@ -121,7 +142,7 @@ _LLAMA = _Architecture(
         _Key("max_position_embeddings", ("{arch}.context_length",)),
         *_TOKEN_KEYS,
     ),
-    constants={"hidden_act": "silu", "mlp_bias": False},
+    constants={"hidden_act": "silu"},
     tensors={
         "token_embd.weight": "model.embed_tokens.weight",
         "output_norm.weight": "model.norm.weight",
@@ -140,7 +161,7 @@ _LLAMA = _Architecture(
     },
     rotary_rows={"attn_q": "num_attention_heads", "attn_k": "num_key_value_heads"},
     rope_factors="rope_freqs.weight",
-    present_flags={"attention_bias": "blk.0.attn_q.bias"},
+    present_flags={"attention_bias": "blk.0.attn_q.bias", "mlp_bias": "blk.0.ffn_gate.bias"},
 )
 
 # Qwen2 and Qwen3: llama.cpp keeps their q/k rows in the rotate-half order (its NeoX RoPE mode), so no
@@ -166,8 +187,84 @@ _QWEN3 = dataclasses.replace(
     present_flags={"attention_bias": "blk.0.attn_q.bias"},
 )
 
-_ARCHITECTURES: dict[str, _Architecture] = {"llama": _LLAMA, "qwen2": _QWEN2, "qwen3": _QWEN3}
+
+def _gemma2_attention_scalar(config: Mapping[str, Any]) -> int:
+    """The ``query_pre_attn_scalar`` llama.cpp's gemma2 uses: ``hidden / heads`` for the 46-layer 27B
+    model, else ``head_dim`` (it stores no key for it)."""
+    if config["num_hidden_layers"] == 46:
+        return int(config["hidden_size"]) // int(config["num_attention_heads"])
+    return int(config["head_dim"])
+
+
+def _gemma2_refuse(config: Mapping[str, Any]) -> str | None:
+    """Gemma 2 settings llama.cpp's ``gemma2`` cannot carry (it ties the head, always slides every other
+    layer starting with layer 0, always caps, and derives the attention scale from the shapes)."""
+    layers = int(config["num_hidden_layers"])
+    standard = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
+    scalar = config.get("query_pre_attn_scalar")
+    if not config.get("tie_word_embeddings", True):
+        return "tie_word_embeddings is false; llama.cpp's gemma2 always ties the output projection"
+    if config.get("attention_bias"):
+        return "attention_bias is true; llama.cpp's gemma2 has no projection biases"
+    if scalar is None or float(scalar) != _gemma2_attention_scalar(config):
+        return (
+            f"query_pre_attn_scalar is {scalar}; llama.cpp's gemma2 uses "
+            f"{_gemma2_attention_scalar(config)} for this shape"
+        )
+    for key in ("attn_logit_softcapping", "final_logit_softcapping", "sliding_window"):
+        if config.get(key) is None:
+            return f"{key} is null; llama.cpp's gemma2 always applies it"
+    if list(config.get("layer_types") or standard) != standard:
+        return "layer_types is not the alternating sliding/global pattern llama.cpp's gemma2 uses"
+    return None
+
+
+_GEMMA2 = _Architecture(
+    model_type="gemma2",
+    architectures=("Gemma2ForCausalLM",),
+    keys=(
+        *_LLAMA.keys,
+        _Key("sliding_window", ("{arch}.attention.sliding_window",), default=4096),
+        _Key("attn_logit_softcapping", ("{arch}.attn_logit_softcapping",), cast=float, default=50.0),
+        _Key("final_logit_softcapping", ("{arch}.final_logit_softcapping",), cast=float, default=30.0),
+    ),
+    constants={"hidden_activation": "gelu_pytorch_tanh"},
+    tensors={"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight"},
+    block_tensors={
+        "attn_norm": "input_layernorm",
+        "attn_q": "self_attn.q_proj",
+        "attn_k": "self_attn.k_proj",
+        "attn_v": "self_attn.v_proj",
+        "attn_output": "self_attn.o_proj",
+        "post_attention_norm": "post_attention_layernorm",
+        "ffn_norm": "pre_feedforward_layernorm",
+        "post_ffw_norm": "post_feedforward_layernorm",
+        "ffn_gate": "mlp.gate_proj",
+        "ffn_up": "mlp.up_proj",
+        "ffn_down": "mlp.down_proj",
+    },
+    rotary_rows={},
+    unit_offset_norms=True,
+    derive=lambda c: {"query_pre_attn_scalar": _gemma2_attention_scalar(c)},
+    refuse=_gemma2_refuse,
+)
+
+_ARCHITECTURES: dict[str, _Architecture] = {
+    "llama": _LLAMA,
+    "qwen2": _QWEN2,
+    "qwen3": _QWEN3,
+    "gemma2": _GEMMA2,
+}
 SUPPORTED_GGUF_ARCHITECTURES: tuple[str, ...] = tuple(_ARCHITECTURES)
+# ft family (config ``model_type``) -> the llama.cpp architecture it is written as. Mistral is llama.cpp's
+# ``llama`` (its converter registers MistralForCausalLM there), so a Mistral file reads back as Llama.
+GGUF_ARCHITECTURE_OF: dict[str, str] = {
+    "llama": "llama",
+    "mistral": "llama",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "gemma2": "gemma2",
+}
 
 
 @dataclass
@@ -253,6 +350,8 @@ def read_gguf(path: str | Path, *, load_tensors: bool = True) -> GGUFCheckpoint:
                 continue
             hf_name, heads_key = _hf_name(arch, t.name, config, path)
             tensors[hf_name] = _dequantize(gguf, t, path, config[heads_key] if heads_key else None)
+            if arch.unit_offset_norms and hf_name.endswith("norm.weight"):
+                tensors[hf_name].sub_(1.0)  # llama.cpp stores Gemma's gain 1 + w
             _drop_mapped_pages(reader.data, t.data_offset, t.n_bytes)
     del by_name, reader  # unmaps the file
     return GGUFCheckpoint(config=config, tensors=tensors, metadata=metadata)
@@ -305,6 +404,8 @@ def _build_config(
         config[key.hf] = key.cast(value)
     config.update(arch.constants)
     config.update({flag: name in by_name for flag, name in arch.present_flags.items()})
+    if arch.derive is not None:
+        config.update(arch.derive(config))
     config["tie_word_embeddings"] = "lm_head.weight" not in {
         arch.tensors.get(n) for n in by_name if n in arch.tensors
     }
