@@ -195,13 +195,24 @@ def test_loss_and_gradients_equal_the_masked_path_and_each_document_alone(window
         assert _relative_error(_loss_and_grads(model, packed), expected) > MARGIN * RTOL
 
 
-def _compiled_runs(kernel: object, layouts: list[torch.Tensor]) -> list[list[torch.Tensor]]:
-    """Eager and compiled (``aot_eager``) outputs and gradients of one attention call per layout."""
+def _compiled_runs(
+    kernel: object,
+    layouts: list[torch.Tensor],
+    dtype: torch.dtype = torch.float32,
+    eager_kernel: object = None,
+) -> list[list[list[torch.Tensor]]]:
+    """Eager and compiled (``aot_eager``) outputs and gradients of one attention call per layout.
+
+    ``eager_kernel`` replaces ``kernel`` in the eager run (a wrong variant's reference).
+    """
     torch._dynamo.reset()
     counters.clear()
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask) -> torch.Tensor:
         return mask.attend(q, k, v, kernel, 4, 0.3)  # type: ignore[arg-type]
+
+    def eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask) -> torch.Tensor:
+        return mask.attend(q, k, v, eager_kernel or kernel, 4, 0.3)  # type: ignore[arg-type]
 
     compiled = torch.compile(attend, backend="aot_eager")
     diffs = []
@@ -209,8 +220,8 @@ def _compiled_runs(kernel: object, layouts: list[torch.Tensor]) -> list[list[tor
         mask = AttentionMask.for_documents(docs.shape[1], docs, docs.device)
         real = (docs >= 0)[:, None, :, None]
         runs = []
-        for fn in (attend, compiled):
-            q, k, v = _qkv(seed=3)
+        for fn in (eager, compiled):
+            q, k, v = _qkv(dtype, seed=3)
             out = fn(q, k, v, mask)
             grads = torch.autograd.grad(out, (q, k, v), (out.detach() * 0 + 1) * real)
             runs.append([out * real, *grads])
@@ -218,7 +229,7 @@ def _compiled_runs(kernel: object, layouts: list[torch.Tensor]) -> list[list[tor
     return diffs
 
 
-@pytest.mark.parametrize("name", ["sdpa", "eager-softcap", "auto"])
+@pytest.mark.parametrize("name", ["sdpa", "grouped", "eager-softcap", "auto"])
 def test_compiled_operator_matches_eager_and_compiles_once(name: str) -> None:
     """Under torch.compile the packed-row attention is one custom operator: one graph for every layout."""
     kernel = AutoKernel() if name == "auto" else KERNELS[name]
@@ -228,6 +239,16 @@ def test_compiled_operator_matches_eager_and_compiles_once(name: str) -> None:
             torch.testing.assert_close(c, e, rtol=0, atol=2e-6)
     assert counters["stats"]["unique_graphs"] == 1
     assert not counters["graph_break"]
+
+
+def test_compiled_auto_picks_the_eager_kernels_in_bf16() -> None:
+    """bf16 training calls: ``auto`` runs the grouped products in the operator's forward and in its
+    recomputed backward (the caller's gradient flag is passed in), so compiled equals eager bit for bit;
+    SDPA, what a forward below autograd would pick without the flag, is shown to differ."""
+    for eager, compiled in _compiled_runs(AutoKernel(), [DOCS], torch.bfloat16):
+        assert all(torch.equal(e, c) for e, c in zip(eager, compiled, strict=True))
+    for eager, compiled in _compiled_runs(AutoKernel(), [DOCS], torch.bfloat16, eager_kernel=SDPAKernel()):
+        assert not torch.equal(eager[0], compiled[0])
 
 
 def test_a_kernel_the_operator_cannot_name_is_traced_per_layout() -> None:
