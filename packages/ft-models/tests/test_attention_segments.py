@@ -66,7 +66,10 @@ def test_the_decoder_picks_the_path_from_the_layout() -> None:
     assert not packed.prepared
     split = AttentionMask.for_documents(3, torch.tensor([[0, 1, 0]]), cpu, windows=(None, 2))
     assert split.segments is None
-    assert set(split.prepared) == {None, 2}
+    assert set(split.prepared) == {None, 2}  # dense masks, built up front
+    other = DocumentSegments.from_document_ids(DOCS[:2])
+    with pytest.raises(ValueError, match=r"segments describe a \[2, 26\] batch, document_ids are \[3, 26\]"):
+        AttentionMask.for_documents(26, DOCS, cpu, segments=other)
 
 
 def _qkv(dtype: torch.dtype = torch.float32, seed: int = 0) -> tuple[torch.Tensor, ...]:

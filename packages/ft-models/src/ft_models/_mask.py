@@ -111,10 +111,18 @@ class AttentionMask:
                 dense fallback needs them.
             segments: The layout of ``document_ids`` computed by the caller, e.g. from the CPU copy of
                 the batch; computed here (one copy of ``document_ids`` to the host) when ``None``.
+
+        Raises:
+            ValueError: ``segments`` of another batch shape.
         """
         s = seq_len
         if document_ids is None or s == 0:
             return cls(s, s, None, None, device)
+        if segments is not None and (segments.batch, segments.seq_len) != tuple(document_ids.shape):
+            raise ValueError(
+                f"segments describe a [{segments.batch}, {segments.seq_len}] batch, document_ids are "
+                f"{list(document_ids.shape)}"
+            )
         layout = (
             segments if segments is not None else DocumentSegments.from_document_ids(document_ids, device)
         )
