@@ -1,7 +1,8 @@
-"""The decoder reads ``document_ids`` values only on a CPU: on an accelerator that read would wait for it.
+"""Given the documents' layout from the CPU batch, the decoder never reads ``document_ids`` values.
 
-A meta tensor has no values at all (``bool()`` of one raises), so it stands for any non-CPU device: the
-decoder must hand it on as is. The caller states single-document rows with ``document_ids=None``.
+On an accelerator, reading a tensor's values waits for the device. A meta tensor has no values at all
+(reading one raises), so it stands for any device tensor: with ``segments`` computed from the CPU copy
+(what ft's training step does before moving a batch), building the mask must not touch it.
 """
 
 from __future__ import annotations
@@ -9,20 +10,24 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ft_models._decoder import _unless_one_document
+import ft_models
 
 
-def test_non_cpu_ids_are_handed_on_unread() -> None:
-    ids = torch.zeros(2, 7, dtype=torch.long, device="meta")
-    assert _unless_one_document(ids) is ids
-    # Wrong variant: the inspection a CPU tensor gets cannot be made on a tensor without values.
-    with pytest.raises(RuntimeError):
-        bool(((ids == ids[:, :1]) & (ids >= 0)).all())
+def _packed() -> torch.Tensor:
+    return torch.tensor([[0, 0, 1, 1, 1, 1, -1], [0, 0, 0, 0, 0, 1, 1]])  # [2, 7]
 
 
-def test_cpu_ids_still_take_the_causal_fast_path() -> None:
-    one = torch.tensor([[3] * 6, [0] * 6])
-    assert _unless_one_document(one) is None
-    packed = torch.tensor([[0, 0, 1, 1, 1, 1], [0] * 6])
-    assert _unless_one_document(packed) is packed
-    assert _unless_one_document(None) is None
+def test_layout_from_the_cpu_batch_leaves_device_ids_unread() -> None:
+    cpu = _packed()
+    segments = ft_models.DocumentSegments.from_document_ids(cpu, "cpu")
+    on_device = cpu.to("meta")
+    mask = ft_models.AttentionMask.for_documents(7, on_device, torch.device("meta"), segments=segments)
+    assert mask.segments is segments
+    # Wrong variant: without the layout, the decoder has to read the ids themselves.
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        ft_models.AttentionMask.for_documents(7, on_device, torch.device("meta"))
+
+
+def test_single_document_rows_need_no_ids() -> None:
+    mask = ft_models.AttentionMask.for_documents(7, None, torch.device("meta"))
+    assert mask.is_plain_causal()

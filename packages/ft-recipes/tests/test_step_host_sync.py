@@ -9,10 +9,9 @@ every ``backward``. On a GPU each of those reads is a synchronisation. The real 
 runs under it; so do two wrong variants, the step as it was (a ``float(loss)`` per micro-batch) and a
 batch moved without ``prepare_batch`` (``nonzero`` and ``bool`` on device tensors).
 
-One read is expected on a CPU and only there: ft-models' ``_unless_one_document`` looks at CPU
-``document_ids`` to take the causal fast path (free on a CPU) and returns before reading anything else
-(ft-models' own test hands it a meta tensor, whose values cannot be read). Each read is recorded with
-the ft function that made it, so that one is told apart from any other.
+``prepare_batch`` works out on the CPU batch, before the move, what the model would otherwise read from
+the device: the trained positions, whether rows are single documents, and the documents' layout
+(``ft_models.DocumentSegments``). Each read is recorded with the ft function that made it.
 """
 
 from __future__ import annotations
@@ -64,10 +63,6 @@ def _caller() -> str:
     ):
         frame = frame.f_back  # type: ignore[assignment]
     return frame.f_code.co_name if frame is not None else "?"
-
-
-# The CPU-only inspection of document ids (see the module docstring).
-_CPU_ONLY = "read:__bool__@_unless_one_document"
 
 
 class DeviceReads(TorchFunctionMode):
@@ -164,10 +159,8 @@ def test_one_read_per_window_after_the_last_backward(kind: str) -> None:
     reads = DeviceReads(_device_state(model))
     with reads:
         loss, trained, real = steps.forward_backward(model, window, torch.device("cpu"))
-    # The packed micro-batch's ids are looked at on a CPU (only there); the plain one's are None.
-    assert reads.events == [_CPU_ONLY, "backward", "backward", "read:__float__@forward_backward"], (
-        reads.events
-    )
+    # Nothing is read inside the window; the window's loss once, after the last backward.
+    assert reads.events == ["backward", "backward", "read:__float__@forward_backward"], reads.events
     assert trained == sum(int((b["labels"] != -100).sum()) for b in window)
     assert real == sum(int((b["document_ids"] != -1).sum()) for b in window)
 
@@ -182,10 +175,10 @@ def test_one_read_per_window_after_the_last_backward(kind: str) -> None:
         torch.testing.assert_close(grad, model.get_parameter(name).grad, atol=1e-6, rtol=1e-5)
     # Wrong variant: the old step reads the device inside the window (nonzero, bool, a float per loss).
     inside = old.events[: len(old.events) - 1 - old.events[::-1].index("backward")]
-    assert any(e.startswith("read:") and e != _CPU_ONLY for e in inside), old.events
+    assert any(e.startswith("read:") for e in inside), old.events
     assert sum(e.startswith("read:__float__") for e in old.events) == len(window)
     assert "read:nonzero@linear_cross_entropy" in old.events
-    assert old.events.count(_CPU_ONLY) == len(window)  # the plain rows' ids are inspected too
+    assert any(e.endswith("@from_document_ids") for e in inside)  # the model's own look at device ids
 
 
 def test_prepare_batch_finds_the_flags_on_the_cpu() -> None:

@@ -57,6 +57,7 @@ from ._registry import FAMILIES, PRESETS, build_model, preset_config
 from ._rope import RotaryEmbedding
 from ._sampling import SamplingConfig
 from ._save import save_pretrained
+from ._segments import DocumentSegments
 from ._stopping import Decode, GenerationStats, peak_memory_bytes, read_stop_token_ids
 from ._stream import StreamChunk, TextBuffer, generate_stream
 from .errors import CacheError, CheckpointError, ConfigError, FtModelsError
@@ -88,6 +89,7 @@ __all__ = [
     "DecodeStep",
     "DecoderConfig",
     "DecoderLayer",
+    "DocumentSegments",
     "EagerKernel",
     "Family",
     "FtModelsError",

@@ -292,36 +292,40 @@ def linear_cross_entropy(
     return loss, logprobs.view(labels.shape)  # [b, s]
 
 
-def prepare_batch(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor | None]:
+def prepare_batch(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, Any]:
     """Move a collated CPU batch to ``device``, with what the step must know about it found on the CPU.
 
     Anything that asks the values of a device tensor (``nonzero``, ``bool(...)``) waits for the device to
     finish the work queued so far; asked on the CPU batch it costs nothing. So before the move:
     ``trained_index``, the flat positions of the trained labels (:func:`linear_cross_entropy`), and
     whether every row is one document without padding, in which case ``document_ids`` becomes None (the
-    model's plain causal path, which it would otherwise have to find out from device values).
+    model's plain causal path, which it would otherwise have to find out from device values), and
+    otherwise the documents' layout (``segments``, :class:`ft_models.DocumentSegments`), which the model
+    would otherwise compute from a host copy of the device ids.
 
     Args:
         batch: ``input_ids``, ``labels``, ``position_ids``, ``document_ids`` ``[b, s]`` on the CPU.
         device: Where the step computes.
 
     Returns:
-        The batch on ``device`` plus ``trained_index`` ``[n]``; ``document_ids`` may be None.
+        The batch on ``device`` plus ``trained_index`` ``[n]`` and ``segments``; ``document_ids`` and
+        ``segments`` are None for single-document rows.
     """
     documents = batch["document_ids"]
     one_document = documents.shape[1] == 0 or bool(((documents == documents[:, :1]) & (documents >= 0)).all())
     index = (batch["labels"].reshape(-1) != IGNORE_INDEX).nonzero().squeeze(1)  # [n]
+    segments = None if one_document else ft_models.DocumentSegments.from_document_ids(documents, device)
     moved: dict[str, torch.Tensor | None] = {
         k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "document_ids"
     }
     moved["document_ids"] = None if one_document else documents.to(device, non_blocking=True)
     moved["trained_index"] = index.to(device, non_blocking=True)
-    return moved
+    return {**moved, "segments": segments}
 
 
 def batch_loss(
     model: ft_models.CausalLM,
-    batch: Mapping[str, torch.Tensor | None],
+    batch: Mapping[str, Any],
     *,
     normalizer: int | float | torch.Tensor,
 ) -> torch.Tensor:
@@ -343,6 +347,7 @@ def batch_loss(
         batch["input_ids"],
         position_ids=batch["position_ids"],
         document_ids=batch.get("document_ids"),
+        segments=batch.get("segments"),
         return_hidden=True,
     )  # [b, s, d]
     return linear_cross_entropy(

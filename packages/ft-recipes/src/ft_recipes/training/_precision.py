@@ -364,20 +364,26 @@ def _units(model: nn.Module) -> list[nn.Module]:
 
 def _cast_forward(
     forward: Callable[..., Any],
-    slots: list[tuple[nn.Module, str]],
+    unit: nn.Module,
     dtype: torch.dtype,
     *args: Any,
     **kwargs: Any,
 ) -> Any:
-    originals = [owner._parameters[name] for owner, name in slots]
-    try:
-        for (owner, name), param in zip(slots, originals, strict=True):
-            if param is not None and param.is_floating_point() and param.dtype != dtype:
-                owner._parameters[name] = param.to(dtype)  # type: ignore[assignment]  # autograd cast
+    """Run ``forward`` with the unit's floating parameters seen as ``dtype`` copies (autograd casts).
+
+    The copies are swapped in by ``torch.nn.utils.stateless._reparametrize_module`` (the mechanism
+    behind ``torch.func.functional_call``, which would call the module and so re-enter this wrapper)
+    and swapped back on exit. Dynamo treats that context as a temporary, restored swap, so a compiled
+    block whose forward runs inside activation checkpointing can contain it; assigning
+    ``_parameters`` by hand is a side effect it refuses inside a checkpoint (the block then ran eagerly).
+    """
+    casts = {
+        name: param.to(dtype)
+        for name, param in unit.named_parameters(remove_duplicate=False)
+        if param.is_floating_point() and param.dtype != dtype
+    }
+    with torch.nn.utils.stateless._reparametrize_module(unit, casts):
         return forward(*args, **kwargs)
-    finally:
-        for (owner, name), param in zip(slots, originals, strict=True):
-            owner._parameters[name] = param
 
 
 def apply_precision(model: nn.Module, policy: PrecisionPolicy, *, sharded: bool = False) -> nn.Module:
@@ -409,11 +415,5 @@ def apply_precision(model: nn.Module, policy: PrecisionPolicy, *, sharded: bool 
                 f"precision: {type(unit).__name__}.forward is already wrapped; apply precision before "
                 "activation checkpointing"
             )
-        slots = [
-            (owner, name)
-            for owner in unit.modules()
-            for name, param in owner._parameters.items()
-            if param is not None and param.is_floating_point()
-        ]
-        unit.forward = functools.partial(_cast_forward, unit.forward, slots, policy.compute_dtype)  # type: ignore[method-assign]
+        unit.forward = functools.partial(_cast_forward, unit.forward, unit, policy.compute_dtype)  # type: ignore[method-assign]
     return model
