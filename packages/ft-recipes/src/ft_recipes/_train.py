@@ -16,9 +16,8 @@ from __future__ import annotations
 import math
 import random
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import ft_data
 import ft_dist
 import ft_models
 from ft_recipes._assets import resolve_path
+from ft_recipes._export import release_optimizer, save_base_hf_dir, save_hf_dir, save_merged_hf_dir
 from ft_recipes._metrics import METRICS, MetricsLog
 from ft_recipes._validation import (
     build_validation_loader,
@@ -55,10 +55,13 @@ __all__ = [
     "micro_batches",
     "optimizer_step",
     "peak_memory_mib",
+    "release_optimizer",
     "resume_checkpoint",
     "run_eval",
+    "save_base_hf_dir",
     "save_checkpoint",
     "save_hf_dir",
+    "save_merged_hf_dir",
     "seed_everything",
     "train",
     "validation_due",
@@ -88,20 +91,37 @@ def load_tokenizer(tokenizer_node: Mapping[str, Any]) -> Any:
     return instantiate(tokenizer_node, key="tokenizer", allow_any=True)
 
 
-def load_model(model_node: Mapping[str, Any], tokenizer: Any, device: torch.device) -> ft_models.CausalLM:
-    """Load the fp32 model (precision is applied later, after freezing) and check the tokenizer fits it.
+def load_model(
+    model_node: Mapping[str, Any],
+    tokenizer: Any,
+    device: torch.device,
+    prepare: Callable[[ft_models.CausalLM], object] | None = None,
+) -> ft_models.CausalLM:
+    """Build the model on the meta device, check the tokenizer fits it, let ``prepare`` give it its final
+    form there (adapters, the precision policy's storage dtypes), then stream the checkpoint into that
+    form on ``device``, one tensor at a time: no full-precision copy of the model is ever held.
+
+    The model component (``from_pretrained``) receives ``dtype=float32`` (what parameters declare
+    before ``prepare``), ``device`` and ``prepare``.
 
     Raises:
-        UserError: The tokenizer has ids the model's embedding has no row for.
+        UserError: The tokenizer has ids the model's embedding has no row for (found before any weight
+            is read).
     """
+
+    def checked(model: ft_models.CausalLM) -> None:
+        rows = model.model.embed_tokens.weight.shape[0]
+        if tokenizer.vocab_size > rows:
+            raise UserError(
+                f"tokenizer: its largest id {tokenizer.vocab_size - 1} is not below the model's {rows} "
+                "embedding rows"
+            )
+        if prepare is not None:
+            prepare(model)
+
     model: ft_models.CausalLM = instantiate(
-        model_node, key="model", allow_any=True, dtype=torch.float32, device=device
+        model_node, key="model", allow_any=True, dtype=torch.float32, device=device, prepare=checked
     )
-    rows = model.model.embed_tokens.weight.shape[0]
-    if tokenizer.vocab_size > rows:
-        raise UserError(
-            f"tokenizer: its largest id {tokenizer.vocab_size - 1} is not below the model's {rows} embedding rows"
-        )
     return model.train()
 
 
@@ -430,14 +450,6 @@ def peak_memory_mib(device: torch.device) -> float:
     """Peak CUDA memory allocated, or the process's peak RSS on CPU, in MiB (``ft_models.peak_memory_bytes``,
     the measurement generation statistics report too)."""
     return ft_models.peak_memory_bytes(device) / 2**20
-
-
-def save_hf_dir(model: ft_models.CausalLM, tokenizer: Any, directory: Path) -> Path:
-    """``model`` as an HF directory with the tokenizer files and chat template, in one atomic write."""
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer.save_pretrained(tmp)
-        extra = {p.name: p for p in Path(tmp).iterdir() if p.is_file()}
-        return ft_models.save_pretrained(model, directory, extra_files=extra)
 
 
 def check_eval_data(cfg: Any) -> None:

@@ -4,7 +4,8 @@ calls instead of reaching into ft-recipes' private modules.
 Setup (``pick_device``, ``load_model_and_tokenizer``, ``stop_token_ids``: EOS plus ft-data's
 end-of-turn markers) and the training steps in their loop order (``load_tokenizer``, ``load_model``,
 ``build_loader``, ``micro_batches``, ``forward_backward``, ``optimizer_step``, ``end_step``,
-``save_checkpoint`` / ``resume_checkpoint``, ``save_hf_dir``, ``run_eval``; ``train`` is the whole loop).
+``save_checkpoint`` / ``resume_checkpoint``, ``run_eval``, then the outputs: ``release_optimizer``,
+``save_hf_dir``, ``save_merged_hf_dir``, ``save_base_hf_dir``; ``train`` is the whole loop).
 They are implemented once, in ``ft_recipes._setup`` and ``ft_recipes._train``, and every shipped recipe
 calls them, so a feature cannot differ between recipes; this module only names them publicly.
 """
@@ -26,10 +27,13 @@ from ft_recipes._train import (
     micro_batches,
     optimizer_step,
     peak_memory_mib,
+    release_optimizer,
     resume_checkpoint,
     run_eval,
+    save_base_hf_dir,
     save_checkpoint,
     save_hf_dir,
+    save_merged_hf_dir,
     seed_everything,
     train,
     validation_due,
@@ -52,10 +56,13 @@ __all__ = [
     "optimizer_step",
     "peak_memory_mib",
     "pick_device",
+    "release_optimizer",
     "resume_checkpoint",
     "run_eval",
+    "save_base_hf_dir",
     "save_checkpoint",
     "save_hf_dir",
+    "save_merged_hf_dir",
     "seed_everything",
     "stop_token_ids",
     "train",
