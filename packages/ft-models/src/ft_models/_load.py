@@ -206,16 +206,27 @@ def _return_freed_memory() -> None:
 
 def _place(model: CausalLM, key: str, tensor: torch.Tensor, placement: Placement, source: str) -> None:
     path, _, name = key.rpartition(".")
-    owner = model.get_submodule(path)
+    try:
+        owner = model.get_submodule(path)
+    except AttributeError:
+        raise CheckpointError(
+            f"{source}: tensor {key!r}: the prepared model has no module {path!r} (prepare must keep the "
+            "checkpoint's keys)"
+        ) from None
     before = _meta_tensors(owner)
     value = tensor.to(placement.device)
     del tensor
     try:
-        owner.load_state_dict({name: value}, strict=False, assign=True)
+        result = owner.load_state_dict({name: value}, strict=False, assign=True)
     except RuntimeError as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()
         raise CheckpointError(f"{source}: tensor {key!r} does not fit the model ({first})") from None
     del value
+    if result.unexpected_keys:
+        raise CheckpointError(
+            f"{source}: tensor {key!r}: the prepared model has no tensor there (prepare must keep the "
+            "checkpoint's keys, as a module swap that holds the wrapped layer's weight does)"
+        )
     _finish(owner, f"{path}." if path else "", before, placement)
 
 
