@@ -156,3 +156,18 @@ def test_wrong_orders_differ(
     different = _differences(run.model, wrong)
     layers = len(list(ft_peft.lora_modules(run.model)))
     assert sum(key.endswith(differs) for key in different) == layers, different  # every layer's
+
+
+def test_a_loader_without_prepare_gets_the_older_order(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    """A user's model component that takes no ``prepare`` still works: it loads whole, then the recipe
+    transforms the loaded model (the older order's memory, the same numbers)."""
+    (tmp_path / "my_loader.py").write_text(
+        "import ft_models\n\n\ndef load(path, dtype=None, device=None):\n"
+        "    return ft_models.from_pretrained(path, dtype=dtype, device=device)\n"
+    )
+    lora = {"use_dora": True, "quantize": "nf4"}
+    config = _config(tmp_path, checkpoints, "fp32", "bf16-mixed", lora)
+    Path(config).write_text(Path(config).read_text().replace("from_pretrained", "my_loader.load"))
+    recipe = lora_finetune_single_device
+    run = recipe.setup(prepare(recipe, config).config)
+    assert _differences(run.model, _todays_order(checkpoints["fp32"], "bf16-mixed", lora, "today")) == []

@@ -13,6 +13,7 @@ so 8 x 1 and 2 x 4 give the same gradients whatever the lengths.
 
 from __future__ import annotations
 
+import inspect
 import math
 import random
 import sys
@@ -36,7 +37,7 @@ from ft_recipes._validation import (
     validation_due,
     validation_loss,
 )
-from ft_recipes.config import instantiate
+from ft_recipes.config import COMPONENT, instantiate, resolve_component
 from ft_recipes.errors import CheckpointLoadError, CheckpointSaveError, UserError
 from ft_recipes.training import IGNORE_INDEX, batch_loss, clip_grad_norm
 from ft_recipes.training.errors import TrainingDivergedError
@@ -102,7 +103,8 @@ def load_model(
     form on ``device``, one tensor at a time: no full-precision copy of the model is ever held.
 
     The model component (``from_pretrained``) receives ``dtype=float32`` (what parameters declare
-    before ``prepare``), ``device`` and ``prepare``.
+    before ``prepare``), ``device`` and ``prepare``; a component that takes no ``prepare`` loads the
+    whole model in fp32 and ``prepare`` runs on it afterwards (the memory of the older order).
 
     Raises:
         UserError: The tokenizer has ids the model's embedding has no row for (found before any weight
@@ -119,10 +121,24 @@ def load_model(
         if prepare is not None:
             prepare(model)
 
-    model: ft_models.CausalLM = instantiate(
-        model_node, key="model", allow_any=True, dtype=torch.float32, device=device, prepare=checked
-    )
+    if _takes_prepare(model_node):
+        model: ft_models.CausalLM = instantiate(
+            model_node, key="model", allow_any=True, dtype=torch.float32, device=device, prepare=checked
+        )
+    else:  # a user's loader without `prepare`: load whole in fp32, then transform (the older order)
+        model = instantiate(model_node, key="model", allow_any=True, dtype=torch.float32, device=device)
+        checked(model)
     return model.train()
+
+
+def _takes_prepare(model_node: Mapping[str, Any]) -> bool:
+    """Whether the model component accepts ``prepare`` (``from_pretrained`` does; a user's loader may not)."""
+    fn = resolve_component(model_node[COMPONENT], key="model", allow_any=True)
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "prepare" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def build_loader(
