@@ -275,8 +275,13 @@ class GGUFFile:
             name: tuple(int(d) for d in reversed(t.shape.tolist())) for name, (t, _) in self._index().items()
         }
 
-    def read(self, name: str) -> torch.Tensor:
-        """Dequantise the tensor with HF name ``name`` into a new fp32 tensor (q/k rows un-permuted).
+    def read(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Dequantise the tensor with HF name ``name`` into a new tensor (q/k rows un-permuted).
+
+        Args:
+            name: The HF name.
+            dtype: The returned tensor's dtype; each chunk of rows is dequantised to fp32 and converted on
+                the way, so no fp32 copy of the whole tensor exists.
 
         Raises:
             GGUFError: Unknown name, or a tensor type the ``gguf`` package cannot dequantise.
@@ -285,7 +290,7 @@ class GGUFFile:
         if entry is None:
             raise GGUFError(f"{self.path}: no tensor {name}")
         t, heads = entry
-        out = _dequantize(self._gguf, t, self.path, heads)
+        out = _dequantize(self._gguf, t, self.path, heads, dtype)
         _drop_mapped_pages(self._reader.data, t.data_offset, t.n_bytes)
         return out
 
@@ -543,20 +548,23 @@ def _drop_mapped_pages(data: Any, offset: int, n_bytes: int) -> None:
         mm.madvise(mmap.MADV_DONTNEED, start, offset + n_bytes - start)
 
 
-def _dequantize(gguf: Any, t: Any, path: Path, n_heads: int | None) -> torch.Tensor:
-    """Dequantise one GGUF tensor into a new fp32 tensor a chunk of rows at a time.
+def _dequantize(
+    gguf: Any, t: Any, path: Path, n_heads: int | None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Dequantise one GGUF tensor into a new tensor of ``dtype`` a chunk of rows at a time.
 
     Args:
         gguf: The imported ``gguf`` module.
         t: The ``gguf.ReaderTensor``; its ``data`` is a memory-mapped ``[rows, bytes or C]`` array.
         path: The file, for messages.
         n_heads: Heads of a q/k projection (weight or bias) whose rows llama.cpp permuted, else ``None``.
+        dtype: The output dtype (each fp32 chunk is converted as it is stored).
 
     Returns:
-        The fp32 tensor in transformers' shape (GGUF dims reversed), e.g. ``[n_h * h_d, C]``.
+        The tensor in transformers' shape (GGUF dims reversed), e.g. ``[n_h * h_d, C]``.
     """
     shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-    out = torch.empty(shape, dtype=torch.float32)
+    out = torch.empty(shape, dtype=dtype)
     rows = None
     if n_heads is not None:  # a q/k weight [n_h * h_d, C] or bias [n_h * h_d]: permuted along dim 0
         if shape[0] % (2 * n_heads) != 0 or len(shape) > 2:
@@ -565,7 +573,7 @@ def _dequantize(gguf: Any, t: Any, path: Path, n_heads: int | None) -> torch.Ten
             )
         rows = _rotary_destination_rows(shape[0], n_heads)
     width = shape[-1] if len(shape) > 1 or rows is None else 1  # a permuted bias: one element per row
-    dst = out.view(-1, width).numpy()  # [rows, C] shares out's memory
+    dst = out.view(-1, width)  # [rows, C] shares out's memory
     src = t.data.reshape(dst.shape[0], -1)  # [rows, bytes or C]
     step = max(1, _ROWS_CHUNK_ELEMENTS // width)
     for start in range(0, src.shape[0], step):
@@ -575,8 +583,9 @@ def _dequantize(gguf: Any, t: Any, path: Path, n_heads: int | None) -> torch.Ten
             raise GGUFError(
                 f"{path}: tensor {t.name} of type {t.tensor_type.name} cannot be dequantised ({exc})"
             ) from None
+        values = torch.from_numpy(block).to(dtype)
         if rows is None:
-            dst[start : start + step] = block
+            dst[start : start + step] = values
         else:
-            dst[rows[start : start + step]] = block
+            dst[torch.from_numpy(rows[start : start + step])] = values
     return out

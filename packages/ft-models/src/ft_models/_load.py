@@ -6,18 +6,22 @@ plans), because on meta a transformation only changes what each tensor *declares
 checkpoint is read tensor by tensor and each tensor is put where the model and the :class:`Placement`
 say, so no full-precision copy of the whole model exists at any moment:
 
-1. the tensor is read on the CPU in its stored dtype (one tensor: safetensors copies it out of its
-   file, GGUF dequantises it) and moved to the placement's device;
+1. the tensor is read on the CPU (one tensor: plain reads of its safetensors file, or GGUF dequantised)
+   and moved to the placement's device: straight into the dtype it will be stored in (converted a slice
+   at a time), or, for a module that registered ``load_state_dict`` pre-hooks, in its stored dtype;
 2. it is handed to the module that owns it with PyTorch's public protocol,
    ``module.load_state_dict({name: tensor}, strict=False, assign=True)``, so the module's own load
    hooks run on it at the precision it was stored in (ft-peft's quantised ``LoRALinear`` quantises the
-   dense weight there and stores packed codes and statistics; ft-models never imports ft-peft);
+   dense weight there and stores packed codes and statistics, a DoRA layer takes its magnitude from
+   it; ft-models never imports ft-peft);
 3. whatever the module now holds in place of meta tensors is cast to the dtype its meta tensor
    declared (or ``Placement.dtype``), keeps the meta tensor's ``requires_grad``, and passes through
    ``Placement.shard``, which may keep only this process's part (a slice, or FSDP2's
    ``distribute_tensor`` on the meta tensor's mesh).
 
-After the last tensor: tied weights are re-tied, rotary tables computed, and every module that defines
+Between tensors the memory their temporaries freed is handed back to the operating system
+(``malloc_trim``), so resident memory tracks the model. After the last tensor: tied weights are
+re-tied, rotary tables computed, and every module that defines
 ``init_after_load(device)`` (:class:`InitAfterLoad`) and still holds meta tensors creates and
 initialises what the checkpoint does not hold (an adapter's A and B), in module order, so random
 initialisation draws the generator in the same order as building the layers on a real device would.
@@ -204,27 +208,34 @@ def _return_freed_memory() -> None:
         _MALLOC_TRIM()
 
 
-def _place(model: CausalLM, key: str, tensor: torch.Tensor, placement: Placement, source: str) -> None:
+def _place(model: CausalLM, key: str, source: CheckpointSource, placement: Placement) -> None:
+    """Read ``key`` and put it into its final form in the module that owns it (module docstring)."""
+    where = source.layout[key].file
     path, _, name = key.rpartition(".")
     try:
         owner = model.get_submodule(path)
     except AttributeError:
         raise CheckpointError(
-            f"{source}: tensor {key!r}: the prepared model has no module {path!r} (prepare must keep the "
+            f"{where}: tensor {key!r}: the prepared model has no module {path!r} (prepare must keep the "
             "checkpoint's keys)"
         ) from None
     before = _meta_tensors(owner)
+    like = before.get(name, (None, False))[0]
+    # A module with load hooks gets the tensor as stored (its hooks may derive state from it at full
+    # precision); otherwise it is read straight into the dtype it will be stored in, a slice at a time.
+    direct = like is not None and like.is_floating_point() and not owner._load_state_dict_pre_hooks
+    tensor = source.read(key, (placement.dtype or like.dtype) if direct and like is not None else None)
     value = tensor.to(placement.device)
     del tensor
     try:
         result = owner.load_state_dict({name: value}, strict=False, assign=True)
     except RuntimeError as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()
-        raise CheckpointError(f"{source}: tensor {key!r} does not fit the model ({first})") from None
+        raise CheckpointError(f"{where}: tensor {key!r} does not fit the model ({first})") from None
     del value
     if result.unexpected_keys:
         raise CheckpointError(
-            f"{source}: tensor {key!r}: the prepared model has no tensor there (prepare must keep the "
+            f"{where}: tensor {key!r}: the prepared model has no tensor there (prepare must keep the "
             "checkpoint's keys, as a module swap that holds the wrapped layer's weight does)"
         )
     _finish(owner, f"{path}." if path else "", before, placement)
@@ -258,8 +269,8 @@ def load_weights(
     keys = _check_checkpoint(model, source.layout, source.source, _expected(model))
     if prepare is not None:
         prepare(model)
-    for key, tensor in source.tensors(keys):
-        _place(model, key, tensor, placement, source.layout[key].file)
+    for key in keys:
+        _place(model, key, source, placement)
         _return_freed_memory()
     model.tie_weights()
     for module in model.modules():

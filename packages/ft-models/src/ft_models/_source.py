@@ -169,6 +169,16 @@ def _hf_layout(files: Mapping[Path, list[str]]) -> dict[str, TensorInfo]:
     return layout
 
 
+_READ_SLICE_BYTES = 16 << 20  # read and converted per step when the dtype changes
+
+
+def _read_exactly(f: Any, into: torch.Tensor, info: TensorInfo, key: str) -> None:
+    """Fill the contiguous ``into`` with the file's next bytes."""
+    view = into.view(torch.uint8).numpy()
+    if f.readinto(view.data) != view.size:
+        raise CheckpointError(f"{info.file}: cannot read tensor {key!r} (file ends inside it)")
+
+
 class CheckpointSource:
     """A checkpoint opened for streaming (use :func:`open_checkpoint`).
 
@@ -199,8 +209,12 @@ class CheckpointSource:
         """The dtype of the first floating tensor stored (float32 for GGUF or when none is floating)."""
         return next((i.dtype for i in self.layout.values() if i.dtype.is_floating_point), torch.float32)
 
-    def read(self, key: str) -> torch.Tensor:
-        """One tensor on the CPU, in its stored dtype (GGUF: dequantised fp32), owning its memory.
+    def read(self, key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """One tensor on the CPU, owning its memory, in its stored dtype (GGUF: fp32) or in ``dtype``.
+
+        A conversion runs a slice at a time (safetensors: bytes read into a small buffer and converted
+        into the output; GGUF: dequantised a chunk of rows at a time), so reading never holds the tensor
+        twice.
 
         Raises:
             CheckpointError: Unknown key, or the file cannot be read.
@@ -209,23 +223,31 @@ class CheckpointSource:
         if info is None:
             raise CheckpointError(f"{self.source}: no tensor {key!r}")
         if self._gguf is not None:
-            return self._gguf.read(key)  # type: ignore[no-any-return]
-        out = torch.empty(info.shape, dtype=info.dtype)
-        buffer = out.reshape(-1).view(torch.uint8).numpy()
+            return self._gguf.read(key, dtype or torch.float32)  # type: ignore[no-any-return]
+        out = torch.empty(info.shape, dtype=dtype or info.dtype)
+        flat = out.reshape(-1)
         try:
             with open(info.file, "rb") as f:
                 f.seek(info.offset)
-                done = f.readinto(buffer.data)
+                if out.dtype == info.dtype:
+                    _read_exactly(f, flat, info, key)
+                else:
+                    step = max(1, _READ_SLICE_BYTES // info.dtype.itemsize)
+                    buffer = torch.empty(min(step, flat.numel()), dtype=info.dtype)
+                    for start in range(0, flat.numel(), step):
+                        piece = buffer[: min(step, flat.numel() - start)]
+                        _read_exactly(f, piece, info, key)
+                        flat[start : start + piece.numel()].copy_(piece)
         except OSError as e:
             raise CheckpointError(f"{info.file}: cannot read tensor {key!r} ({e.strerror or e})") from e
-        if done != buffer.size:
-            raise CheckpointError(f"{info.file}: cannot read tensor {key!r} (file ends inside it)")
         return out
 
-    def tensors(self, keys: Iterable[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    def tensors(
+        self, keys: Iterable[str] | None = None, dtype: torch.dtype | None = None
+    ) -> Iterator[tuple[str, torch.Tensor]]:
         """``(key, tensor)`` one at a time (see :meth:`read`), in layout order or in the order of ``keys``."""
         for key in self.layout if keys is None else keys:
-            yield key, self.read(key)
+            yield key, self.read(key, dtype)
 
     def close(self) -> None:
         """Release the file (a GGUF mapping); an HF source holds nothing open between reads."""
