@@ -13,12 +13,11 @@ so 8 x 1 and 2 x 4 give the same gradients whatever the lengths.
 
 from __future__ import annotations
 
-import inspect
 import math
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -31,13 +30,14 @@ import ft_models
 from ft_recipes._assets import resolve_path
 from ft_recipes._export import release_optimizer, save_base_hf_dir, save_hf_dir, save_merged_hf_dir
 from ft_recipes._metrics import METRICS, MetricsLog
+from ft_recipes._setup import load_model
 from ft_recipes._validation import (
     build_validation_loader,
     check_trained_tokens,
     validation_due,
     validation_loss,
 )
-from ft_recipes.config import COMPONENT, instantiate, resolve_component
+from ft_recipes.config import instantiate
 from ft_recipes.errors import CheckpointLoadError, CheckpointSaveError, UserError
 from ft_recipes.training import IGNORE_INDEX, batch_loss, clip_grad_norm
 from ft_recipes.training.errors import TrainingDivergedError
@@ -90,55 +90,6 @@ def check_output_dir(output_dir: str, resume: str | None) -> None:
 def load_tokenizer(tokenizer_node: Mapping[str, Any]) -> Any:
     """The tokenizer from its config node (``load_tokenizer``)."""
     return instantiate(tokenizer_node, key="tokenizer", allow_any=True)
-
-
-def load_model(
-    model_node: Mapping[str, Any],
-    tokenizer: Any,
-    device: torch.device,
-    prepare: Callable[[ft_models.CausalLM], object] | None = None,
-) -> ft_models.CausalLM:
-    """Build the model on the meta device, check the tokenizer fits it, let ``prepare`` give it its final
-    form there (adapters, the precision policy's storage dtypes), then stream the checkpoint into that
-    form on ``device``, one tensor at a time: no full-precision copy of the model is ever held.
-
-    The model component (``from_pretrained``) receives ``dtype=float32`` (what parameters declare
-    before ``prepare``), ``device`` and ``prepare``; a component that takes no ``prepare`` loads the
-    whole model in fp32 and ``prepare`` runs on it afterwards (the memory of the older order).
-
-    Raises:
-        UserError: The tokenizer has ids the model's embedding has no row for (found before any weight
-            is read).
-    """
-
-    def checked(model: ft_models.CausalLM) -> None:
-        rows = model.model.embed_tokens.weight.shape[0]
-        if tokenizer.vocab_size > rows:
-            raise UserError(
-                f"tokenizer: its largest id {tokenizer.vocab_size - 1} is not below the model's {rows} "
-                "embedding rows"
-            )
-        if prepare is not None:
-            prepare(model)
-
-    if _takes_prepare(model_node):
-        model: ft_models.CausalLM = instantiate(
-            model_node, key="model", allow_any=True, dtype=torch.float32, device=device, prepare=checked
-        )
-    else:  # a user's loader without `prepare`: load whole in fp32, then transform (the older order)
-        model = instantiate(model_node, key="model", allow_any=True, dtype=torch.float32, device=device)
-        checked(model)
-    return model.train()
-
-
-def _takes_prepare(model_node: Mapping[str, Any]) -> bool:
-    """Whether the model component accepts ``prepare`` (``from_pretrained`` does; a user's loader may not)."""
-    fn = resolve_component(model_node[COMPONENT], key="model", allow_any=True)
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.name == "prepare" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def build_loader(
