@@ -1,9 +1,11 @@
 """The benchmark model shapes (../shared/PERFORMANCE.md): SmolLM2-135M, Llama-3.2-1B, Llama-3.1-8B, random init.
 
 Both libraries load the same weights: the model is made once with transformers, saved as
-safetensors, and each library reads that directory. The 8B shape (the QLoRA-on-a-24-GB-card check of
-``gpu.py``) is written tensor by tensor as random bf16 shards with an index, the layout of a Hub
-checkpoint, without ever building the model in memory (32 GB in fp32).
+safetensors, and each library reads that directory. :func:`write_random_checkpoint` writes the same
+layout without ever holding the model: the state dict's names and shapes come from transformers'
+model built on the meta device, and each shard's tensors are drawn and saved in turn (peak memory is one
+shard), so a 1B checkpoint costs seconds and under a GiB, as the memory tests need. The 8B shape (the
+QLoRA-on-a-24-GB-card check of ``gpu.py``) is always written that way (32 GB in fp32 otherwise).
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def make_checkpoint(shape: str, directory: Path) -> Path:
     if (directory / "config.json").exists():
         return directory
     if shape in SHARDED:
-        return make_sharded_checkpoint(shape, directory)
+        return write_random_checkpoint(shape, directory)
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -83,47 +85,62 @@ def make_checkpoint(shape: str, directory: Path) -> Path:
     return directory
 
 
-def make_sharded_checkpoint(shape: str, directory: Path, shard_bytes: int = 4 * 2**30) -> Path:
-    """Random bf16 weights of `shape` as `model-0000i-of-0000n.safetensors` shards plus their index.
+def write_random_checkpoint(
+    shape: str, directory: Path, *, dtype: str = "bfloat16", max_shard_size: int = 500 * 2**20
+) -> Path:
+    """Write a random checkpoint of `shape` as sharded safetensors in `dtype`, once; return `directory`.
 
-    Names and shapes come from a transformers model built on the meta device (no memory); each tensor is
-    drawn (std 0.02, norms 1), cast to bf16 and written with its shard, so at most one shard is in memory.
+    The keys, shapes, config.json and index are transformers' (``LlamaForCausalLM`` built on meta,
+    tied weights written once); values are 1 for norms and, for matrices, normal(0, 0.02) draws from
+    one block of 2**24 repeated (drawing 1.2 billion fresh values would dominate the time; the values'
+    distribution is what quantisation and the numerics see). Shards hold at most `max_shard_size` bytes,
+    in state-dict order, as ``save_pretrained`` shards.
     """
+    if (directory / "config.json").exists():
+        return directory
     import json
 
     import torch
     from safetensors.torch import save_file
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(**SHAPES[shape])
+    config = LlamaConfig(**SHAPES[shape], dtype=dtype)
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
-    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()  # stored once, as the embedding
-    tensors = [(n, tuple(t.shape)) for n, t in model.state_dict().items() if n not in tied]
+    tied = config.tie_word_embeddings
+    specs = [
+        (k, tuple(t.shape)) for k, t in model.state_dict().items() if not (tied and k == "lm_head.weight")
+    ]
+    torch_dtype = getattr(torch, dtype)
     shards: list[list[tuple[str, tuple[int, ...]]]] = [[]]
     size = 0
-    for name, dims in tensors:
-        nbytes = 2 * int(torch.Size(dims).numel())
-        if shards[-1] and size + nbytes > shard_bytes:
+    for key, dims in specs:
+        n = torch.Size(dims).numel() * torch_dtype.itemsize
+        if shards[-1] and size + n > max_shard_size:
             shards.append([])
             size = 0
-        shards[-1].append((name, dims))
-        size += nbytes
-    directory.mkdir(parents=True, exist_ok=True)
-    gen = torch.Generator().manual_seed(0)
-    weight_map, total = {}, 0
-    for i, shard in enumerate(shards, 1):
-        file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        data = {}
-        for name, dims in shard:
-            if name.endswith("norm.weight"):
-                data[name] = torch.ones(dims, dtype=torch.bfloat16)
-            else:
-                data[name] = torch.empty(dims).normal_(0.0, 0.02, generator=gen).to(torch.bfloat16)
-            weight_map[name] = file
-            total += 2 * data[name].numel()
-        save_file(data, str(directory / file), metadata={"format": "pt"})
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    config.save_pretrained(directory)  # config.json last: its presence marks a complete checkpoint
+        shards[-1].append((key, dims))
+        size += n
+    tmp = directory.with_name(directory.name + ".partial")
+    tmp.mkdir(parents=True, exist_ok=True)
+    block = (torch.randn(2**24, generator=torch.Generator().manual_seed(0)) * 0.02).to(torch_dtype)
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        tensors = {
+            key: torch.ones(dims, dtype=torch_dtype)
+            if "norm" in key
+            else block.repeat(-(-torch.Size(dims).numel() // block.numel()))[: torch.Size(dims).numel()].view(
+                dims
+            )
+            for key, dims in shard
+        }
+        save_file(tensors, str(tmp / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(tensors, name))
+        del tensors
+    total = sum(torch.Size(d).numel() for _, d in specs) * torch_dtype.itemsize
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    config.save_pretrained(tmp)
+    tmp.rename(directory)
     return directory

@@ -87,23 +87,31 @@ def flops_per_token(method: str, shape: str = SHAPE) -> tuple[float, str]:
 def build_ft(
     method: str, dtype: str, ckpt: Path, precision: str | None, compile: bool, device: str = "cpu"
 ) -> tuple[Any, Any, str]:
-    """The model and optimizer exactly as the recipes set them up; returns (model, optimizer, precision)."""
+    """The model and optimizer exactly as the recipes set them up; returns (model, optimizer, precision).
+
+    As the recipes do, the model is built on the meta device, given its adapters (QLoRA: an NF4 base
+    whose weights are quantised as they are read) and storage dtypes there, and the checkpoint streamed
+    in: no fp32 copy of the model is ever held.
+    """
     import ft_models
     import ft_peft
     from ft_recipes.training import apply_attention, apply_precision, build_optimizer, resolve_precision
 
-    model = ft_models.from_pretrained(str(ckpt), dtype=torch.float32, device=device)
     if precision is None:
         precision = "fp32" if dtype == "fp32" else ("bf16-pure" if method == "full" else "bf16-mixed")
-    if method != "full":
-        quantize = None
-        if method == "qlora":
-            quantize = ft_peft.QuantConfig(kind="nf4", compute_dtype=DTYPES[dtype])
-        torch.manual_seed(0)
-        ft_peft.apply_lora(model, TARGETS, rank=8, alpha=16, dropout=0.0, quantize=quantize)
-        ft_peft.set_trainable(model)
     policy = resolve_precision(precision, device)
-    apply_precision(model, policy)
+
+    def final_form(model: Any) -> None:
+        if method != "full":
+            quantize = None
+            if method == "qlora":
+                quantize = ft_peft.QuantConfig(kind="nf4", compute_dtype=DTYPES[dtype])
+            ft_peft.apply_lora(model, TARGETS, rank=8, alpha=16, dropout=0.0, quantize=quantize)
+            ft_peft.set_trainable(model)
+        apply_precision(model, policy)
+
+    torch.manual_seed(0)  # the adapters' initialisation
+    model = ft_models.from_pretrained(str(ckpt), dtype=torch.float32, device=device, prepare=final_form)
     # The recipes' default `attention: auto` (grouped products for bf16 CPU training).
     apply_attention(model, "auto", device=torch.device(device), dtype=policy.compute_dtype, training=True)
     if compile:
@@ -113,14 +121,25 @@ def build_ft(
     return model.train(), optimizer, precision
 
 
+def peak_rss_gib() -> float:
+    """This process's peak resident memory: ``VmHWM`` where /proc has it (``ru_maxrss`` also counts the
+    forking parent's resident memory across ``exec`` on Linux), else ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as f:
+            return int(next(line for line in f if line.startswith("VmHWM:")).split()[1]) / 2**20
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def run_ft(args: argparse.Namespace) -> dict[str, Any]:
     from ft_recipes.training import batch_loss, prepare_batch
 
-    ckpt = make_checkpoint(args.shape, Path(args.ckpt) if args.ckpt else _default_ckpt(args.shape))
+    ckpt = Path(args.ckpt) if args.ckpt else make_checkpoint(args.shape, _default_ckpt(args.shape))
     dev = torch.device(args.device)
     model, optimizer, precision = build_ft(
         args.method, args.dtype, ckpt, args.precision, args.compile, args.device
     )
+    setup_rss = peak_rss_gib()
     rows, seq = args.batch, args.seq
     v = model.config.vocab_size
     torch.manual_seed(0)
@@ -154,8 +173,8 @@ def run_ft(args: argparse.Namespace) -> dict[str, Any]:
             step()
         table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=45)
         Path(args.profile).write_text(table)
-    steady = statistics.median(times[2:])
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    steady = statistics.median(times[2:] or times)  # a memory-only run may take fewer than 3 steps
+    rss = peak_rss_gib()
     cuda = {}
     if dev.type == "cuda":
         cuda = {
@@ -176,6 +195,7 @@ def run_ft(args: argparse.Namespace) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "loss": round(loss, 4),
+        "setup_rss_gib": round(setup_rss, 2),
         "peak_rss_gib": round(rss, 2),
         **cuda,
     }
@@ -299,6 +319,8 @@ def main() -> None:
     ap.add_argument("method", nargs="?", help="lora | qlora | full (peak: the dtype)")
     ap.add_argument("dtype", nargs="?", help="fp32 | bf16")
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--batch", type=int, default=B, help="ft: rows per step")
+    ap.add_argument("--seq", type=int, default=T, help="ft: tokens per row")
     ap.add_argument("--ckpt", default=None, help="random-init transformers checkpoint (made once if absent)")
     ap.add_argument(
         "--compile", nargs="?", const="on", default=None, help="ft: compile per layer; all: off|on|both"
@@ -306,8 +328,6 @@ def main() -> None:
     ap.add_argument("--precision", default=None, help="ft: override the precision policy")
     ap.add_argument("--device", default="cpu", help="ft: cpu | cuda")
     ap.add_argument("--shape", default=SHAPE, choices=sorted(SHAPES), help="ft: model shape")
-    ap.add_argument("--batch", type=int, default=B, help="ft: rows per step")
-    ap.add_argument("--seq", type=int, default=T, help="ft: tokens per row")
     ap.add_argument("--profile", default=None, help="ft: write a profiler table of one step here")
     ap.add_argument("--methods", default="lora,qlora,full")
     ap.add_argument("--dtypes", default="bf16,fp32")

@@ -16,13 +16,7 @@ from ._attention import (
     soft_cap,
 )
 from ._cache import KVCache
-from ._checkpoint import (
-    CheckpointFormat,
-    LoadedCheckpoint,
-    checkpoint_format,
-    from_pretrained,
-    load_pretrained,
-)
+from ._checkpoint import LoadedCheckpoint, convert_pretrained, empty_model, from_pretrained, load_pretrained
 from ._config import DecoderConfig, RopeConfig
 from ._decode_step import DecodeStep
 from ._decoder import (
@@ -47,6 +41,7 @@ from ._kernel_choice import (
     set_attention_kernel,
 )
 from ._llama import LLAMA_PRESETS, build_llama, llama_config
+from ._load import InitAfterLoad, Placement, ShardFn, load_weights
 from ._mask import AttentionMask
 from ._mistral import MISTRAL_PRESETS, mistral_config
 from ._mlp import GatedMLP
@@ -56,8 +51,10 @@ from ._qwen3 import QWEN3_PRESETS, build_qwen3, qwen3_config
 from ._registry import FAMILIES, PRESETS, build_model, preset_config
 from ._rope import RotaryEmbedding
 from ._sampling import SamplingConfig
-from ._save import save_pretrained
+from ._save import save_pretrained, write_pretrained
 from ._segments import DocumentSegments
+from ._shards import DeferredTensor
+from ._source import CheckpointFormat, CheckpointSource, TensorInfo, checkpoint_format, open_checkpoint
 from ._stopping import Decode, GenerationStats, peak_memory_bytes, read_stop_token_ids
 from ._stream import StreamChunk, TextBuffer, generate_stream
 from .errors import CacheError, CheckpointError, ConfigError, FtModelsError
@@ -84,11 +81,13 @@ __all__ = [
     "CausalLM",
     "CheckpointError",
     "CheckpointFormat",
+    "CheckpointSource",
     "ConfigError",
     "Decode",
     "DecodeStep",
     "DecoderConfig",
     "DecoderLayer",
+    "DeferredTensor",
     "DocumentSegments",
     "EagerKernel",
     "Family",
@@ -97,15 +96,19 @@ __all__ = [
     "GenerationStats",
     "GroupedKernel",
     "GroupedQueryAttention",
+    "InitAfterLoad",
     "KVCache",
     "LoadedCheckpoint",
+    "Placement",
     "RMSNorm",
     "RopeConfig",
     "RotaryEmbedding",
     "SDPAKernel",
     "SamplingConfig",
     "SandwichDecoderLayer",
+    "ShardFn",
     "StreamChunk",
+    "TensorInfo",
     "TextBuffer",
     "TransformerDecoder",
     "UnitOffsetRMSNorm",
@@ -120,6 +123,8 @@ __all__ = [
     "build_qwen3",
     "check_gguf_export",
     "checkpoint_format",
+    "convert_pretrained",
+    "empty_model",
     "from_pretrained",
     "gemma2_config",
     "generate",
@@ -128,7 +133,9 @@ __all__ = [
     "left_pad",
     "llama_config",
     "load_pretrained",
+    "load_weights",
     "mistral_config",
+    "open_checkpoint",
     "peak_memory_bytes",
     "positions_from_documents",
     "preset_config",
@@ -140,4 +147,5 @@ __all__ = [
     "set_attention_kernel",
     "smollm2_gguf_path",
     "soft_cap",
+    "write_pretrained",
 ]

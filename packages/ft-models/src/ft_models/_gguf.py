@@ -5,11 +5,11 @@ block-quantised tensors under llama.cpp's names (``blk.{i}.attn_q.weight``). Rea
 
 * map the metadata to a Hub-style ``config.json`` dict and the tensor names to transformers' module
   paths, both from a per-architecture table (a new family is a new table entry, not a branch);
-* dequantise every tensor to float32 with the ``gguf`` package (``gguf.quants.dequantize``), tensor by
-  tensor and a few MiB of rows at a time, straight into the tensor that is returned, so loading holds
-  the fp32 weights plus one small chunk;
-* undo llama.cpp's row permutation of ``q_proj``/``k_proj`` (Llama only; Qwen2 / Qwen3 / Gemma 2 files
-  keep the rotate-half order): its converter reorders each head's rows so
+* dequantise each tensor to float32 with the ``gguf`` package (``gguf.quants.dequantize``) when it is
+  asked for (:class:`GGUFFile` ``.read``), a few MiB of rows at a time, straight into the tensor that
+  is returned, so a loader streaming the file holds one fp32 tensor at a time (plus one small chunk);
+* undo llama.cpp's row permutation of ``q_proj``/``k_proj`` (Llama only; Qwen2 / Qwen3 / Gemma 2 files keep the
+  rotate-half order): its converter reorders each head's rows so
   the rotary pairs of RoPE (Su et al. 2021, arXiv:2104.09864) are adjacent, ``(x0, x1), (x2, x3), ...``,
   the interleaved layout of its kernels; ft, like transformers, pairs dimension ``j`` with ``j + h_d/2``
   (rotate-half). The permutation moves rows only and quantisation blocks run along rows, so it is undone
@@ -50,6 +50,7 @@ __all__ = [
     "SUPPORTED_GGUF_ARCHITECTURES",
     "GGUFCheckpoint",
     "GGUFError",
+    "GGUFFile",
     "read_gguf",
 ]
 
@@ -294,13 +295,128 @@ def _import_gguf() -> Any:
     return gguf
 
 
+class GGUFFile:
+    """An open GGUF file: config and metadata parsed up front, tensors dequantised one at a time.
+
+    The file stays memory-mapped while open; :meth:`read` dequantises one tensor into a new fp32 tensor
+    and lets the kernel drop that tensor's mapped pages again, so streaming every tensor through a
+    loader holds one fp32 tensor at a time, never a dict of them. Close it (or use it as a context
+    manager) to unmap the file.
+
+    Args:
+        path: The ``.gguf`` file.
+
+    Raises:
+        GGUFError: The file is not a readable GGUF file, is truncated, has an unsupported
+            ``general.architecture``, or lacks a required key.
+        ImportError: The ``gguf`` package is not installed.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self._gguf = _import_gguf()
+        self.path = Path(path)
+        try:
+            reader = self._gguf.GGUFReader(self.path)
+        except Exception as exc:  # the reader raises ValueError, KeyError, IndexError, OSError
+            first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise GGUFError(f"{self.path}: not a readable GGUF file ({first_line})") from None
+        if reader.byte_order != "I":
+            raise GGUFError(
+                f"{self.path}: byte order differs from this machine's; only native-endian GGUF is supported"
+            )
+        size = reader.data.size
+        for t in reader.tensors:
+            if t.data_offset + t.n_bytes > size:
+                raise GGUFError(f"{self.path}: truncated: tensor {t.name} ends past the end of the file")
+        self.metadata: dict[str, Any] = {
+            name: _field_value(f, self.path)
+            for name, f in reader.fields.items()
+            if not name.startswith("GGUF.")
+        }
+        reader.fields.clear()  # ~1.5 numpy views per vocabulary entry: free them before the weights exist
+        arch_name = self.metadata.get("general.architecture")
+        if arch_name is None:
+            raise GGUFError(f"{self.path}: missing metadata key general.architecture")
+        arch = _ARCHITECTURES.get(str(arch_name))
+        if arch is None:
+            supported = ", ".join(SUPPORTED_GGUF_ARCHITECTURES)
+            raise GGUFError(
+                f"{self.path}: general.architecture {arch_name!r} is not supported (supported: {supported})"
+            )
+        by_name = {t.name: t for t in reader.tensors}
+        self.config: dict[str, Any] = _build_config(arch, str(arch_name), self.metadata, by_name, self.path)
+        self._arch = arch
+        self._reader: Any = reader
+        self._by_hf_name: dict[str, tuple[Any, int | None]] | None = None
+
+    def _index(self) -> dict[str, tuple[Any, int | None]]:
+        """HF name -> (reader tensor, heads of a permuted q/k projection), in file order."""
+        if self._by_hf_name is None:
+            if self._reader is None:
+                raise GGUFError(f"{self.path}: file is closed")
+            index: dict[str, tuple[Any, int | None]] = {}
+            for t in self._reader.tensors:
+                if t.name == self._arch.rope_factors:
+                    continue
+                hf_name, heads_key = _hf_name(self._arch, t.name, self.config, self.path)
+                index[hf_name] = (t, self.config[heads_key] if heads_key else None)
+            self._by_hf_name = index
+        return self._by_hf_name
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """HF name -> shape in transformers' layout (GGUF dims reversed), in file order; no data is read.
+
+        Raises:
+            GGUFError: A tensor name is unknown for the architecture or lies past ``block_count``.
+        """
+        return {
+            name: tuple(int(d) for d in reversed(t.shape.tolist())) for name, (t, _) in self._index().items()
+        }
+
+    def read(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Dequantise the tensor with HF name ``name`` into a new tensor (q/k rows un-permuted).
+
+        Args:
+            name: The HF name.
+            dtype: The returned tensor's dtype; each chunk of rows is dequantised to fp32 and converted on
+                the way, so no fp32 copy of the whole tensor exists.
+
+        Raises:
+            GGUFError: Unknown name, or a tensor type the ``gguf`` package cannot dequantise.
+        """
+        entry = self._index().get(name)
+        if entry is None:
+            raise GGUFError(f"{self.path}: no tensor {name}")
+        t, heads = entry
+        if self._arch.unit_offset_norms and name.endswith("norm.weight"):
+            # llama.cpp stores Gemma's gain as 1 + w: subtract in fp32 (a small vector), then cast.
+            out = _dequantize(self._gguf, t, self.path, heads, torch.float32).sub_(1.0).to(dtype)
+        else:
+            out = _dequantize(self._gguf, t, self.path, heads, dtype)
+        _drop_mapped_pages(self._reader.data, t.data_offset, t.n_bytes)
+        return out
+
+    def close(self) -> None:
+        """Unmap the file (reading afterwards is an error)."""
+        self._reader = None
+        self._by_hf_name = None
+
+    def __enter__(self) -> GGUFFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def read_gguf(path: str | Path, *, load_tensors: bool = True) -> GGUFCheckpoint:
     """Read a GGUF file into a transformers-style config, HF-named fp32 tensors and its metadata.
 
+    This builds a dict of every dequantised tensor (fp32): fine for tests and conversions of small
+    models; a loader streams through :class:`GGUFFile` instead, one tensor at a time.
+
     Args:
-        path: The ``.gguf`` file. It is memory-mapped; each tensor is dequantised into its own fp32
-            buffer in chunks of rows, so the peak is the fp32 weights plus one chunk (and the mapped
-            file pages the kernel keeps resident while reading).
+        path: The ``.gguf`` file (memory-mapped; each tensor is dequantised into its own fp32 buffer in
+            chunks of rows).
         load_tensors: ``False`` reads only the config and metadata (fast: no tensor data is touched).
 
     Returns:
@@ -311,50 +427,9 @@ def read_gguf(path: str | Path, *, load_tensors: bool = True) -> GGUFCheckpoint:
             ``general.architecture`` or tensor type, lacks a required key, or has an unknown tensor.
         ImportError: The ``gguf`` package is not installed.
     """
-    gguf = _import_gguf()
-    path = Path(path)
-    try:
-        reader = gguf.GGUFReader(path)
-    except Exception as exc:  # the reader raises ValueError, KeyError, IndexError, OSError
-        first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise GGUFError(f"{path}: not a readable GGUF file ({first_line})") from None
-    if reader.byte_order != "I":
-        raise GGUFError(
-            f"{path}: byte order differs from this machine's; only native-endian GGUF is supported"
-        )
-    size = reader.data.size
-    for t in reader.tensors:
-        if t.data_offset + t.n_bytes > size:
-            raise GGUFError(f"{path}: truncated: tensor {t.name} ends past the end of the file")
-
-    metadata = {
-        name: _field_value(f, path) for name, f in reader.fields.items() if not name.startswith("GGUF.")
-    }
-    reader.fields.clear()  # ~1.5 numpy views per vocabulary entry: free them before the weights exist
-    arch_name = metadata.get("general.architecture")
-    if arch_name is None:
-        raise GGUFError(f"{path}: missing metadata key general.architecture")
-    arch = _ARCHITECTURES.get(str(arch_name))
-    if arch is None:
-        supported = ", ".join(SUPPORTED_GGUF_ARCHITECTURES)
-        raise GGUFError(
-            f"{path}: general.architecture {arch_name!r} is not supported (supported: {supported})"
-        )
-    by_name = {t.name: t for t in reader.tensors}
-    config = _build_config(arch, str(arch_name), metadata, by_name, path)
-
-    tensors: dict[str, torch.Tensor] = {}
-    if load_tensors:
-        for t in reader.tensors:
-            if t.name == arch.rope_factors:
-                continue
-            hf_name, heads_key = _hf_name(arch, t.name, config, path)
-            tensors[hf_name] = _dequantize(gguf, t, path, config[heads_key] if heads_key else None)
-            if arch.unit_offset_norms and hf_name.endswith("norm.weight"):
-                tensors[hf_name].sub_(1.0)  # llama.cpp stores Gemma's gain 1 + w
-            _drop_mapped_pages(reader.data, t.data_offset, t.n_bytes)
-    del by_name, reader  # unmaps the file
-    return GGUFCheckpoint(config=config, tensors=tensors, metadata=metadata)
+    with GGUFFile(path) as f:
+        tensors = {name: f.read(name) for name in f.shapes()} if load_tensors else {}
+        return GGUFCheckpoint(config=f.config, tensors=tensors, metadata=f.metadata)
 
 
 def _field_value(f: Any, path: Path) -> Any:
@@ -577,20 +652,23 @@ def _drop_mapped_pages(data: Any, offset: int, n_bytes: int) -> None:
         mm.madvise(mmap.MADV_DONTNEED, start, offset + n_bytes - start)
 
 
-def _dequantize(gguf: Any, t: Any, path: Path, n_heads: int | None) -> torch.Tensor:
-    """Dequantise one GGUF tensor into a new fp32 tensor a chunk of rows at a time.
+def _dequantize(
+    gguf: Any, t: Any, path: Path, n_heads: int | None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Dequantise one GGUF tensor into a new tensor of ``dtype`` a chunk of rows at a time.
 
     Args:
         gguf: The imported ``gguf`` module.
         t: The ``gguf.ReaderTensor``; its ``data`` is a memory-mapped ``[rows, bytes or C]`` array.
         path: The file, for messages.
         n_heads: Heads of a q/k projection (weight or bias) whose rows llama.cpp permuted, else ``None``.
+        dtype: The output dtype (each fp32 chunk is converted as it is stored).
 
     Returns:
-        The fp32 tensor in transformers' shape (GGUF dims reversed), e.g. ``[n_h * h_d, C]``.
+        The tensor in transformers' shape (GGUF dims reversed), e.g. ``[n_h * h_d, C]``.
     """
     shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-    out = torch.empty(shape, dtype=torch.float32)
+    out = torch.empty(shape, dtype=dtype)
     rows = None
     if n_heads is not None:  # a q/k weight [n_h * h_d, C] or bias [n_h * h_d]: permuted along dim 0
         if shape[0] % (2 * n_heads) != 0 or len(shape) > 2:
@@ -599,7 +677,7 @@ def _dequantize(gguf: Any, t: Any, path: Path, n_heads: int | None) -> torch.Ten
             )
         rows = _rotary_destination_rows(shape[0], n_heads)
     width = shape[-1] if len(shape) > 1 or rows is None else 1  # a permuted bias: one element per row
-    dst = out.view(-1, width).numpy()  # [rows, C] shares out's memory
+    dst = out.view(-1, width)  # [rows, C] shares out's memory
     src = t.data.reshape(dst.shape[0], -1)  # [rows, bytes or C]
     step = max(1, _ROWS_CHUNK_ELEMENTS // width)
     for start in range(0, src.shape[0], step):
@@ -609,8 +687,9 @@ def _dequantize(gguf: Any, t: Any, path: Path, n_heads: int | None) -> torch.Ten
             raise GGUFError(
                 f"{path}: tensor {t.name} of type {t.tensor_type.name} cannot be dequantised ({exc})"
             ) from None
+        values = torch.from_numpy(block).to(dtype)
         if rows is None:
-            dst[start : start + step] = block
+            dst[start : start + step] = values
         else:
-            dst[rows[start : start + step]] = block
+            dst[torch.from_numpy(rows[start : start + step])] = values
     return out

@@ -111,7 +111,8 @@ class LoRALinear(nn.Module):
             else:
                 stored = quantize_weight(weight, self.quant, name)
             self._register_quantized(stored)
-            self.register_load_state_dict_pre_hook(LoRALinear._quantize_dense_on_load)
+        if self.quant is not None or use_dora:
+            self.register_load_state_dict_pre_hook(LoRALinear._dense_weight_on_load)
         self.bias = base.bias
         if self.bias is not None:
             self.bias.requires_grad_(False)
@@ -137,16 +138,37 @@ class LoRALinear(nn.Module):
         self._quant_keys = tuple(stored)
 
     @staticmethod
-    def _quantize_dense_on_load(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
-        # A dense checkpoint (an HF state dict) loads into a quantised layer: quantise on the way in.
+    def _dense_weight_on_load(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+        """A dense checkpoint weight (an HF state dict) arriving at this layer: store it in its final form.
+
+        A quantised layer quantises it (from fp32, so the codes are those of a model loaded in fp32 and
+        then quantised, whatever the checkpoint's dtype). A DoRA layer whose magnitude is not yet
+        materialised (built on the meta device, streamed by a loader) takes its initial magnitude, the
+        row norms of the base weight, from the weight as it arrives, before any storage rounding: the
+        value a layer built on a materialised fp32 model gets.
+        """
         assert isinstance(module, LoRALinear)
-        assert module.quant is not None
         dense = state_dict.get(prefix + "weight")
         shape = (module.out_features, module.in_features)
         if dense is None or not dense.is_floating_point() or tuple(dense.shape) != shape:
             return
-        for suffix, tensor in quantize_weight(dense, module.quant, module.name).items():
-            state_dict[prefix + ("weight" if not suffix else f"weight_{suffix}")] = tensor
+        stored = None
+        if module.quant is not None:
+            stored = quantize_weight(dense, module.quant, module.name, dtype=torch.float32)
+            for suffix, tensor in stored.items():
+                state_dict[prefix + ("weight" if not suffix else f"weight_{suffix}")] = tensor
+        magnitude = module.lora_magnitude_vector
+        key = prefix + "lora_magnitude_vector"
+        if magnitude is not None and magnitude.is_meta and key not in state_dict:
+            if stored is None:
+                base = dense.to(magnitude.dtype)
+            else:
+                base = dequantize_weight(stored, shape, module.quant, magnitude.dtype)  # type: ignore[arg-type]
+            state_dict[key] = module._initial_magnitude(base)
+
+    def _initial_magnitude(self, dense: torch.Tensor) -> torch.Tensor:
+        """DoRA's initial magnitude: the row norms of W + s B A with B = 0, i.e. of the base weight."""
+        return _dora.weight_norm(dense, torch.zeros_like(dense), self.scaling)
 
     @torch.no_grad()
     def reset_adapter_parameters(self) -> None:
@@ -157,6 +179,32 @@ class LoRALinear(nn.Module):
             dense = self.dense_weight(self.lora_magnitude_vector.dtype)
             delta = self.lora_B.weight @ self.lora_A.weight  # [d_out, d_in]
             self.lora_magnitude_vector.copy_(_dora.weight_norm(dense, delta.to(dense.dtype), self.scaling))
+
+    @torch.no_grad()
+    def init_after_load(self, device: torch.device) -> None:
+        """Create the adapter on ``device`` once a loader has filled the base (ft-models' protocol).
+
+        A layer built on the meta device holds its adapter there until its base weight is loaded (the
+        DoRA magnitude arrives with the weight, see ``_dense_weight_on_load``). A and B are created in
+        the dtypes and with the ``requires_grad`` declared on meta and initialised drawing the random
+        generator exactly as constructing the layer on a real device does (``nn.Linear`` draws A, then
+        B, then A is drawn again and B zeroed), so with one seed a model streamed into its final form
+        gets the very adapter a model loaded whole and then wrapped gets.
+        """
+        for linear in (self.lora_A, self.lora_B):
+            if linear.weight.is_meta:
+                like = linear.weight
+                linear.weight = nn.Parameter(
+                    torch.empty(like.shape, dtype=like.dtype, device=device), requires_grad=like.requires_grad
+                )
+        self.lora_A.reset_parameters()
+        self.lora_B.reset_parameters()
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+        magnitude = self.lora_magnitude_vector
+        if magnitude is not None and magnitude.is_meta:  # the base came without passing the load hook
+            value = self._initial_magnitude(self.dense_weight(magnitude.dtype)).to(device)
+            self.lora_magnitude_vector = nn.Parameter(value, requires_grad=magnitude.requires_grad)
 
     # ---- numerics -----------------------------------------------------------------------------
 
@@ -276,15 +324,27 @@ class LoRALinear(nn.Module):
             self._merge_factor = None
         self.merged = False
 
+    @torch.no_grad()
+    def merged_linear_weight(self) -> torch.Tensor:
+        """The weight `to_linear` gives its plain layer: `merged_weight` (or the merged dense weight) in the
+        layer's dtype (the base's, or the compute dtype of a quantised base), `[d_out, d_in]`."""
+        merged = self.dense_weight(torch.float32) if self.merged else self.merged_weight()
+        return merged.to(self.merged_linear_dtype)
+
+    @property
+    def merged_linear_dtype(self) -> torch.dtype:
+        """The dtype of `to_linear`'s layer: the base weight's, or a quantised base's compute dtype."""
+        return self.weight.dtype if self.quant is None else self.quant.compute_dtype
+
     def to_linear(self) -> nn.Linear:
         """A plain `nn.Linear` carrying the merged weight (dequantised for QLoRA) and the bias."""
-        # A merged layer's dense weight already holds the adapter.
-        merged = self.dense_weight(torch.float32) if self.merged else self.merged_weight()
-        dtype = self.weight.dtype if self.quant is None else self.quant.compute_dtype
+        weight = self.merged_linear_weight()
         bias = self.bias is not None
-        linear = nn.Linear(self.in_features, self.out_features, bias=bias, device=merged.device, dtype=dtype)
+        linear = nn.Linear(
+            self.in_features, self.out_features, bias=bias, device=weight.device, dtype=weight.dtype
+        )
         with torch.no_grad():
-            linear.weight.copy_(merged)
+            linear.weight.copy_(weight)
             if self.bias is not None:
                 linear.bias.copy_(self.bias)
         return linear

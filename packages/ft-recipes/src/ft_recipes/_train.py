@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict
@@ -29,8 +28,10 @@ import ft_data
 import ft_dist
 import ft_models
 from ft_recipes._assets import resolve_path
+from ft_recipes._export import release_optimizer, save_base_hf_dir, save_hf_dir, save_merged_hf_dir
 from ft_recipes._memory import peak_memory_mib, reset_peak_memory
 from ft_recipes._metrics import METRICS, MetricsLog
+from ft_recipes._setup import load_model
 from ft_recipes._validation import (
     build_validation_loader,
     check_trained_tokens,
@@ -56,10 +57,13 @@ __all__ = [
     "micro_batches",
     "optimizer_step",
     "peak_memory_mib",
+    "release_optimizer",
     "resume_checkpoint",
     "run_eval",
+    "save_base_hf_dir",
     "save_checkpoint",
     "save_hf_dir",
+    "save_merged_hf_dir",
     "seed_everything",
     "train",
     "validation_due",
@@ -88,23 +92,6 @@ def check_output_dir(output_dir: str, resume: str | None) -> None:
 def load_tokenizer(tokenizer_node: Mapping[str, Any]) -> Any:
     """The tokenizer from its config node (``load_tokenizer``)."""
     return instantiate(tokenizer_node, key="tokenizer", allow_any=True)
-
-
-def load_model(model_node: Mapping[str, Any], tokenizer: Any, device: torch.device) -> ft_models.CausalLM:
-    """Load the fp32 model (precision is applied later, after freezing) and check the tokenizer fits it.
-
-    Raises:
-        UserError: The tokenizer has ids the model's embedding has no row for.
-    """
-    model: ft_models.CausalLM = instantiate(
-        model_node, key="model", allow_any=True, dtype=torch.float32, device=device
-    )
-    rows = model.model.embed_tokens.weight.shape[0]
-    if tokenizer.vocab_size > rows:
-        raise UserError(
-            f"tokenizer: its largest id {tokenizer.vocab_size - 1} is not below the model's {rows} embedding rows"
-        )
-    return model.train()
 
 
 def build_loader(
@@ -435,14 +422,6 @@ def train(run: Any) -> None:
             end_step(run, log, step, metrics)
     finally:
         log.close()
-
-
-def save_hf_dir(model: ft_models.CausalLM, tokenizer: Any, directory: Path) -> Path:
-    """``model`` as an HF directory with the tokenizer files and chat template, in one atomic write."""
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer.save_pretrained(tmp)
-        extra = {p.name: p for p in Path(tmp).iterdir() if p.is_file()}
-        return ft_models.save_pretrained(model, directory, extra_files=extra)
 
 
 def check_eval_data(cfg: Any) -> None:

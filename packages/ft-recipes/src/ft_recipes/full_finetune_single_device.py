@@ -34,7 +34,7 @@ __all__ = ["FILE_KEYS", "PROVIDED", "Config", "before_run", "main", "setup"]
 DISTRIBUTED = False
 # The recipe passes these keywords itself.
 PROVIDED = {
-    "model": {"dtype", "device"},
+    "model": {"dtype", "device", "prepare"},
     "dataset": {"tokenizer", "max_seq_len"},
     "validation.dataset": {"tokenizer", "max_seq_len"},
 }
@@ -110,7 +110,8 @@ class Run:
 
 
 def setup(cfg: Config) -> Run:
-    """Device, precision, model, data, optimizer, schedule; then resume if asked."""
+    """Device, precision, data, the model (built on meta, storage dtypes set there, the checkpoint
+    streamed in), optimizer, schedule; then resume if asked."""
     import ft_dist
     from ft_recipes import _train
     from ft_recipes._setup import pick_device
@@ -151,10 +152,10 @@ def setup(cfg: Config) -> Run:
             max_seq_len=cfg.max_seq_len,
             packed=cfg.packed,
         )
-    model = _train.load_model(cfg.model, tokenizer, device)
-
     _train.seed_everything(cfg.seed)  # dropout; and the checkpoints' RNG sidecar is the same run to run
-    apply_precision(model, policy)
+    # Built on meta, given the policy's storage dtypes there, then streamed in: one copy of the master
+    # weights (fp32 under bf16-mixed), never a second one.
+    model = _train.load_model(cfg.model, tokenizer, device, prepare=lambda m: apply_precision(m, policy))
     attention = apply_attention(
         model,
         cfg.attention,
@@ -213,9 +214,11 @@ def train(run: Run) -> None:
 
 
 def save(run: Run) -> None:
-    """The trained model as an HF directory (``model/``) with its tokenizer files and chat template."""
+    """The trained model as an HF directory (``model/``) with its tokenizer files and chat template,
+    written after the optimizer is released, one tensor at a time."""
     from ft_recipes import _train
 
+    _train.release_optimizer(run)
     path = _train.save_hf_dir(run.model, run.tokenizer, Path(run.cfg.output_dir) / "model")
     print(f"[full] model: {path}", file=sys.stderr)
 
