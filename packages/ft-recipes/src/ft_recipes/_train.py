@@ -77,11 +77,15 @@ _OWN_FILES = {"config.yaml"}
 
 
 def check_output_dir(output_dir: str, resume: str | None) -> None:
-    """Refuse a non-empty output directory unless the run resumes (nothing is overwritten by accident).
+    """Refuse a non-empty output directory unless the run resumes (nothing is overwritten by accident),
+    and a ``resume`` directory that is not a complete checkpoint, before anything is loaded or written.
 
     Raises:
-        UserError: ``output_dir`` holds files and ``resume`` is not set.
+        UserError: ``output_dir`` holds files and ``resume`` is not set, or ``resume`` names a directory
+            that is not a complete ft checkpoint.
     """
+    if resume not in (None, "auto") and not ft_dist.is_checkpoint(Path(resume).expanduser()):
+        raise UserError(f"resume: {resume}: not a complete ft checkpoint (no {ft_dist.MARKER})")
     path = Path(output_dir).expanduser()
     if resume is None and path.is_dir() and any(p.name not in _OWN_FILES for p in path.iterdir()):
         raise UserError(
