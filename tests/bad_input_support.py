@@ -90,7 +90,8 @@ def assert_refused(
     # A run refused inside its setup may have printed its tagged progress lines ("[lora] device=...")
     # before; the problem itself gets at most three lines, the error line last.
     problem = [line for line in lines if not line.startswith("[")]
-    assert len(problem) <= 3 and lines[-1] == errors[0], shown
+    assert len(problem) <= 3, shown
+    assert lines[-1] == errors[0], shown
     for text in [names] if isinstance(names, str) else names:
         assert text in errors[0], shown
     after = snapshot(roots)
