@@ -15,9 +15,11 @@ checkpoint of the shape (fp32, as the recipes load), ``ft_peft.apply_lora`` (ran
 q/v/o + MLP; QLoRA: ``quantize="nf4"``) and ``ft_peft.set_trainable``, the precision policy of
 ``ft_recipes.training`` (``resolve_precision`` + ``apply_precision``), the optimizer from
 ``build_optimizer("adamw", lr=1e-4)``, the batch contract (``position_ids`` and ``document_ids`` as the
-collator makes them), and the chunked ``linear_cross_entropy`` with the token normaliser; ``--compile``
+collator makes them, moved by ``prepare_batch`` as the recipes' step moves them), and the chunked
+``linear_cross_entropy`` with the token normaliser (``batch_loss``); ``--compile``
 compiles each decoder layer as the recipes' ``compile: true`` does. Not included (the peers do neither):
-gradient clipping and the LR schedule. Precision for ``bf16``: ``bf16-mixed`` for LoRA/QLoRA (the
+gradient clipping and the LR schedule. On CUDA the JSON line has ``peak_cuda_gib``, the allocator's peak
+during the steps (reset after setup, as the recipes' metrics do), and ``setup_peak_cuda_gib``. Precision for ``bf16``: ``bf16-mixed`` for LoRA/QLoRA (the
 recipes' ``auto`` on a bf16 CPU: frozen base stored bf16, fp32 adapters with bf16 compute copies) and
 ``bf16-pure`` for full (the peers cast the whole model, optimizer state included, to bf16).
 
@@ -85,23 +87,31 @@ def flops_per_token(method: str, shape: str = SHAPE) -> tuple[float, str]:
 def build_ft(
     method: str, dtype: str, ckpt: Path, precision: str | None, compile: bool, device: str = "cpu"
 ) -> tuple[Any, Any, str]:
-    """The model and optimizer exactly as the recipes set them up; returns (model, optimizer, precision)."""
+    """The model and optimizer exactly as the recipes set them up; returns (model, optimizer, precision).
+
+    As the recipes do, the model is built on the meta device, given its adapters (QLoRA: an NF4 base
+    whose weights are quantised as they are read) and storage dtypes there, and the checkpoint streamed
+    in: no fp32 copy of the model is ever held.
+    """
     import ft_models
     import ft_peft
     from ft_recipes.training import apply_attention, apply_precision, build_optimizer, resolve_precision
 
-    model = ft_models.from_pretrained(str(ckpt), dtype=torch.float32, device=device)
     if precision is None:
         precision = "fp32" if dtype == "fp32" else ("bf16-pure" if method == "full" else "bf16-mixed")
-    if method != "full":
-        quantize = None
-        if method == "qlora":
-            quantize = ft_peft.QuantConfig(kind="nf4", compute_dtype=DTYPES[dtype])
-        torch.manual_seed(0)
-        ft_peft.apply_lora(model, TARGETS, rank=8, alpha=16, dropout=0.0, quantize=quantize)
-        ft_peft.set_trainable(model)
     policy = resolve_precision(precision, device)
-    apply_precision(model, policy)
+
+    def final_form(model: Any) -> None:
+        if method != "full":
+            quantize = None
+            if method == "qlora":
+                quantize = ft_peft.QuantConfig(kind="nf4", compute_dtype=DTYPES[dtype])
+            ft_peft.apply_lora(model, TARGETS, rank=8, alpha=16, dropout=0.0, quantize=quantize)
+            ft_peft.set_trainable(model)
+        apply_precision(model, policy)
+
+    torch.manual_seed(0)  # the adapters' initialisation
+    model = ft_models.from_pretrained(str(ckpt), dtype=torch.float32, device=device, prepare=final_form)
     # The recipes' default `attention: auto` (grouped products for bf16 CPU training).
     apply_attention(model, "auto", device=torch.device(device), dtype=policy.compute_dtype, training=True)
     if compile:
@@ -111,24 +121,40 @@ def build_ft(
     return model.train(), optimizer, precision
 
 
-def run_ft(args: argparse.Namespace) -> dict[str, Any]:
-    from ft_recipes.training import linear_cross_entropy
+def peak_rss_gib() -> float:
+    """This process's peak resident memory: ``VmHWM`` where /proc has it (``ru_maxrss`` also counts the
+    forking parent's resident memory across ``exec`` on Linux), else ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as f:
+            return int(next(line for line in f if line.startswith("VmHWM:")).split()[1]) / 2**20
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
-    ckpt = make_checkpoint(args.shape, Path(args.ckpt) if args.ckpt else _default_ckpt(args.shape))
+
+def run_ft(args: argparse.Namespace) -> dict[str, Any]:
+    from ft_recipes.training import batch_loss, prepare_batch
+
+    ckpt = Path(args.ckpt) if args.ckpt else make_checkpoint(args.shape, _default_ckpt(args.shape))
     dev = torch.device(args.device)
     model, optimizer, precision = build_ft(
         args.method, args.dtype, ckpt, args.precision, args.compile, args.device
     )
+    setup_rss = peak_rss_gib()
+    rows, seq = args.batch, args.seq
     v = model.config.vocab_size
     torch.manual_seed(0)
-    input_ids = torch.randint(0, v, (B, T), device=dev)
-    labels = torch.randint(0, v, (B, T), device=dev)
-    position_ids = torch.arange(T, device=dev).expand(B, T)
-    document_ids = torch.zeros(B, T, dtype=torch.long, device=dev)  # the collator's unpacked full rows
+    cpu_batch = {  # what the collator makes for unpacked full rows, moved as the recipes' step moves it
+        "input_ids": torch.randint(0, v, (rows, seq)),
+        "labels": torch.randint(0, v, (rows, seq)),
+        "position_ids": torch.arange(seq).expand(rows, seq),
+        "document_ids": torch.zeros(rows, seq, dtype=torch.long),
+    }
+    setup_peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else 0
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)  # the reported peak is training's, as the recipes' metrics
 
     def step() -> float:
-        hidden = model(input_ids, position_ids=position_ids, document_ids=document_ids, return_hidden=True)
-        loss = linear_cross_entropy(hidden, model.output_projection, labels, normalizer=B * T)
+        loss = batch_loss(model, prepare_batch(cpu_batch, dev), normalizer=rows * seq)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -147,11 +173,14 @@ def run_ft(args: argparse.Namespace) -> dict[str, Any]:
             step()
         table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=45)
         Path(args.profile).write_text(table)
-    steady = statistics.median(times[2:])
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    cuda = (
-        {"peak_cuda_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)} if dev.type == "cuda" else {}
-    )
+    steady = statistics.median(times[2:] or times)  # a memory-only run may take fewer than 3 steps
+    rss = peak_rss_gib()
+    cuda = {}
+    if dev.type == "cuda":
+        cuda = {
+            "peak_cuda_gib": round(torch.cuda.max_memory_allocated(dev) / 2**30, 2),
+            "setup_peak_cuda_gib": round(setup_peak / 2**30, 2),
+        }
     return {
         "lib": "ft+compile" if args.compile else "ft",
         "shape": args.shape,
@@ -160,11 +189,13 @@ def run_ft(args: argparse.Namespace) -> dict[str, Any]:
         "dtype": args.dtype,
         "precision": precision,
         "torch": torch.__version__,
-        "tokens_per_s": round(B * T / steady, 1),
+        "tokens_per_s": round(rows * seq / steady, 1),
+        "batch": f"{rows}x{seq}",
         "step_s": round(steady, 4),
         "threads": torch.get_num_threads(),
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "loss": round(loss, 4),
+        "setup_rss_gib": round(setup_rss, 2),
         "peak_rss_gib": round(rss, 2),
         **cuda,
     }
@@ -288,6 +319,8 @@ def main() -> None:
     ap.add_argument("method", nargs="?", help="lora | qlora | full (peak: the dtype)")
     ap.add_argument("dtype", nargs="?", help="fp32 | bf16")
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--batch", type=int, default=B, help="ft: rows per step")
+    ap.add_argument("--seq", type=int, default=T, help="ft: tokens per row")
     ap.add_argument("--ckpt", default=None, help="random-init transformers checkpoint (made once if absent)")
     ap.add_argument(
         "--compile", nargs="?", const="on", default=None, help="ft: compile per layer; all: off|on|both"

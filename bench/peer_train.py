@@ -90,12 +90,24 @@ def _hf(
     return model, lambda x: model(input_ids=x).logits
 
 
+def _peak_rss_gib() -> float:
+    """Peak resident memory: ``VmHWM`` where /proc has it (``ru_maxrss`` also counts the forking
+    parent's resident memory across ``exec`` on Linux), else ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as f:
+            return int(next(line for line in f if line.startswith("VmHWM:")).split()[1]) / 2**20
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("lib", choices=["torchtune", "hf"])
     ap.add_argument("method", choices=["lora", "qlora", "full"])
     ap.add_argument("dtype", choices=["fp32", "bf16"])
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--batch", type=int, default=B, help="rows per step")
+    ap.add_argument("--seq", type=int, default=T, help="tokens per row")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--ckpt", default=None, help="transformers checkpoint of the shape (hf qlora)")
     ap.add_argument("--device", default="cpu", help="hf: cpu | cuda")
@@ -117,8 +129,9 @@ def main() -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
     vocab = model.config.vocab_size if args.lib == "hf" else V
-    x = torch.randint(0, vocab, (B, T), device=args.device)
-    y = torch.randint(0, vocab, (B, T), device=args.device)
+    setup_rss = _peak_rss_gib()
+    x = torch.randint(0, vocab, (args.batch, args.seq), device=args.device)
+    y = torch.randint(0, vocab, (args.batch, args.seq), device=args.device)
     times = []
     for _ in range(args.steps):
         t = time.perf_counter()
@@ -129,8 +142,9 @@ def main() -> None:
         opt.zero_grad(set_to_none=True)
         float(loss)  # a host sync, so a CUDA step is complete before the clock stops
         times.append(time.perf_counter() - t)
-    steady = sorted(times[2:])[len(times[2:]) // 2]
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    kept = times[2:] or times  # a memory-only run may take fewer than 3 steps
+    steady = sorted(kept)[len(kept) // 2]
+    rss = _peak_rss_gib()
     print(
         json.dumps(
             {
@@ -138,11 +152,14 @@ def main() -> None:
                 "method": args.method,
                 "dtype": args.dtype,
                 "torch": torch.__version__,
-                "tokens_per_s": round(B * T / steady, 1),
+                "tokens_per_s": round(args.batch * args.seq / steady, 1),
                 "step_s": round(steady, 4),
                 "threads": torch.get_num_threads(),
                 "trainable": sum(p.numel() for p in params),
                 "loss": round(float(loss), 4),
+                "batch": args.batch,
+                "seq": args.seq,
+                "setup_rss_gib": round(setup_rss, 2),
                 "peak_rss_gib": round(rss, 2),
             }
         )

@@ -4,8 +4,12 @@ Each measurement runs in its own subprocess (fresh memory, fresh threads); ft an
 run in the same invocation, on the same weights and the same torch build, and only their
 ratio is meaningful (machines here are shared and noisy).
 
-Usage: python bench/run.py [--only train,decode,lmeval,tokenize,cli] [--shape smollm2-135m] [--device cpu]
-       [--dtypes fp32,bf16] [--threads N]
+Usage: python bench/run.py [--only train,decode,lmeval,tokenize,cli,memory] [--shape smollm2-135m]
+       [--device cpu] [--dtypes fp32,bf16] [--threads N]
+
+``memory`` (not in the default set: it writes a 2.5 GB checkpoint): the peak resident memory of a QLoRA
+training step (NF4 base, batch 2 x 512) on the Llama-3.2-1B shape, ft beside transformers + PEFT +
+bitsandbytes, from one random bf16 checkpoint; prints the ratio (target ft <= 0.8x).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _shape import make_checkpoint  # noqa: E402
+from _shape import make_checkpoint, write_random_checkpoint  # noqa: E402
 
 
 def _run(cmd: list[str], python: str | Path = sys.executable) -> dict | None:
@@ -50,6 +54,24 @@ def _ratio(name: str, ft: dict | None, peer: dict | None, key: str) -> None:
         print(
             f"RATIO {name}: ft/{peer['lib']} = {ft[key] / peer[key]:.2f}x "
             f"({ft[key]} vs {peer[key]} {key}, torch {ft['torch']})",
+            flush=True,
+        )
+
+
+def qlora_memory(steps: int = 1) -> None:
+    """A QLoRA step's peak RSS at batch 2 x 512 on the Llama-3.2-1B shape: ft against transformers + PEFT
+    + bitsandbytes (each in its own process, the peer in its own environment), and their ratio."""
+    ckpt = write_random_checkpoint("llama3.2-1b", Path(tempfile.gettempdir()) / "ft-bench-llama3.2-1b-bf16")
+    rows = ["--batch", "2", "--seq", "512", "--steps", str(steps), "--ckpt", str(ckpt)]
+    ft = _run(["bench/bench_train.py", "ft", "qlora", "bf16", "--shape", "llama3.2-1b", *rows])
+    hf = _peer("hf")
+    peer = _run(["bench/peer_train.py", "hf", "qlora", "bf16", *rows], python=hf) if hf else None
+    if ft and peer:
+        print(
+            f"RATIO qlora-step peak RSS llama3.2-1b b2x512 bf16: ft/hf = "
+            f"{ft['peak_rss_gib'] / peer['peak_rss_gib']:.2f}x, target <= 0.8x "
+            f"({ft['peak_rss_gib']} vs {peer['peak_rss_gib']} GiB; after setup {ft['setup_rss_gib']} vs "
+            f"{peer['setup_rss_gib']} GiB; torch {ft['torch']})",
             flush=True,
         )
 
@@ -110,6 +132,8 @@ def main() -> None:
         subprocess.run([sys.executable, str(HERE / "bench_tokenize.py")], check=False)
     if "cli" in only:
         _run(["bench/bench_cli.py"])
+    if "memory" in only:
+        qlora_memory()
 
 
 if __name__ == "__main__":

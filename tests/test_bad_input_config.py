@@ -59,9 +59,18 @@ def test_a_run_refused_at_setup_keeps_the_previous_config(tmp_path: Path) -> Non
     saved = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
     assert "resume" not in saved
     assert saved["max_steps"] == 1
-    # A resume from a path that is no checkpoint fails inside setup, after the model and data loaded.
+    # A resume from a path that is no checkpoint is refused before anything loads ...
     line = assert_refused(
         "run", "lora_finetune_single_device", "--config", "run.yaml", "resume=out/checkpoints/step_9",
         cwd=tmp_path, names="resume: out/checkpoints/step_9",
     )  # fmt: skip
     assert "not a complete ft checkpoint" in line
+    # ... and one that fails inside setup, after the model and data loaded (a checkpoint of another
+    # adapter rank), keeps the previous config.yaml too.
+    second = tune("run", "lora_finetune_single_device", "--config", "run.yaml", "output_dir=out2",
+                  "max_steps=2", "checkpoint.every_n_steps=1", cwd=tmp_path)  # fmt: skip
+    assert second.returncode == 0, second.stderr[-3000:]
+    line = assert_refused(
+        "run", "lora_finetune_single_device", "--config", "run.yaml", "resume=out2/checkpoints/step_1",
+        "lora.rank=4", cwd=tmp_path, names="resume:",
+    )  # fmt: skip

@@ -59,6 +59,9 @@ def test_lora_run_writes_adapter_merged_model_metrics(tiny: tuple[Path, Path], t
     assert records[0]["lr"] == 0.0
     assert records[1]["lr"] == pytest.approx(0.05)
     assert all(r["tokens_per_s"] > 0 and r["peak_memory_mib"] > 0 and r["loss"] > 0 for r in records)
+    # Setup's peak is read once, before the loop's peak starts (the same figure in every record).
+    assert len({r["setup_peak_memory_mib"] for r in records}) == 1
+    assert records[0]["setup_peak_memory_mib"] > 0
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_2", "step_3"]
 
     adapter_cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())

@@ -2,8 +2,9 @@
 
 Each family test module describes its tiny awkward-shape configs as plain ``config.json`` dicts; the
 helpers here build the transformers reference from such a dict, load ft's model from the directory
-transformers saved, and run the same checks for every family: logits, padded batches, ft's saved
-directory reloaded by transformers, and KV-cache decoding across a sliding-window boundary. Every check
+transformers saved, and run the same checks for every family: logits, padded batches, packed rows
+against each document alone, ft's saved directory reloaded by transformers, and KV-cache decoding
+across a sliding-window boundary. Every check
 takes deliberately wrong variants and asserts that they miss the same tolerance by ``MARGIN`` times.
 """
 
@@ -26,6 +27,9 @@ ATOL = 1e-5  # fp32 logits against transformers
 CACHE_RTOL, CACHE_ATOL = 1e-5, 1e-4  # cached decoding against a full forward
 MARGIN = 100  # a wrong variant misses the tolerance by at least this factor (observed: > 1000)
 PROMPT_LENGTHS = [3, 9, 6]  # ragged, left-padded to 9; windows in the tests are shorter
+# Packed rows: document lengths per row, a negative length is padding. Every window in the table (5-7)
+# is shorter than most documents, so windows apply inside documents, across block boundaries.
+PACKED = [[17, 4, 13, -6], [25, 15]]
 NEW_TOKENS = 16
 
 
@@ -106,6 +110,47 @@ def check_padded(hf: PreTrainedModel, model: CausalLM, *, left: bool) -> None:
     torch.testing.assert_close(got[real], expected[real], rtol=0, atol=ATOL)
     if left:  # wrong variant: pads not masked leak into the rows
         assert not_close(model(ids, position_ids=positions)[real], expected[real])
+
+
+def packed_batch(
+    layout: list[list[int]], vocab: int, *, seed: int = 3
+) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """``input_ids`` and ``document_ids`` ``[b, s]`` for ``layout``, and each document's ``(row, slice)``."""
+    g = torch.Generator().manual_seed(seed)
+    width = sum(abs(n) for n in layout[0])
+    ids = torch.randint(3, vocab, (len(layout), width), generator=g)
+    docs = torch.full((len(layout), width), -1)
+    spans, start = [], 0
+    for r, row in enumerate(layout):
+        start = 0
+        for d, n in enumerate(row):
+            if n > 0:
+                docs[r, start : start + n] = d
+                spans.append((r, slice(start, start + n)))
+            start += abs(n)
+    return ids, docs, spans
+
+
+@torch.no_grad()
+def check_packed(hf: PreTrainedModel, model: CausalLM, wrong: dict[str, CausalLM]) -> None:
+    """Packed rows (documents of 4-25 tokens, padding) match transformers on each document alone.
+
+    Besides the row's own wrong variants (a window off by one must miss inside long documents), a
+    leaking packer (each row attended as one document, positions still per document) must miss.
+    """
+    ids, docs, spans = packed_batch(PACKED, hf.config.vocab_size)
+    got = model(ids, document_ids=docs)
+    assert torch.isfinite(got).all()
+    expected = [hf(ids[r : r + 1, sl]).logits[0] for r, sl in spans]
+    for (r, sl), want in zip(spans, expected, strict=True):
+        torch.testing.assert_close(got[r, sl], want, rtol=0, atol=ATOL)
+    leaky = model(ids, position_ids=ft_models.positions_from_documents(docs))
+    for name, bad in {
+        "leaky-packing": leaky,
+        **{n: m(ids, document_ids=docs) for n, m in wrong.items()},
+    }.items():
+        missed = [not_close(bad[r, sl], want) for (r, sl), want in zip(spans, expected, strict=True)]
+        assert any(missed), f"wrong variant {name!r} passed on packed rows"
 
 
 @torch.no_grad()

@@ -7,7 +7,8 @@ structural checks, its deliberately wrong variants, the keys its saved ``config.
 one that breaks it, and its cached-decoding case. The shared checks (``family_support``) run for every
 row: module paths and shapes, logits within 1e-5 under each kernel, left- and right-padded batches,
 final hidden states and the chunked output projection, ft's saved directory reloaded by transformers,
-cached decoding of a left-padded batch across the window. Each wrong variant must miss the tolerance
+cached decoding of a left-padded batch across the window, packed rows (documents longer and shorter than
+the window, padding) against transformers on each document alone. Each wrong variant must miss the tolerance
 by a margin (``family_support.MARGIN``). The rows and their wrong variants are listed in
 ``family_table.py``.
 """
@@ -23,6 +24,7 @@ import torch
 from family_support import (
     check_cache_decoding,
     check_logits,
+    check_packed,
     check_padded,
     check_saved_loads_in_transformers,
     ft_from_reference,
@@ -94,6 +96,17 @@ def test_padded_batch_matches_transformers(
         for kernel in row.kernels:
             ft_models.set_attention_kernel(model, kernel)
             check_padded(hf, model, left=left)
+
+
+def test_packed_rows_match_each_document_alone_in_transformers(
+    case: tuple[Row, PreTrainedModel, CausalLM, Path],
+) -> None:
+    """Packed rows go through per-document attention (sliding windows and soft-caps included)."""
+    row, hf, model, _ = case
+    with _kernels_restored(model):
+        for i, kernel in enumerate(row.kernels):
+            ft_models.set_attention_kernel(model, kernel)
+            check_packed(hf, model, row.wrong(model) if i == 0 else {})
 
 
 @torch.no_grad()

@@ -272,8 +272,8 @@ def test_unsupported_architecture_lists_supported(tmp_path: Path) -> None:
         read_gguf(path)
     message = _one_line(info.value, path)
     assert "'rwkv6'" in message
-    assert "supported: llama, qwen2, qwen3" in message
-    assert SUPPORTED_GGUF_ARCHITECTURES == ("llama", "qwen2", "qwen3")
+    assert "supported: llama, qwen2, qwen3, gemma2" in message
+    assert SUPPORTED_GGUF_ARCHITECTURES == ("llama", "qwen2", "qwen3", "gemma2")
     assert isinstance(info.value, FtModelsError)
     assert isinstance(info.value, ValueError)
 

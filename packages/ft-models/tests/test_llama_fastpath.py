@@ -1,8 +1,9 @@
-"""One document per row without padding takes the causal fast path; anything else keeps its mask.
+"""No batch without a cache hands the kernel an ``[b, 1, s, s]`` mask.
 
-A collator gives ``document_ids`` for every batch, also for unpacked full rows. The decoder then skips the
-materialised ``[b, 1, s, s]`` mask (kernels' ``is_causal`` path). References: transformers on the same
-rows, and the masked path forced on (the kernel handed the dense mask).
+A collator gives ``document_ids`` for every batch, also for unpacked full rows. One document per row
+without padding takes the kernels' ``is_causal`` path; packed and padded rows reach the kernel one
+document at a time, also on that path. References: transformers on the same rows, and the masked path
+forced on (the kernel handed the dense mask).
 """
 
 from __future__ import annotations
@@ -34,6 +35,13 @@ def pair(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-d
     return hf, ft_models.from_pretrained(directory)
 
 
+def masked_forward(model: CausalLM, ids: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
+    """Logits through the dense-mask path (every layer's kernel handed ``[b, 1, s, s]``), as before."""
+    mask = AttentionMask.for_sequence(ids.shape[1], docs, ids.device).prepare(model.model.attention_windows())
+    rope = model.model.rotary_emb(ft_models.positions_from_documents(docs))
+    return model.output_projection(model.model.forward_prepared(ids, rope, mask))
+
+
 def _record(model: CausalLM) -> list[_Recorder]:
     recorders = []
     for layer in model.model.layers:
@@ -55,13 +63,8 @@ def test_one_document_rows_use_the_causal_path_and_match(pair) -> None:  # type:
     reference = hf(ids).logits
     torch.testing.assert_close(fast, reference, rtol=0, atol=1e-5)
     # The masked path (what the decoder did before) gives the same logits.
-    dense = AttentionMask.for_sequence(23, docs, ids.device).dense()
-    for layer, recorder in zip(model.model.layers, recorders, strict=True):
-        inner = recorder.inner
-        layer.self_attn.kernel = lambda q, k, v, mask, scale, inner=inner: inner(q, k, v, dense, scale)
-    masked = model(ids, document_ids=docs)
-    for layer, recorder in zip(model.model.layers, recorders, strict=True):
-        layer.self_attn.kernel = recorder.inner
+    masked = masked_forward(model, ids, docs)
+    assert all(r.masked[-1] for r in recorders)
     torch.testing.assert_close(fast, masked, rtol=0, atol=1e-5)
 
 
@@ -75,14 +78,20 @@ def test_one_document_rows_use_the_causal_path_and_match(pair) -> None:  # type:
     ids=["packed", "padded", "pad-row"],
 )
 @torch.no_grad()
-def test_packed_or_padded_rows_keep_their_mask(pair, docs) -> None:  # type: ignore[no-untyped-def]
+def test_packed_or_padded_rows_are_attended_per_document(pair, docs) -> None:  # type: ignore[no-untyped-def]
     hf, model = pair
     docs = torch.tensor(docs)
     ids = torch.randint(3, hf.config.vocab_size, (2, 23), generator=torch.Generator().manual_seed(1))
     recorders = _record(model)
     out = model(ids, document_ids=docs)
-    assert all(r.masked == [True] for r in recorders)
+    assert not any(m for r in recorders for m in r.masked)
+    real = docs >= 0
+    # The masked path (the kernel handed the dense block-causal mask) gives the same real tokens.
+    masked = masked_forward(model, ids, docs)
+    assert all(r.masked[-1] for r in recorders)
+    torch.testing.assert_close(out[real], masked[real], rtol=0, atol=1e-5)
+    assert torch.isfinite(out).all()
     # Wrong variant: treating these rows as plain causal changes logits (a later document's tokens, or
-    # the pad queries, which attend only to themselves under the mask).
+    # the pad queries).
     plain = model(ids, position_ids=ft_models.positions_from_documents(docs))
     assert not torch.allclose(out, plain, rtol=0, atol=1e-5)

@@ -15,12 +15,14 @@ class RecordingKernel:
 
     def __init__(self) -> None:
         self.masks: list[torch.Tensor | None] = []
+        self.calls: list[tuple[int, int]] = []  # (sequences, queries) per call
         self.inner = SDPAKernel()
 
     def __call__(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
     ) -> torch.Tensor:
         self.masks.append(mask)
+        self.calls.append((q.shape[0], q.shape[2]))
         return self.inner(q, k, v, mask, scale)
 
 
@@ -39,7 +41,19 @@ def test_fast_path_gets_no_mask_and_other_paths_a_boolean_one() -> None:
     model(ids, document_ids=torch.zeros(2, 10, dtype=torch.long))  # one document per row: still fast
     assert kernel.masks == [None] * 3
     kernel.masks.clear()
-    model(ids, document_ids=torch.tensor([[0] * 4 + [1] * 6, [0] * 10]))  # packed row 0
+    kernel.calls.clear()
+    # Packed row 0 (4 + 6 tokens), row 1 one 10-token document: each document on its own causal path,
+    # documents of one length in one call, no [b, 1, s, s] mask.
+    model(ids, document_ids=torch.tensor([[0] * 4 + [1] * 6, [0] * 10]))
+    assert kernel.masks == [None] * 9
+    assert kernel.calls == [(1, 4), (1, 6), (1, 10)] * 3
+    kernel.masks.clear()
+    kernel.calls.clear()
+    model(ids, document_ids=torch.tensor([[0] * 5 + [1] * 5, [7] * 5 + [-1] * 5]))  # equal lengths stack
+    assert kernel.masks == [None] * 3
+    assert kernel.calls == [(3, 5)] * 3
+    kernel.masks.clear()
+    model(ids, document_ids=torch.tensor([[0] * 3 + [1] * 4 + [0] * 3, [0] * 10]))  # document 0 split
     assert all(m is not None and m.dtype == torch.bool and m.shape == (2, 1, 10, 10) for m in kernel.masks)
     kernel.masks.clear()
     cache = model.new_cache(2, 12)

@@ -130,3 +130,47 @@ def test_cuda_memory_of_quantized_base(cfg: QuantConfig, limit: float) -> None:
     torch.cuda.synchronize()
     used = torch.cuda.memory_allocated() - start - adapters
     assert used <= limit * dense, (used, dense)
+
+
+class _Stack(nn.Module):
+    """Six 4096 x 4096 projections: a dense bf16 base of 192 MiB next to activations of a few MiB."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            nn.ModuleDict({"proj": nn.Linear(4096, 4096, bias=False, device="cuda", dtype=torch.bfloat16)})
+            for _ in range(6)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = torch.tanh(layer["proj"](x))
+        return x
+
+
+def test_cuda_qlora_forward_holds_no_dense_base_for_backward() -> None:
+    """Between forward and backward a QLoRA model holds its 4-bit base and activations, not a dense copy."""
+    model = _Stack()
+    cfg = QuantConfig("nf4", double_quant=True, compute_dtype=torch.bfloat16)
+    ft_peft.apply_lora(model, ["proj"], rank=8, quantize=cfg)
+    ft_peft.set_trainable(model)
+    dense = 6 * 4096 * 4096 * 2
+    x = torch.randn(2, 64, 4096, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+
+    def held() -> int:
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        y = model(x)
+        torch.cuda.synchronize()
+        used = torch.cuda.memory_allocated() - before
+        y.float().sum().backward()
+        return used
+
+    lean = held()
+    assert lean < 0.25 * dense, (lean, dense)
+    # Wrong variant: the plain autograd path keeps every dequantised weight until the backward.
+    for _, layer in ft_peft.lora_modules(model):
+        layer._quantized_linear = lambda t, bias, layer=layer: nn.functional.linear(  # type: ignore[method-assign]
+            t, layer.dense_weight(t.dtype), bias
+        )
+    assert held() >= dense

@@ -60,8 +60,8 @@ def test_every_layer_gets_the_named_kernel(name: str, kernel: str) -> None:
     [
         # bf16 training on a CPU: the grouped products for training calls, SDPA without gradients.
         (CPU, torch.bfloat16, True, 512, "auto -> grouped for training calls"),
-        # rows longer than the grouped kernel's limit keep SDPA.
-        (CPU, torch.bfloat16, True, 2048, "auto -> grouped for training rows of at most 1024 tokens; sdpa"),
+        # calls longer than the grouped kernel's limit keep SDPA (a packed row's documents are calls).
+        (CPU, torch.bfloat16, True, 2048, "auto -> grouped for training calls of at most 1024 keys"),
         (CUDA, torch.bfloat16, True, 512, "auto -> sdpa (not a CPU"),
         (CPU, torch.float32, True, 512, "auto -> sdpa (not bf16"),
         (CPU, torch.bfloat16, False, None, "auto -> sdpa (no gradients"),

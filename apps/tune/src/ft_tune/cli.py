@@ -276,6 +276,36 @@ def inspect_cmd(config: str, overrides: tuple[str, ...], index: int, color: bool
     click.echo(inspect_example(config, overrides, index=index, color=use_color), nl=False, color=use_color)
 
 
+@main.group("export", cls=_Group)
+def export_group() -> None:
+    """Write a model in another format (GGUF for llama.cpp, Ollama and LM Studio)."""
+
+
+@export_group.command("gguf")
+@click.argument("source", metavar="SRC")
+@click.argument("output", metavar="OUT", type=click.Path(path_type=Path))
+@click.option(
+    "--type",
+    "tensor_type",
+    default="f16",
+    show_default=True,
+    help="Storage of the weights: f32, f16, bf16, q8_0, q5_1, q5_0, q4_1 or q4_0 (norms stay f32).",
+)
+@click.option("--adapter", default=None, help="A PEFT adapter directory, merged into SRC first.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+def export_gguf_cmd(source: str, output: Path, tensor_type: str, adapter: str | None, force: bool) -> None:
+    """Write SRC as the GGUF file OUT.
+
+    SRC is an HF model directory, a .gguf file, a PEFT adapter directory (merged into the base it names)
+    or an ft training output (its model/, merged/ or adapter/).
+    """
+    from ft_recipes.export import export_gguf
+
+    done = export_gguf(source, output, tensor_type=tensor_type, adapter=adapter, force=force)
+    merged = f" + adapter {done.adapter}" if done.adapter is not None else ""
+    click.echo(f"wrote {done.path} ({done.tensor_type}, {done.size / 1e6:.1f} MB) from {done.base}{merged}")
+
+
 @main.command("completion")
 @click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
 def completion_cmd(shell: str) -> None:

@@ -38,6 +38,7 @@ from ft_data._template import BUILTIN_TEMPLATES, apply_chat_template, load_chat_
 if TYPE_CHECKING:
     from ft_data._collate import collate_generation, collate_preference, collate_rows
     from ft_data._gguf import read_gguf_metadata
+    from ft_data._gguf_write import gguf_tokenizer_metadata
     from ft_data._loader import Loader, pack_rows, row_order
 
 __version__ = "0.1.0"
@@ -50,6 +51,7 @@ _LAZY = {
     "collate_generation": "ft_data._collate",
     "collate_preference": "ft_data._collate",
     "read_gguf_metadata": "ft_data._gguf",
+    "gguf_tokenizer_metadata": "ft_data._gguf_write",
 }
 
 __all__ = [
@@ -83,6 +85,7 @@ __all__ = [
     "from_openai",
     "from_preference",
     "from_sharegpt",
+    "gguf_tokenizer_metadata",
     "inspect_example",
     "inspect_preference",
     "labels_from_mask",

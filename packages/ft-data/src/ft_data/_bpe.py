@@ -43,6 +43,8 @@ class BytePairTokenizer:
         ignore_merges: A piece that is a token is emitted whole (Llama 3 style), kept for saving.
         drop_from: Ranks from this value on stand for bytes the vocabulary lacks; they are dropped.
         fuse: Replace known stacks of split stages by one equivalent regex (faster; off to test).
+        vocab_texts: Vocabulary entries that are not byte-level text (no merge reaches them), id -> the
+            text the source file holds, kept for writing the vocabulary back (GGUF).
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class BytePairTokenizer:
         ignore_merges: bool = False,
         drop_from: int | None = None,
         fuse: bool = True,
+        vocab_texts: Mapping[int, str] | None = None,
     ) -> None:
         self.name = name
         self.pre = pre
@@ -74,6 +77,7 @@ class BytePairTokenizer:
         self.id_to_bytes = list(id_to_bytes)
         self.merges = merges
         self.ignore_merges = ignore_merges
+        self.vocab_texts = dict(vocab_texts or {})
         self.add_bos_default = add_bos_default
         self.add_eos_default = add_eos_default
         self._bos_id, self._eos_id, self._pad_id = bos_id, eos_id, pad_id

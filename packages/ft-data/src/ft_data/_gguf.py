@@ -174,6 +174,7 @@ def _gpt2(path: Path, meta: dict[str, Any], fuse: bool) -> BytePairTokenizer:
         ignore_merges=ignore_merges,
         drop_from=tables.drop_from,
         fuse=fuse,
+        vocab_texts=tables.texts,
     )
 
 

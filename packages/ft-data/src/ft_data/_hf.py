@@ -142,6 +142,7 @@ def _byte_level(path: Path, data: dict[str, Any], config: dict[str, Any], fuse: 
         ignore_merges=ignore_merges,
         drop_from=tables.drop_from,
         fuse=fuse,
+        vocab_texts=tables.texts,
     )
 
 

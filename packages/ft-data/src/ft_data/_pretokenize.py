@@ -19,7 +19,15 @@ import regex
 
 from ft_data.errors import UnsupportedTokenizerError
 
-__all__ = ["GPT2", "LLAMA3", "QWEN2", "PreTokenizer", "from_hf_json", "from_llama_cpp_pre"]
+__all__ = [
+    "GPT2",
+    "LLAMA3",
+    "QWEN2",
+    "PreTokenizer",
+    "from_hf_json",
+    "from_llama_cpp_pre",
+    "to_llama_cpp_pre",
+]
 
 GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 # llama.cpp writes GPT-2 without the final `\s+`; the gap rule of a stage covers it.
@@ -35,6 +43,11 @@ LLAMA3_LLAMA_CPP = (
 QWEN2 = (
     r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# Qwen2 / Qwen2.5 / Qwen3's tokenizer.json split (llama.cpp writes the contractions as classes, QWEN2).
+QWEN2_HF = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
 )
 QWEN35 = (
     r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
@@ -72,6 +85,16 @@ _LLAMA_CPP_PRE: dict[str, tuple[tuple[str, ...], bool]] = {
     "command-r": ((DIGIT, GPT2_LLAMA_CPP), False),
     "smollm": ((DIGIT, GPT2_LLAMA_CPP), False),
 }
+
+
+# Hugging Face tokenizer.json regexes whose llama.cpp adaptation is in the table above: the converter
+# gives such a tokenizer the name of the adapted split (its hash of the model's ids says so).
+_HF_AS_LLAMA_CPP = {GPT2: GPT2_LLAMA_CPP, LLAMA3: LLAMA3_LLAMA_CPP, QWEN2_HF: QWEN2}
+# Names written for a split, for the splits llama.cpp knows under several names (what its converter
+# writes for the supported families: SmolLM2 `smollm`, Llama 3 `llama-bpe`, Qwen2/2.5/3 `qwen2`).
+_WRITTEN_NAMES = (
+    "gpt-2", "llama-bpe", "qwen2", "qwen35", "smollm", "falcon", "deepseek-coder",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -171,6 +194,35 @@ def from_llama_cpp_pre(pre: str | None, where: str) -> tuple[PreTokenizer, bool]
         )
     stages, ignore_merges = _LLAMA_CPP_PRE[pre]
     return PreTokenizer(stages), ignore_merges
+
+
+def to_llama_cpp_pre(pre: PreTokenizer, ignore_merges: bool, where: str) -> str:
+    """The ``tokenizer.ggml.pre`` name under which llama.cpp splits text as ``pre`` does.
+
+    The inverse of :func:`from_llama_cpp_pre`: a Hugging Face regex is first replaced by llama.cpp's
+    adaptation of it, then the stages and the merge mode must equal one of llama.cpp's names exactly.
+
+    Args:
+        pre: The split stages.
+        ignore_merges: Whether whole-piece lookups bypass the merges (llama.cpp ties this to the name).
+        where: The tokenizer, for the error message.
+
+    Raises:
+        UnsupportedTokenizerError: No llama.cpp pre-tokenizer splits text this way (a prefix space,
+            tiktoken's dropped gaps, or an unknown regex), naming the tokenizer.
+    """
+    stages = tuple(_HF_AS_LLAMA_CPP.get(s, s) for s in pre.stages)
+    problem = "it adds a prefix space" if pre.add_prefix_space else ""
+    if not pre.keep_gaps and stages[-1] not in _TOTAL:
+        problem = "it drops text its regex does not match"
+    for name in _WRITTEN_NAMES:
+        if not problem and _LLAMA_CPP_PRE[name] == (stages, ignore_merges):
+            return name
+    shown = " then ".join(repr(s[:40] + "..." if len(s) > 40 else s) for s in pre.stages)
+    raise UnsupportedTokenizerError(
+        f"{where}: no llama.cpp pre-tokenizer (tokenizer.ggml.pre) splits text like this tokenizer "
+        f"({problem or f'split {shown}, ignore_merges={ignore_merges}'})"
+    )
 
 
 def _regex_of(node: dict[str, Any], where: str) -> str:

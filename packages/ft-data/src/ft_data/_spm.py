@@ -166,6 +166,12 @@ def spm_from_gguf(path: Path, meta: dict[str, Any]) -> SentencePieceTokenizer:
     model.normalizer_spec.remove_extra_whitespaces = False
     model.normalizer_spec.escape_whitespaces = True
     unk = model.trainer_spec.unk_id
+    # SentencePiece finds its special ids by piece text (default "</s>"...): name the pieces the ids hold.
+    spec = model.trainer_spec
+    for piece, i in (("unk_piece", spec.unk_id), ("bos_piece", spec.bos_id), ("eos_piece", spec.eos_id),
+                     ("pad_piece", spec.pad_id)):  # fmt: skip
+        if 0 <= i < len(tokens):
+            setattr(spec, piece, tokens[i])
     for i, (text, score, kind) in enumerate(zip(tokens, scores, types)):
         piece = model.pieces.add()
         piece.piece, piece.score = text, float(score)

@@ -10,7 +10,7 @@ them back to ids.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise
 
 from ft_data._bytes import byte_to_char, token_to_bytes
@@ -31,6 +31,7 @@ class ByteLevelTables:
     id_to_bytes: list[bytes]
     merges: list[tuple[bytes, bytes]]
     drop_from: int | None = None
+    texts: dict[int, str] = field(default_factory=dict)  # entries that are not byte-level text, as written
 
 
 def byte_level_tables(
@@ -51,9 +52,12 @@ def byte_level_tables(
     """
     size = max([*vocab.values(), *added.keys()], default=-1) + 1
     id_to_bytes = [b""] * size
+    texts: dict[int, str] = {}
     for tok, i in vocab.items():
         raw = token_to_bytes(tok)
         id_to_bytes[i] = raw if raw is not None else tok.encode("utf-8")
+        if raw is None and i not in added:
+            texts[i] = tok
     for i, text in added.items():
         id_to_bytes[i] = text.encode("utf-8")
 
@@ -101,7 +105,7 @@ def byte_level_tables(
         # A byte without a token is dropped (as Hugging Face does): it gets a rank past every id
         # and encode filters those out.
         ranks |= {bytes([b]): size + k for k, b in enumerate(missing)}
-        return ByteLevelTables(ranks, None, id_to_bytes, merge_bytes, size if missing else None)
+        return ByteLevelTables(ranks, None, id_to_bytes, merge_bytes, size if missing else None, texts)
     # Ids are not in merge order: ranks are positions, mapped back to ids after encoding.
     ranks = {}
     id_of_rank: list[int] = []
@@ -111,7 +115,7 @@ def byte_level_tables(
             id_of_rank.append(tok_id)
     drop_from = len(id_of_rank)
     ranks |= {bytes([b]): drop_from + k for k, b in enumerate(missing)}
-    return ByteLevelTables(ranks, id_of_rank, id_to_bytes, merge_bytes, drop_from if missing else None)
+    return ByteLevelTables(ranks, id_of_rank, id_to_bytes, merge_bytes, drop_from if missing else None, texts)
 
 
 def merges_from_ranks(ranks: Mapping[bytes, int]) -> list[tuple[bytes, bytes]]:

@@ -8,6 +8,12 @@ weights to the compute dtype) runs inside the checkpointed region and is recompu
 are unchanged (``model.layers.0.self_attn.q_proj.weight`` stays what it was), and the model code
 knows nothing about it. The RNG state is preserved across the recomputation (dropout masks match),
 so gradients are identical to a run without checkpointing.
+
+Under ``torch.compile`` the checkpointed region becomes one higher-order op in the compiled graph, and
+dynamo refuses the whole block (it then runs eagerly) if the region writes into anything created outside
+it: a cache filled on an object passed in, a module's ``_parameters`` reassigned. Whatever runs inside
+a checkpointed layer has to be free of such writes (ft-models builds its masks before the layers run;
+ft-recipes' precision cast swaps weights through a context dynamo knows to be temporary).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Llama (Llama 3 / 3.1 / 3.2, SmolLM2), Qwen2 / Qwen2.5, Qwen3, Mistral and Gemma 2 models with
 transformers' module names, loaded from
-Hugging Face safetensors directories or GGUF files and saved as directories transformers loads as is.
+Hugging Face safetensors directories or GGUF files, saved as directories transformers loads as is and as
+GGUF files llama.cpp runs.
 """
 
 from ._assets import AssetNotFoundError, asset_path, smollm2_gguf_path
@@ -15,13 +16,7 @@ from ._attention import (
     soft_cap,
 )
 from ._cache import KVCache
-from ._checkpoint import (
-    CheckpointFormat,
-    LoadedCheckpoint,
-    checkpoint_format,
-    from_pretrained,
-    load_pretrained,
-)
+from ._checkpoint import LoadedCheckpoint, convert_pretrained, empty_model, from_pretrained, load_pretrained
 from ._config import DecoderConfig, RopeConfig
 from ._decode_step import DecodeStep
 from ._decoder import (
@@ -34,6 +29,7 @@ from ._decoder import (
 from ._family import Family
 from ._gemma2 import GEMMA2_PRESETS, build_gemma2, gemma2_config
 from ._generate import generate, left_pad
+from ._gguf_write import GGUF_TENSOR_TYPES, check_gguf_export, save_gguf
 from ._kernel_choice import (
     ATTENTION_KERNELS,
     GROUPED_MAX_KEYS,
@@ -45,6 +41,7 @@ from ._kernel_choice import (
     set_attention_kernel,
 )
 from ._llama import LLAMA_PRESETS, build_llama, llama_config
+from ._load import InitAfterLoad, Placement, ShardFn, load_weights
 from ._mask import AttentionMask
 from ._mistral import MISTRAL_PRESETS, mistral_config
 from ._mlp import GatedMLP
@@ -54,7 +51,10 @@ from ._qwen3 import QWEN3_PRESETS, build_qwen3, qwen3_config
 from ._registry import FAMILIES, PRESETS, build_model, preset_config
 from ._rope import RotaryEmbedding
 from ._sampling import SamplingConfig
-from ._save import save_pretrained
+from ._save import save_pretrained, write_pretrained
+from ._segments import DocumentSegments
+from ._shards import DeferredTensor
+from ._source import CheckpointFormat, CheckpointSource, TensorInfo, checkpoint_format, open_checkpoint
 from ._stopping import Decode, GenerationStats, peak_memory_bytes, read_stop_token_ids
 from ._stream import StreamChunk, TextBuffer, generate_stream
 from .errors import CacheError, CheckpointError, ConfigError, FtModelsError
@@ -65,6 +65,7 @@ __all__ = [
     "ATTENTION_KERNELS",
     "FAMILIES",
     "GEMMA2_PRESETS",
+    "GGUF_TENSOR_TYPES",
     "GROUPED_MAX_KEYS",
     "LLAMA_PRESETS",
     "MISTRAL_PRESETS",
@@ -80,11 +81,14 @@ __all__ = [
     "CausalLM",
     "CheckpointError",
     "CheckpointFormat",
+    "CheckpointSource",
     "ConfigError",
     "Decode",
     "DecodeStep",
     "DecoderConfig",
     "DecoderLayer",
+    "DeferredTensor",
+    "DocumentSegments",
     "EagerKernel",
     "Family",
     "FtModelsError",
@@ -92,15 +96,19 @@ __all__ = [
     "GenerationStats",
     "GroupedKernel",
     "GroupedQueryAttention",
+    "InitAfterLoad",
     "KVCache",
     "LoadedCheckpoint",
+    "Placement",
     "RMSNorm",
     "RopeConfig",
     "RotaryEmbedding",
     "SDPAKernel",
     "SamplingConfig",
     "SandwichDecoderLayer",
+    "ShardFn",
     "StreamChunk",
+    "TensorInfo",
     "TextBuffer",
     "TransformerDecoder",
     "UnitOffsetRMSNorm",
@@ -113,7 +121,10 @@ __all__ = [
     "build_model",
     "build_qwen2",
     "build_qwen3",
+    "check_gguf_export",
     "checkpoint_format",
+    "convert_pretrained",
+    "empty_model",
     "from_pretrained",
     "gemma2_config",
     "generate",
@@ -122,15 +133,19 @@ __all__ = [
     "left_pad",
     "llama_config",
     "load_pretrained",
+    "load_weights",
     "mistral_config",
+    "open_checkpoint",
     "peak_memory_bytes",
     "positions_from_documents",
     "preset_config",
     "qwen2_config",
     "qwen3_config",
     "read_stop_token_ids",
+    "save_gguf",
     "save_pretrained",
     "set_attention_kernel",
     "smollm2_gguf_path",
     "soft_cap",
+    "write_pretrained",
 ]

@@ -5,14 +5,19 @@ so HF state dicts and PEFT ``target_modules`` match), applies RoPE, appends to a
 given one, and hands ``q``/``k``/``v`` to a kernel. Kernels are small callables (``AttentionKernel``):
 
 * :class:`SDPAKernel` (default): ``torch.nn.functional.scaled_dot_product_attention`` with
-  ``enable_gqa=True`` (k/v are never expanded by hand); ``is_causal=True`` and no mask on the fast path
-  (no documents, padding, cache or window), a boolean mask otherwise. Every call goes to SDPA.
+  ``enable_gqa=True`` (k/v are never expanded by hand); ``is_causal=True`` and no mask on the causal
+  path, a boolean mask otherwise. Every call goes to SDPA.
 * :class:`EagerKernel`: explicit fp32 scores and softmax, with an optional ``score_mod`` applied to the
   scores before masking (e.g. Gemma 2's tanh soft-capping). Families that modify scores plug a
   modifier into this kernel; a sliding window is a property of the attention layer (``window``) that
   every kernel honours through the mask. No family flags.
 * :func:`grouped_matmul_attention`: batched products around ATen's softmax kernels, the fast CPU path
   for bf16 training.
+
+The layer does not build masks: the :class:`AttentionMask` of the forward decides how to call the
+kernel (:meth:`AttentionMask.attend`). Packed and padded rows reach the kernel one document at a time
+on its causal path (:mod:`._segments`), and so do sliding windows (in blocks), so no kernel sees an
+``s x s`` mask for a training batch; dense masks remain for KV caches.
 
 Which kernel a model runs is chosen from outside the model by name (``auto``, ``sdpa``, ``grouped``,
 ``eager``; see :mod:`._kernel_choice`): the kernels themselves never reroute a call.
@@ -82,8 +87,8 @@ class _GroupedAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float
-    ) -> torch.Tensor:
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float
+    ) -> tuple[torch.Tensor, ...]:
         b, n_h, s, h_d = q.shape
         n_kv, t = k.shape[1], k.shape[2]
         g = n_h // n_kv
@@ -92,12 +97,22 @@ class _GroupedAttention(torch.autograd.Function):
         scores = torch.baddbmm(qg.new_empty(b * n_kv, g * s, t), qg, kg.transpose(1, 2), beta=0, alpha=scale)
         scores.view(b, n_kv, g, s, t).add_(bias.view(bias.shape[0], 1, 1, s, t))
         probs = torch.softmax(scores, dim=-1)  # [b * n_kv, g * s, t]
-        ctx.save_for_backward(qg, kg, vg, probs)
-        ctx.scale = scale
-        return torch.bmm(probs, vg).view(b, n_h, s, h_d)
+        return torch.bmm(probs, vg).view(b, n_h, s, h_d), probs
 
     @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
+        # A separate setup_context lets torch.func transforms (the compiled packed-row backward) run it.
+        q, k, v, _, scale = inputs
+        b, n_h, s, h_d = q.shape
+        n_kv, t = k.shape[1], k.shape[2]
+        probs = output[1]
+        qg = q.reshape(b * n_kv, (n_h // n_kv) * s, h_d)
+        ctx.save_for_backward(qg, k.reshape(b * n_kv, t, h_d), v.reshape(b * n_kv, t, h_d), probs)
+        ctx.scale = scale
+        ctx.mark_non_differentiable(probs)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor, *_: Any) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         qg, kg, vg, probs = ctx.saved_tensors
         b, n_h, s, h_d = grad_out.shape
         n_kv, t = kg.shape[0] // b, kg.shape[1]
@@ -140,7 +155,7 @@ def grouped_matmul_attention(
     Returns:
         ``[b, n_h, s, h_d]`` in ``q``'s dtype.
     """
-    return _GroupedAttention.apply(q, k, v, _mask_bias(mask, q), scale)
+    return _GroupedAttention.apply(q, k, v, _mask_bias(mask, q), scale)[0]
 
 
 def _mask_bias(mask: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor:
@@ -156,6 +171,8 @@ def _mask_bias(mask: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor:
 
 class SDPAKernel:
     """PyTorch's fused scaled-dot-product attention (flash / memory-efficient / math backends)."""
+
+    op_spec = ("sdpa", 0.0)  # how the compiled packed-row operator names this kernel (_segment_op)
 
     def __call__(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
@@ -177,6 +194,13 @@ class EagerKernel:
 
     def __init__(self, score_mod: ScoreMod | None = None) -> None:
         self.score_mod = score_mod
+
+    @property
+    def op_spec(self) -> tuple[str, float] | None:
+        """This kernel by name for the compiled packed-row operator; ``None`` for a modifier it cannot name."""
+        if self.score_mod is None:
+            return ("eager", 0.0)
+        return ("eager", self.score_mod.cap) if isinstance(self.score_mod, _SoftCap) else None
 
     def __call__(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
@@ -294,7 +318,6 @@ class GroupedQueryAttention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.append(k, v)  # [b, n_kv, t, h_d]
-        dense = None if mask.is_plain_causal(self.window) else mask.dense(self.window)
-        out = self.kernel(q, k, v, dense, self.scale)  # [b, n_h, s, h_d]
+        out = mask.attend(q, k, v, self.kernel, self.window, self.scale)  # [b, n_h, s, h_d]
         out = out.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim)  # [b, s, n_h * h_d]
         return self.o_proj(out)

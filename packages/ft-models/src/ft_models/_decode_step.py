@@ -12,11 +12,14 @@ positions, :meth:`AttentionMask.for_decode_step` and slot-addressed cache views)
 so every family that composes :class:`TransformerDecoder` works unchanged. The mask and RoPE tables
 are built once per step, not per layer, and nothing syncs with the host.
 
-Decoding a few rows is memory-bound: each step streams every weight once. The compiled step therefore
-runs under :class:`RowwiseLinear`, which computes every linear layer with at most ``max_rows`` input
-rows as a fused streaming reduction instead of a BLAS matrix-vector call, and under
+Decoding a few rows is memory-bound: each step streams every weight once. On a CPU the compiled step
+therefore runs under :class:`RowwiseLinear`, which computes every linear layer with at most
+``max_rows`` input rows as a fused streaming reduction instead of a BLAS matrix-vector call, and under
 :class:`SingleQueryAttention`, which replaces the flash-attention kernel (slow for one query) by two
 small fp32 products (see :mod:`._rowwise`); the eager step keeps ``F.linear``, SDPA and their numerics.
+Both reroutes were measured to pay off on CPUs only (bench/README.md): on a GPU cuBLAS's
+matrix-vector kernels and SDPA's decode kernels are what the reroutes would replace, so a model on
+any other device runs the plain compiled step (:func:`uses_cpu_reroutes` decides).
 
 Shape legend: b batch, t cache capacity, d model dim, v vocabulary.
 """
@@ -32,10 +35,10 @@ from ._decoder import CausalLM
 from ._mask import AttentionMask
 from ._rowwise import RowwiseLinear, SingleQueryAttention
 
-__all__ = ["DecodeStep"]
+__all__ = ["DecodeStep", "uses_cpu_reroutes"]
 
 _StepFn = Callable[..., torch.Tensor]
-_compiled: _StepFn | None = None
+_compiled: dict[bool, _StepFn] = {}  # rerouted or not -> the process's one compiled wrapper
 
 # Largest batch whose linear layers the compiled step computes as streaming reductions. At one row
 # the fused reduction beats BLAS's matrix-vector product; from two rows on, the reduction as inductor
@@ -52,12 +55,17 @@ def _rowwise_forward(*args: object) -> torch.Tensor:
         return _forward(*args)  # type: ignore[arg-type]
 
 
-def _compiled_forward() -> _StepFn:
-    """One compiled wrapper for the process: dynamo caches a graph per model, batch and capacity."""
-    global _compiled
-    if _compiled is None:
-        _compiled = torch.compile(_rowwise_forward, dynamic=False)
-    return _compiled
+def uses_cpu_reroutes(device: torch.device | str) -> bool:
+    """Whether the compiled step on ``device`` runs under the CPU reroutes (:class:`RowwiseLinear`,
+    :class:`SingleQueryAttention`): on a CPU, the only device they were measured to pay off on."""
+    return torch.device(device).type == "cpu"
+
+
+def _compiled_forward(reroute: bool) -> _StepFn:
+    """One compiled wrapper per kind for the process: dynamo caches a graph per model, batch and capacity."""
+    if reroute not in _compiled:
+        _compiled[reroute] = torch.compile(_rowwise_forward if reroute else _forward, dynamic=False)
+    return _compiled[reroute]
 
 
 class DecodeStep:
@@ -68,6 +76,7 @@ class DecodeStep:
             ``self_attn`` (the mask honours their sliding windows).
         compile: Run the step through ``torch.compile(dynamic=False)``: captured once per model, batch
             size and cache capacity. Worth it for long generations; the first step pays compilation.
+            A model on a CPU gets the CPU reroutes (:func:`uses_cpu_reroutes`), any other the plain step.
     """
 
     def __init__(self, model: CausalLM, *, compile: bool = False) -> None:
@@ -75,7 +84,8 @@ class DecodeStep:
         self.windows: tuple[int | None, ...] = tuple(
             sorted({getattr(layer.self_attn, "window", None) for layer in model.model.layers}, key=str)
         )
-        self.fn: _StepFn = _compiled_forward() if compile else _forward
+        device = model.model.embed_tokens.weight.device
+        self.fn: _StepFn = _compiled_forward(uses_cpu_reroutes(device)) if compile else _forward
 
     def __call__(self, cache: KVCache, tokens: torch.Tensor, new_valid: torch.Tensor) -> torch.Tensor:
         """Append ``tokens`` ``[b]`` (``new_valid`` ``[b]`` False: padding); return fp32 logits ``[b, v]``."""

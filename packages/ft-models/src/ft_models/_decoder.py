@@ -24,6 +24,7 @@ from ._config import DecoderConfig
 from ._mask import AttentionMask
 from ._norm import RMSNorm, UnitOffsetRMSNorm
 from ._rope import RotaryEmbedding
+from ._segments import DocumentSegments
 
 __all__ = [
     "CausalLM",
@@ -128,18 +129,6 @@ def positions_from_documents(document_ids: torch.Tensor) -> torch.Tensor:
     return idx - start
 
 
-def _unless_one_document(document_ids: torch.Tensor | None) -> torch.Tensor | None:
-    """``None`` when every row is one document without padding (the plain causal mask), else the ids.
-
-    Unpacked, unpadded batches (what a collator gives for full rows) then take the attention kernels'
-    causal fast path instead of a materialised ``[b, 1, s, s]`` mask: the same attention, less work.
-    """
-    if document_ids is None or document_ids.shape[1] == 0:
-        return document_ids
-    one = bool(((document_ids == document_ids[:, :1]) & (document_ids >= 0)).all())
-    return None if one else document_ids
-
-
 class TransformerDecoder(nn.Module):
     """Embedding, layers, final norm: ``input_ids [b, s] -> hidden [b, s, d]``.
 
@@ -168,6 +157,11 @@ class TransformerDecoder(nn.Module):
         self.rotary_emb = rotary_emb
         self.embed_scale = embed_scale
 
+    def attention_windows(self) -> tuple[int | None, ...]:
+        """Every sliding-window size the layers' attention uses (``None``: full attention)."""
+        windows = {getattr(getattr(layer, "self_attn", None), "window", None) for layer in self.layers}
+        return tuple(sorted(windows, key=str))
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -175,8 +169,12 @@ class TransformerDecoder(nn.Module):
         position_ids: torch.Tensor | None = None,
         document_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        segments: DocumentSegments | None = None,
     ) -> torch.Tensor:
-        """Final-normed hidden states ``[b, s, d]``; see :meth:`CausalLM.forward` for the arguments."""
+        """Final-normed hidden states ``[b, s, d]``; see :meth:`CausalLM.forward` for the arguments.
+
+        The attention mask (or the documents' layout) is built here, once, before any layer runs.
+        """
         b, s = input_ids.shape
         device = input_ids.device
         if cache is not None:
@@ -186,8 +184,11 @@ class TransformerDecoder(nn.Module):
                 else torch.ones(b, s, dtype=torch.bool, device=device)
             )
             position_ids, mask = cache.advance(new_valid, position_ids)
+            mask = mask.prepare(self.attention_windows())
         else:
-            mask = AttentionMask.for_sequence(s, _unless_one_document(document_ids), device)
+            mask = AttentionMask.for_documents(
+                s, document_ids, device, windows=self.attention_windows(), segments=segments
+            )
             if position_ids is None:
                 position_ids = (
                     positions_from_documents(document_ids)
@@ -286,6 +287,7 @@ class CausalLM(nn.Module):
         document_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
         return_hidden: bool = False,
+        segments: DocumentSegments | None = None,
     ) -> torch.Tensor:
         """Run the model.
 
@@ -293,15 +295,22 @@ class CausalLM(nn.Module):
             input_ids: ``[b, s]`` token ids.
             position_ids: ``[b, s]`` RoPE positions; by default each document counts from 0 (from
                 ``document_ids``), or each row continues its cached count.
-            document_ids: ``[b, s]`` packed-document ids; ``-1`` marks padding (attends to nothing
-                but itself, attended by nothing). ``None``: one document per row, no padding.
+            document_ids: ``[b, s]`` packed-document ids; ``-1`` marks padding (attends to nothing,
+                attended by nothing; its outputs are meaningless and its labels ignored). ``None``:
+                one document per row, no padding.
             cache: A :class:`KVCache` from :meth:`new_cache`; the new tokens are appended to it.
             return_hidden: Return final-normed hidden states ``[b, s, d]`` instead of logits.
+            segments: The layout of ``document_ids``
+                (``DocumentSegments.from_document_ids(document_ids_on_cpu, device)``), for a caller
+                that holds the batch on the CPU before moving it: the model then copies nothing back
+                to the host. Computed from ``document_ids`` when ``None``.
 
         Returns:
             Logits ``[b, s, v]`` (or hidden states ``[b, s, d]``).
         """
-        hidden = self.model(input_ids, position_ids=position_ids, document_ids=document_ids, cache=cache)
+        hidden = self.model(
+            input_ids, position_ids=position_ids, document_ids=document_ids, cache=cache, segments=segments
+        )
         return hidden if return_hidden else self.output_projection(hidden)
 
     def new_cache(

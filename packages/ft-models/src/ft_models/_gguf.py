@@ -5,10 +5,10 @@ block-quantised tensors under llama.cpp's names (``blk.{i}.attn_q.weight``). Rea
 
 * map the metadata to a Hub-style ``config.json`` dict and the tensor names to transformers' module
   paths, both from a per-architecture table (a new family is a new table entry, not a branch);
-* dequantise every tensor to float32 with the ``gguf`` package (``gguf.quants.dequantize``), tensor by
-  tensor and a few MiB of rows at a time, straight into the tensor that is returned, so loading holds
-  the fp32 weights plus one small chunk;
-* undo llama.cpp's row permutation of ``q_proj``/``k_proj`` (Llama only; Qwen2 / Qwen3 files keep the
+* dequantise each tensor to float32 with the ``gguf`` package (``gguf.quants.dequantize``) when it is
+  asked for (:class:`GGUFFile` ``.read``), a few MiB of rows at a time, straight into the tensor that
+  is returned, so a loader streaming the file holds one fp32 tensor at a time (plus one small chunk);
+* undo llama.cpp's row permutation of ``q_proj``/``k_proj`` (Llama only; Qwen2 / Qwen3 / Gemma 2 files keep the
   rotate-half order): its converter reorders each head's rows so
   the rotary pairs of RoPE (Su et al. 2021, arXiv:2104.09864) are adjacent, ``(x0, x1), (x2, x3), ...``,
   the interleaved layout of its kernels; ft, like transformers, pairs dimension ``j`` with ``j + h_d/2``
@@ -17,7 +17,13 @@ block-quantised tensors under llama.cpp's names (``blk.{i}.attn_q.weight``). Rea
 
 Llama 3.1-style frequency scaling is stored by llama.cpp as a ``rope_freqs.weight`` tensor of
 per-frequency divisors rather than as metadata; the four Hub parameters are recovered from it and
-checked to reproduce it. Shape legend: ``h_d`` head dim, ``n_h`` heads, ``C`` input features.
+checked to reproduce it. Gemma 2's norms compute ``(1 + w) * x``; llama.cpp stores the gain ``1 + w``, so
+``w`` is recovered by subtracting 1 (exact in fp32 for gains in ``[0.5, 2]``, Sterbenz).
+
+The per-architecture tables are shared with the writer (``_gguf_write.py``), which inverts them: one
+description of each format serves both directions. ``GGUF_ARCHITECTURE_OF`` says which llama.cpp
+architecture each ft family is written as (Mistral is llama.cpp's ``llama``).
+Shape legend: ``h_d`` head dim, ``n_h`` heads, ``C`` input features.
 """
 
 from __future__ import annotations
@@ -39,7 +45,14 @@ from .errors import CheckpointError
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["SUPPORTED_GGUF_ARCHITECTURES", "GGUFCheckpoint", "GGUFError", "read_gguf"]
+__all__ = [
+    "GGUF_ARCHITECTURE_OF",
+    "SUPPORTED_GGUF_ARCHITECTURES",
+    "GGUFCheckpoint",
+    "GGUFError",
+    "GGUFFile",
+    "read_gguf",
+]
 
 _ROWS_CHUNK_ELEMENTS = 1 << 20  # fp32 elements dequantised per step (4 MiB)
 _BLOCK_TENSOR = re.compile(r"blk\.(\d+)\.([A-Za-z0-9_]+)\.(weight|bias)")
@@ -79,6 +92,12 @@ class _Architecture:
             llama.cpp permuted for interleaved RoPE.
         rope_factors: Name of the per-frequency RoPE divisor tensor, if the format may carry one.
         present_flags: Config flag -> GGUF tensor whose presence sets it (e.g. projection biases).
+        unit_offset_norms: Norm gains (HF names ending in ``norm.weight``) are stored as ``1 + w``
+            (Gemma's ``(1 + w) * x`` RMSNorm, which llama.cpp computes as a plain ``w * x``).
+        derive: Config entries the format implies rather than stores, computed from the config read so
+            far (Gemma 2's attention scale, which llama.cpp derives from the shapes).
+        refuse: For the writer: why a config cannot be written as this architecture (a setting
+            llama.cpp's implementation of it does not have), or ``None``.
     """
 
     model_type: str
@@ -90,6 +109,9 @@ class _Architecture:
     rotary_rows: Mapping[str, str]
     rope_factors: str | None = None
     present_flags: Mapping[str, str] = field(default_factory=dict)
+    unit_offset_norms: bool = False
+    derive: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
+    refuse: Callable[[Mapping[str, Any]], str | None] | None = None
 
 
 _TOKEN_KEYS = (
@@ -121,7 +143,7 @@ _LLAMA = _Architecture(
         _Key("max_position_embeddings", ("{arch}.context_length",)),
         *_TOKEN_KEYS,
     ),
-    constants={"hidden_act": "silu", "mlp_bias": False},
+    constants={"hidden_act": "silu"},
     tensors={
         "token_embd.weight": "model.embed_tokens.weight",
         "output_norm.weight": "model.norm.weight",
@@ -140,7 +162,7 @@ _LLAMA = _Architecture(
     },
     rotary_rows={"attn_q": "num_attention_heads", "attn_k": "num_key_value_heads"},
     rope_factors="rope_freqs.weight",
-    present_flags={"attention_bias": "blk.0.attn_q.bias"},
+    present_flags={"attention_bias": "blk.0.attn_q.bias", "mlp_bias": "blk.0.ffn_gate.bias"},
 )
 
 # Qwen2 and Qwen3: llama.cpp keeps their q/k rows in the rotate-half order (its NeoX RoPE mode), so no
@@ -166,8 +188,84 @@ _QWEN3 = dataclasses.replace(
     present_flags={"attention_bias": "blk.0.attn_q.bias"},
 )
 
-_ARCHITECTURES: dict[str, _Architecture] = {"llama": _LLAMA, "qwen2": _QWEN2, "qwen3": _QWEN3}
+
+def _gemma2_attention_scalar(config: Mapping[str, Any]) -> int:
+    """The ``query_pre_attn_scalar`` llama.cpp's gemma2 uses: ``hidden / heads`` for the 46-layer 27B
+    model, else ``head_dim`` (it stores no key for it)."""
+    if config["num_hidden_layers"] == 46:
+        return int(config["hidden_size"]) // int(config["num_attention_heads"])
+    return int(config["head_dim"])
+
+
+def _gemma2_refuse(config: Mapping[str, Any]) -> str | None:
+    """Gemma 2 settings llama.cpp's ``gemma2`` cannot carry (it ties the head, always slides every other
+    layer starting with layer 0, always caps, and derives the attention scale from the shapes)."""
+    layers = int(config["num_hidden_layers"])
+    standard = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
+    scalar = config.get("query_pre_attn_scalar")
+    if not config.get("tie_word_embeddings", True):
+        return "tie_word_embeddings is false; llama.cpp's gemma2 always ties the output projection"
+    if config.get("attention_bias"):
+        return "attention_bias is true; llama.cpp's gemma2 has no projection biases"
+    if scalar is None or float(scalar) != _gemma2_attention_scalar(config):
+        return (
+            f"query_pre_attn_scalar is {scalar}; llama.cpp's gemma2 uses "
+            f"{_gemma2_attention_scalar(config)} for this shape"
+        )
+    for key in ("attn_logit_softcapping", "final_logit_softcapping", "sliding_window"):
+        if config.get(key) is None:
+            return f"{key} is null; llama.cpp's gemma2 always applies it"
+    if list(config.get("layer_types") or standard) != standard:
+        return "layer_types is not the alternating sliding/global pattern llama.cpp's gemma2 uses"
+    return None
+
+
+_GEMMA2 = _Architecture(
+    model_type="gemma2",
+    architectures=("Gemma2ForCausalLM",),
+    keys=(
+        *_LLAMA.keys,
+        _Key("sliding_window", ("{arch}.attention.sliding_window",), default=4096),
+        _Key("attn_logit_softcapping", ("{arch}.attn_logit_softcapping",), cast=float, default=50.0),
+        _Key("final_logit_softcapping", ("{arch}.final_logit_softcapping",), cast=float, default=30.0),
+    ),
+    constants={"hidden_activation": "gelu_pytorch_tanh"},
+    tensors={"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight"},
+    block_tensors={
+        "attn_norm": "input_layernorm",
+        "attn_q": "self_attn.q_proj",
+        "attn_k": "self_attn.k_proj",
+        "attn_v": "self_attn.v_proj",
+        "attn_output": "self_attn.o_proj",
+        "post_attention_norm": "post_attention_layernorm",
+        "ffn_norm": "pre_feedforward_layernorm",
+        "post_ffw_norm": "post_feedforward_layernorm",
+        "ffn_gate": "mlp.gate_proj",
+        "ffn_up": "mlp.up_proj",
+        "ffn_down": "mlp.down_proj",
+    },
+    rotary_rows={},
+    unit_offset_norms=True,
+    derive=lambda c: {"query_pre_attn_scalar": _gemma2_attention_scalar(c)},
+    refuse=_gemma2_refuse,
+)
+
+_ARCHITECTURES: dict[str, _Architecture] = {
+    "llama": _LLAMA,
+    "qwen2": _QWEN2,
+    "qwen3": _QWEN3,
+    "gemma2": _GEMMA2,
+}
 SUPPORTED_GGUF_ARCHITECTURES: tuple[str, ...] = tuple(_ARCHITECTURES)
+# ft family (config ``model_type``) -> the llama.cpp architecture it is written as. Mistral is llama.cpp's
+# ``llama`` (its converter registers MistralForCausalLM there), so a Mistral file reads back as Llama.
+GGUF_ARCHITECTURE_OF: dict[str, str] = {
+    "llama": "llama",
+    "mistral": "llama",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "gemma2": "gemma2",
+}
 
 
 @dataclass
@@ -197,13 +295,128 @@ def _import_gguf() -> Any:
     return gguf
 
 
+class GGUFFile:
+    """An open GGUF file: config and metadata parsed up front, tensors dequantised one at a time.
+
+    The file stays memory-mapped while open; :meth:`read` dequantises one tensor into a new fp32 tensor
+    and lets the kernel drop that tensor's mapped pages again, so streaming every tensor through a
+    loader holds one fp32 tensor at a time, never a dict of them. Close it (or use it as a context
+    manager) to unmap the file.
+
+    Args:
+        path: The ``.gguf`` file.
+
+    Raises:
+        GGUFError: The file is not a readable GGUF file, is truncated, has an unsupported
+            ``general.architecture``, or lacks a required key.
+        ImportError: The ``gguf`` package is not installed.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self._gguf = _import_gguf()
+        self.path = Path(path)
+        try:
+            reader = self._gguf.GGUFReader(self.path)
+        except Exception as exc:  # the reader raises ValueError, KeyError, IndexError, OSError
+            first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise GGUFError(f"{self.path}: not a readable GGUF file ({first_line})") from None
+        if reader.byte_order != "I":
+            raise GGUFError(
+                f"{self.path}: byte order differs from this machine's; only native-endian GGUF is supported"
+            )
+        size = reader.data.size
+        for t in reader.tensors:
+            if t.data_offset + t.n_bytes > size:
+                raise GGUFError(f"{self.path}: truncated: tensor {t.name} ends past the end of the file")
+        self.metadata: dict[str, Any] = {
+            name: _field_value(f, self.path)
+            for name, f in reader.fields.items()
+            if not name.startswith("GGUF.")
+        }
+        reader.fields.clear()  # ~1.5 numpy views per vocabulary entry: free them before the weights exist
+        arch_name = self.metadata.get("general.architecture")
+        if arch_name is None:
+            raise GGUFError(f"{self.path}: missing metadata key general.architecture")
+        arch = _ARCHITECTURES.get(str(arch_name))
+        if arch is None:
+            supported = ", ".join(SUPPORTED_GGUF_ARCHITECTURES)
+            raise GGUFError(
+                f"{self.path}: general.architecture {arch_name!r} is not supported (supported: {supported})"
+            )
+        by_name = {t.name: t for t in reader.tensors}
+        self.config: dict[str, Any] = _build_config(arch, str(arch_name), self.metadata, by_name, self.path)
+        self._arch = arch
+        self._reader: Any = reader
+        self._by_hf_name: dict[str, tuple[Any, int | None]] | None = None
+
+    def _index(self) -> dict[str, tuple[Any, int | None]]:
+        """HF name -> (reader tensor, heads of a permuted q/k projection), in file order."""
+        if self._by_hf_name is None:
+            if self._reader is None:
+                raise GGUFError(f"{self.path}: file is closed")
+            index: dict[str, tuple[Any, int | None]] = {}
+            for t in self._reader.tensors:
+                if t.name == self._arch.rope_factors:
+                    continue
+                hf_name, heads_key = _hf_name(self._arch, t.name, self.config, self.path)
+                index[hf_name] = (t, self.config[heads_key] if heads_key else None)
+            self._by_hf_name = index
+        return self._by_hf_name
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """HF name -> shape in transformers' layout (GGUF dims reversed), in file order; no data is read.
+
+        Raises:
+            GGUFError: A tensor name is unknown for the architecture or lies past ``block_count``.
+        """
+        return {
+            name: tuple(int(d) for d in reversed(t.shape.tolist())) for name, (t, _) in self._index().items()
+        }
+
+    def read(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Dequantise the tensor with HF name ``name`` into a new tensor (q/k rows un-permuted).
+
+        Args:
+            name: The HF name.
+            dtype: The returned tensor's dtype; each chunk of rows is dequantised to fp32 and converted on
+                the way, so no fp32 copy of the whole tensor exists.
+
+        Raises:
+            GGUFError: Unknown name, or a tensor type the ``gguf`` package cannot dequantise.
+        """
+        entry = self._index().get(name)
+        if entry is None:
+            raise GGUFError(f"{self.path}: no tensor {name}")
+        t, heads = entry
+        if self._arch.unit_offset_norms and name.endswith("norm.weight"):
+            # llama.cpp stores Gemma's gain as 1 + w: subtract in fp32 (a small vector), then cast.
+            out = _dequantize(self._gguf, t, self.path, heads, torch.float32).sub_(1.0).to(dtype)
+        else:
+            out = _dequantize(self._gguf, t, self.path, heads, dtype)
+        _drop_mapped_pages(self._reader.data, t.data_offset, t.n_bytes)
+        return out
+
+    def close(self) -> None:
+        """Unmap the file (reading afterwards is an error)."""
+        self._reader = None
+        self._by_hf_name = None
+
+    def __enter__(self) -> GGUFFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def read_gguf(path: str | Path, *, load_tensors: bool = True) -> GGUFCheckpoint:
     """Read a GGUF file into a transformers-style config, HF-named fp32 tensors and its metadata.
 
+    This builds a dict of every dequantised tensor (fp32): fine for tests and conversions of small
+    models; a loader streams through :class:`GGUFFile` instead, one tensor at a time.
+
     Args:
-        path: The ``.gguf`` file. It is memory-mapped; each tensor is dequantised into its own fp32
-            buffer in chunks of rows, so the peak is the fp32 weights plus one chunk (and the mapped
-            file pages the kernel keeps resident while reading).
+        path: The ``.gguf`` file (memory-mapped; each tensor is dequantised into its own fp32 buffer in
+            chunks of rows).
         load_tensors: ``False`` reads only the config and metadata (fast: no tensor data is touched).
 
     Returns:
@@ -214,48 +427,9 @@ def read_gguf(path: str | Path, *, load_tensors: bool = True) -> GGUFCheckpoint:
             ``general.architecture`` or tensor type, lacks a required key, or has an unknown tensor.
         ImportError: The ``gguf`` package is not installed.
     """
-    gguf = _import_gguf()
-    path = Path(path)
-    try:
-        reader = gguf.GGUFReader(path)
-    except Exception as exc:  # the reader raises ValueError, KeyError, IndexError, OSError
-        first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise GGUFError(f"{path}: not a readable GGUF file ({first_line})") from None
-    if reader.byte_order != "I":
-        raise GGUFError(
-            f"{path}: byte order differs from this machine's; only native-endian GGUF is supported"
-        )
-    size = reader.data.size
-    for t in reader.tensors:
-        if t.data_offset + t.n_bytes > size:
-            raise GGUFError(f"{path}: truncated: tensor {t.name} ends past the end of the file")
-
-    metadata = {
-        name: _field_value(f, path) for name, f in reader.fields.items() if not name.startswith("GGUF.")
-    }
-    reader.fields.clear()  # ~1.5 numpy views per vocabulary entry: free them before the weights exist
-    arch_name = metadata.get("general.architecture")
-    if arch_name is None:
-        raise GGUFError(f"{path}: missing metadata key general.architecture")
-    arch = _ARCHITECTURES.get(str(arch_name))
-    if arch is None:
-        supported = ", ".join(SUPPORTED_GGUF_ARCHITECTURES)
-        raise GGUFError(
-            f"{path}: general.architecture {arch_name!r} is not supported (supported: {supported})"
-        )
-    by_name = {t.name: t for t in reader.tensors}
-    config = _build_config(arch, str(arch_name), metadata, by_name, path)
-
-    tensors: dict[str, torch.Tensor] = {}
-    if load_tensors:
-        for t in reader.tensors:
-            if t.name == arch.rope_factors:
-                continue
-            hf_name, heads_key = _hf_name(arch, t.name, config, path)
-            tensors[hf_name] = _dequantize(gguf, t, path, config[heads_key] if heads_key else None)
-            _drop_mapped_pages(reader.data, t.data_offset, t.n_bytes)
-    del by_name, reader  # unmaps the file
-    return GGUFCheckpoint(config=config, tensors=tensors, metadata=metadata)
+    with GGUFFile(path) as f:
+        tensors = {name: f.read(name) for name in f.shapes()} if load_tensors else {}
+        return GGUFCheckpoint(config=f.config, tensors=tensors, metadata=f.metadata)
 
 
 def _field_value(f: Any, path: Path) -> Any:
@@ -305,6 +479,8 @@ def _build_config(
         config[key.hf] = key.cast(value)
     config.update(arch.constants)
     config.update({flag: name in by_name for flag, name in arch.present_flags.items()})
+    if arch.derive is not None:
+        config.update(arch.derive(config))
     config["tie_word_embeddings"] = "lm_head.weight" not in {
         arch.tensors.get(n) for n in by_name if n in arch.tensors
     }
@@ -476,20 +652,23 @@ def _drop_mapped_pages(data: Any, offset: int, n_bytes: int) -> None:
         mm.madvise(mmap.MADV_DONTNEED, start, offset + n_bytes - start)
 
 
-def _dequantize(gguf: Any, t: Any, path: Path, n_heads: int | None) -> torch.Tensor:
-    """Dequantise one GGUF tensor into a new fp32 tensor a chunk of rows at a time.
+def _dequantize(
+    gguf: Any, t: Any, path: Path, n_heads: int | None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Dequantise one GGUF tensor into a new tensor of ``dtype`` a chunk of rows at a time.
 
     Args:
         gguf: The imported ``gguf`` module.
         t: The ``gguf.ReaderTensor``; its ``data`` is a memory-mapped ``[rows, bytes or C]`` array.
         path: The file, for messages.
         n_heads: Heads of a q/k projection (weight or bias) whose rows llama.cpp permuted, else ``None``.
+        dtype: The output dtype (each fp32 chunk is converted as it is stored).
 
     Returns:
-        The fp32 tensor in transformers' shape (GGUF dims reversed), e.g. ``[n_h * h_d, C]``.
+        The tensor in transformers' shape (GGUF dims reversed), e.g. ``[n_h * h_d, C]``.
     """
     shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-    out = torch.empty(shape, dtype=torch.float32)
+    out = torch.empty(shape, dtype=dtype)
     rows = None
     if n_heads is not None:  # a q/k weight [n_h * h_d, C] or bias [n_h * h_d]: permuted along dim 0
         if shape[0] % (2 * n_heads) != 0 or len(shape) > 2:
@@ -498,7 +677,7 @@ def _dequantize(gguf: Any, t: Any, path: Path, n_heads: int | None) -> torch.Ten
             )
         rows = _rotary_destination_rows(shape[0], n_heads)
     width = shape[-1] if len(shape) > 1 or rows is None else 1  # a permuted bias: one element per row
-    dst = out.view(-1, width).numpy()  # [rows, C] shares out's memory
+    dst = out.view(-1, width)  # [rows, C] shares out's memory
     src = t.data.reshape(dst.shape[0], -1)  # [rows, bytes or C]
     step = max(1, _ROWS_CHUNK_ELEMENTS // width)
     for start in range(0, src.shape[0], step):
@@ -508,8 +687,9 @@ def _dequantize(gguf: Any, t: Any, path: Path, n_heads: int | None) -> torch.Ten
             raise GGUFError(
                 f"{path}: tensor {t.name} of type {t.tensor_type.name} cannot be dequantised ({exc})"
             ) from None
+        values = torch.from_numpy(block).to(dtype)
         if rows is None:
-            dst[start : start + step] = block
+            dst[start : start + step] = values
         else:
-            dst[rows[start : start + step]] = block
+            dst[torch.from_numpy(rows[start : start + step])] = values
     return out

@@ -95,6 +95,8 @@ def auto_attention_kernel(
 class GroupedKernel:
     """:func:`grouped_matmul_attention` for every call (the ``grouped`` setting)."""
 
+    op_spec = ("grouped", 0.0)  # how the compiled packed-row operator names this kernel
+
     def __call__(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
     ) -> torch.Tensor:
@@ -105,15 +107,25 @@ class GroupedKernel:
 
 
 class AutoKernel:
-    """Per call, the kernel :func:`auto_attention_kernel` names (the ``auto`` setting)."""
+    """Per call, the kernel :func:`auto_attention_kernel` names (the ``auto`` setting).
 
-    def __init__(self) -> None:
+    Args:
+        grad: Whether the calls will be differentiated; by default read from each call's inputs. The
+            compiled packed-row operator, which runs below autograd, passes its caller's flag.
+    """
+
+    op_spec = ("auto", 0.0)  # how the compiled packed-row operator names this kernel
+
+    def __init__(self, grad: bool | None = None) -> None:
         self.sdpa, self.grouped = SDPAKernel(), GroupedKernel()
+        self.grad = grad
 
     def __call__(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
     ) -> torch.Tensor:
-        grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+        grad = self.grad
+        if grad is None:
+            grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
         kernel, _ = auto_attention_kernel(
             q.device.type, q.dtype, grad=grad, num_queries=q.shape[2], num_keys=k.shape[2]
         )

@@ -4,7 +4,9 @@ Output: ``config.json`` (Hub-style keys ``rope_theta``/``rope_scaling``, ``archi
 ``model_type``, ``torch_dtype`` and ``dtype``), ``generation_config.json``, and the weights as
 ``model.safetensors`` or, past ``max_shard_size``, ``model-0000i-of-0000n.safetensors`` shards plus
 ``model.safetensors.index.json``. Tied embeddings are written once (``model.embed_tokens.weight``), as
-transformers expects.
+transformers expects. Weights stream: the shard plan needs only shapes and dtypes, and each file is
+written one tensor at a time (``_shards``), so saving holds one tensor's CPU copy, and a merged or
+converted model (:func:`write_pretrained`) never exists whole.
 
 Atomicity: everything is written in a temporary directory beside the target, which
 :func:`~ft_models._atomic.publish_dir` fsyncs and renames over the target; a failure leaves the target
@@ -21,19 +23,20 @@ import re
 import shutil
 import stat
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from ._atomic import publish_dir
-from ._checkpoint import INDEX, SINGLE
+from ._config import DecoderConfig
 from ._decoder import CausalLM
+from ._shards import DeferredTensor, ShardEntry, plan_shards, write_shard
+from ._source import INDEX, SINGLE
 from .errors import CheckpointError
 
-__all__ = ["parse_size", "save_pretrained"]
+__all__ = ["parse_size", "save_pretrained", "write_pretrained"]
 
 MARKER = ".ft-model.json"
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
@@ -62,7 +65,10 @@ def save_pretrained(
     overwrite: bool = False,
     extra_files: Mapping[str, str | bytes | Path] | None = None,
 ) -> Path:
-    """Save ``model`` as an HF directory.
+    """Save ``model`` as an HF directory (its tensors in their own dtypes).
+
+    The streaming writer :func:`write_pretrained` over the model's state dict: one tensor's CPU copy
+    at a time, never a shard's.
 
     Args:
         model: The model; parameters must be materialised (not meta).
@@ -81,6 +87,53 @@ def save_pretrained(
         CheckpointError: The target is a file, is non-empty and not replaceable, a tensor is meta, or
             an extra file name is not a plain name or collides with a file ft writes.
     """
+    tensors = _tensors_to_save(model)
+    return write_pretrained(
+        model.config,
+        tensors.items(),
+        directory,
+        max_shard_size=max_shard_size,
+        overwrite=overwrite,
+        extra_files=extra_files,
+    )
+
+
+def write_pretrained(
+    config: DecoderConfig,
+    tensors: Iterable[tuple[str, torch.Tensor | DeferredTensor]],
+    directory: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    max_shard_size: int | str = "5GB",
+    overwrite: bool = False,
+    extra_files: Mapping[str, str | bytes | Path] | None = None,
+) -> Path:
+    """Write ``(key, tensor)`` pairs as an HF directory, one tensor at a time, into size-bounded shards.
+
+    The streaming form of :func:`save_pretrained` (which calls it): a merged export, a conversion of
+    another format or a gathered sharded model passes its tensors here without ever holding them all.
+    Shards are planned in the order given (as ``save_pretrained`` plans a state dict) from shapes and
+    dtypes alone; then each file is written, producing each value when its turn comes. A value is a
+    tensor (on any device; copied to the CPU a slice at a time) or a :class:`DeferredTensor`, called
+    only when written (a merged layer is computed then and freed before the next). The files are
+    byte-identical to what ``save_pretrained`` writes for the same tensors. With a tied config a given
+    ``lm_head.weight`` is not written (transformers reads the embedding).
+
+    Args:
+        config: The model's config (config.json and generation_config.json come from it).
+        tensors: State-dict keys and values, in state-dict order.
+        directory: Target directory (created; its parent must exist).
+        dtype: Write every floating tensor in this dtype (converted a slice at a time); ``None`` keeps
+            each tensor's own. config.json's ``dtype`` is the embedding's written dtype.
+        max_shard_size, overwrite, extra_files: As :func:`save_pretrained`.
+
+    Returns:
+        The target directory.
+
+    Raises:
+        CheckpointError: As :func:`save_pretrained`, or a produced tensor differs from its announced
+            shape.
+    """
     target = Path(directory).absolute()
     limit = parse_size(max_shard_size)
     extras = dict(extra_files or {})
@@ -92,18 +145,22 @@ def save_pretrained(
         ):
             raise CheckpointError(f"extra_files: {name!r} is not a plain file name ft does not write itself")
     _check_target(target, overwrite)
-    tensors = _tensors_to_save(model)
-    shards = _plan_shards(tensors, limit)
+    entries = [
+        ShardEntry(key, value, dtype if dtype is not None and value.dtype.is_floating_point else value.dtype)
+        for key, value in tensors
+        if not (key == "lm_head.weight" and config.tie_word_embeddings)
+    ]
+    shards = plan_shards(entries, limit)
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        written = _write_weights(tmp, tensors, shards)
-        dtype = _DTYPE_NAMES.get(model.model.embed_tokens.weight.dtype)
-        config = model.config.to_hf_dict()
-        if dtype is not None:
-            config["torch_dtype"] = config["dtype"] = dtype
-        _write_json(tmp / "config.json", config)
-        _write_json(tmp / "generation_config.json", _generation_config(model))
+        written = _write_weights(tmp, shards)
+        embed = next((e.dtype for e in entries if e.key == "model.embed_tokens.weight"), None)
+        hf = config.to_hf_dict()
+        if embed in _DTYPE_NAMES:
+            hf["torch_dtype"] = hf["dtype"] = _DTYPE_NAMES[embed]
+        _write_json(tmp / "config.json", hf)
+        _write_json(tmp / "generation_config.json", _generation_config(config))
         written += ["config.json", "generation_config.json"]
         for name, content in extras.items():
             if isinstance(content, Path):
@@ -158,43 +215,26 @@ def _tensors_to_save(model: CausalLM) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _plan_shards(tensors: dict[str, torch.Tensor], limit: int) -> list[list[str]]:
-    shards: list[list[str]] = [[]]
-    size = 0
-    for key, t in tensors.items():
-        n = t.numel() * t.element_size()
-        if shards[-1] and size + n > limit:
-            shards.append([])
-            size = 0
-        shards[-1].append(key)
-        size += n
-    return shards
-
-
-def _write_weights(tmp: Path, tensors: dict[str, torch.Tensor], shards: list[list[str]]) -> list[str]:
-    """Write shard by shard (one shard's CPU copies alive at a time); return the file names."""
+def _write_weights(tmp: Path, shards: list[list[ShardEntry]]) -> list[str]:
+    """Write shard by shard, tensor by tensor (see ``_shards``); return the file names."""
     names = (
         [SINGLE]
         if len(shards) == 1
         else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     )
     mode = _open_mode(tmp)
-    for name, keys in zip(names, shards, strict=True):
-        # Contiguous CPU tensors with private storage (safetensors refuses shared storage).
-        part = {k: tensors[k].detach().to("cpu").contiguous().clone() for k in keys}
-        save_file(part, str(tmp / name), metadata={"format": "pt"})
-        (tmp / name).chmod(mode)  # safetensors creates its files 0o600; give them the umask's mode
-        del part
+    for name, entries in zip(names, shards, strict=True):
+        write_shard(tmp / name, entries)
+        (tmp / name).chmod(mode)
     if len(shards) == 1:
         return names
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
-    weight_map = {k: name for name, keys in zip(names, shards, strict=True) for k in keys}
+    total = sum(e.nbytes for entries in shards for e in entries)
+    weight_map = {e.key: name for name, entries in zip(names, shards, strict=True) for e in entries}
     _write_json(tmp / INDEX, {"metadata": {"total_size": total}, "weight_map": weight_map})
     return [*names, INDEX]
 
 
-def _generation_config(model: CausalLM) -> dict[str, Any]:
-    c = model.config
+def _generation_config(c: DecoderConfig) -> dict[str, Any]:
     out: dict[str, Any] = {"_from_model_config": True}
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
         if getattr(c, key) is not None:

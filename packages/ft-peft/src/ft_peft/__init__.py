@@ -4,11 +4,13 @@ Only torch is required; bitsandbytes (the `qlora` extra) is imported when a quan
 """
 
 from ft_peft._apply import (
+    MergedWeight,
     adapter_state_dict,
     apply_lora,
     disable_adapters,
     lora_modules,
     merge_adapters,
+    merged_state_dict,
     set_trainable,
 )
 from ft_peft._io import load_adapter, save_adapter
@@ -21,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AdapterModule",
     "LoRALinear",
+    "MergedWeight",
     "QuantConfig",
     "__version__",
     "adapter_state_dict",
@@ -29,6 +32,7 @@ __all__ = [
     "load_adapter",
     "lora_modules",
     "merge_adapters",
+    "merged_state_dict",
     "quantized_nbytes",
     "save_adapter",
     "set_trainable",

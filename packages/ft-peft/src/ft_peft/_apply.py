@@ -23,11 +23,13 @@ from ft_peft._quant import QuantConfig, as_quant_config, require_bitsandbytes
 from ft_peft.errors import TargetNotFoundError
 
 __all__ = [
+    "MergedWeight",
     "adapter_state_dict",
     "apply_lora",
     "disable_adapters",
     "lora_modules",
     "merge_adapters",
+    "merged_state_dict",
     "set_trainable",
 ]
 
@@ -198,8 +200,9 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def merge_adapters(model: nn.Module) -> list[str]:
     """Replace every `LoRALinear` by a plain `nn.Linear` holding the merged weight.
 
-    The result has no adapter code left (for export or serving); quantised bases come back
-    dequantised in their compute dtype.
+    The result has no adapter code left (for serving in memory); quantised bases come back
+    dequantised in their compute dtype. This holds every merged layer dense at once: to export a
+    merged model, stream :func:`merged_state_dict` into a writer instead.
 
     Returns:
         The names of the replaced layers.
@@ -210,6 +213,62 @@ def merge_adapters(model: nn.Module) -> list[str]:
         assert isinstance(layer, LoRALinear)
         _set_submodule(model, name, layer.to_linear())
     return [clean_name(n) for n in full_names]
+
+
+class MergedWeight:
+    """One adapted layer's merged weight, described now and computed when called (a deferred tensor).
+
+    Calling it returns what `merge_adapters` would put in the layer's plain `nn.Linear`
+    (`LoRALinear.merged_linear_weight`); nothing is kept, so an exporter that calls it when it writes
+    the tensor holds one dense merged layer at a time.
+    """
+
+    def __init__(self, layer: LoRALinear) -> None:
+        self.layer = layer
+        self.shape = torch.Size((layer.out_features, layer.in_features))
+        self.dtype = layer.merged_linear_dtype
+
+    def __call__(self) -> torch.Tensor:
+        return self.layer.merged_linear_weight()
+
+
+def merged_state_dict(model: nn.Module) -> list[tuple[str, torch.Tensor | MergedWeight]]:
+    """The state dict `merge_adapters` would leave, without merging anything yet: for streaming export.
+
+    Keys and order are those of the merged model's state dict (wrapper components removed): each
+    adapted layer contributes `weight` (a :class:`MergedWeight`, computed only when called) and its
+    `bias` (in the layer's dtype), in place of its base, quantisation and adapter tensors; every other
+    tensor is the model's own (no copy). The model is not modified. A writer that calls each deferred
+    weight as it writes it (`ft_models.write_pretrained`) exports a merged model holding one merged
+    layer at a time.
+
+    Returns:
+        ``(key, tensor or MergedWeight)`` pairs in state-dict order.
+    """
+    layers = dict(lora_modules(model))
+    out: list[tuple[str, torch.Tensor | MergedWeight]] = []
+    done: set[str] = set()
+    for raw, tensor in model.state_dict(keep_vars=True).items():
+        key = clean_name(raw)
+        owner = next((name for name in _prefixes(key) if name in layers), None)
+        if owner is None:
+            out.append((key, tensor.detach()))
+            continue
+        if owner in done:
+            continue
+        done.add(owner)
+        layer = layers[owner]
+        out.append((f"{owner}.weight", MergedWeight(layer)))
+        if layer.bias is not None:
+            out.append((f"{owner}.bias", layer.bias.detach().to(layer.merged_linear_dtype)))
+    return out
+
+
+def _prefixes(key: str) -> Iterator[str]:
+    """Module paths that could own ``key``, nearest first (``a.b.c.weight``: ``a.b.c``, ``a.b``, ``a``)."""
+    parts = key.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        yield ".".join(parts[:end])
 
 
 @contextmanager

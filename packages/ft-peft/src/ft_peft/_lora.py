@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ft_peft import _dora
+from ft_peft._qlinear import dequant_linear
 from ft_peft._quant import (
     QuantConfig,
     as_quant_config,
@@ -110,7 +111,8 @@ class LoRALinear(nn.Module):
             else:
                 stored = quantize_weight(weight, self.quant, name)
             self._register_quantized(stored)
-            self.register_load_state_dict_pre_hook(LoRALinear._quantize_dense_on_load)
+        if self.quant is not None or use_dora:
+            self.register_load_state_dict_pre_hook(LoRALinear._dense_weight_on_load)
         self.bias = base.bias
         if self.bias is not None:
             self.bias.requires_grad_(False)
@@ -136,16 +138,37 @@ class LoRALinear(nn.Module):
         self._quant_keys = tuple(stored)
 
     @staticmethod
-    def _quantize_dense_on_load(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
-        # A dense checkpoint (an HF state dict) loads into a quantised layer: quantise on the way in.
+    def _dense_weight_on_load(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+        """A dense checkpoint weight (an HF state dict) arriving at this layer: store it in its final form.
+
+        A quantised layer quantises it (from fp32, so the codes are those of a model loaded in fp32 and
+        then quantised, whatever the checkpoint's dtype). A DoRA layer whose magnitude is not yet
+        materialised (built on the meta device, streamed by a loader) takes its initial magnitude, the
+        row norms of the base weight, from the weight as it arrives, before any storage rounding: the
+        value a layer built on a materialised fp32 model gets.
+        """
         assert isinstance(module, LoRALinear)
-        assert module.quant is not None
         dense = state_dict.get(prefix + "weight")
         shape = (module.out_features, module.in_features)
         if dense is None or not dense.is_floating_point() or tuple(dense.shape) != shape:
             return
-        for suffix, tensor in quantize_weight(dense, module.quant, module.name).items():
-            state_dict[prefix + ("weight" if not suffix else f"weight_{suffix}")] = tensor
+        stored = None
+        if module.quant is not None:
+            stored = quantize_weight(dense, module.quant, module.name, dtype=torch.float32)
+            for suffix, tensor in stored.items():
+                state_dict[prefix + ("weight" if not suffix else f"weight_{suffix}")] = tensor
+        magnitude = module.lora_magnitude_vector
+        key = prefix + "lora_magnitude_vector"
+        if magnitude is not None and magnitude.is_meta and key not in state_dict:
+            if stored is None:
+                base = dense.to(magnitude.dtype)
+            else:
+                base = dequantize_weight(stored, shape, module.quant, magnitude.dtype)  # type: ignore[arg-type]
+            state_dict[key] = module._initial_magnitude(base)
+
+    def _initial_magnitude(self, dense: torch.Tensor) -> torch.Tensor:
+        """DoRA's initial magnitude: the row norms of W + s B A with B = 0, i.e. of the base weight."""
+        return _dora.weight_norm(dense, torch.zeros_like(dense), self.scaling)
 
     @torch.no_grad()
     def reset_adapter_parameters(self) -> None:
@@ -157,6 +180,32 @@ class LoRALinear(nn.Module):
             delta = self.lora_B.weight @ self.lora_A.weight  # [d_out, d_in]
             self.lora_magnitude_vector.copy_(_dora.weight_norm(dense, delta.to(dense.dtype), self.scaling))
 
+    @torch.no_grad()
+    def init_after_load(self, device: torch.device) -> None:
+        """Create the adapter on ``device`` once a loader has filled the base (ft-models' protocol).
+
+        A layer built on the meta device holds its adapter there until its base weight is loaded (the
+        DoRA magnitude arrives with the weight, see ``_dense_weight_on_load``). A and B are created in
+        the dtypes and with the ``requires_grad`` declared on meta and initialised drawing the random
+        generator exactly as constructing the layer on a real device does (``nn.Linear`` draws A, then
+        B, then A is drawn again and B zeroed), so with one seed a model streamed into its final form
+        gets the very adapter a model loaded whole and then wrapped gets.
+        """
+        for linear in (self.lora_A, self.lora_B):
+            if linear.weight.is_meta:
+                like = linear.weight
+                linear.weight = nn.Parameter(
+                    torch.empty(like.shape, dtype=like.dtype, device=device), requires_grad=like.requires_grad
+                )
+        self.lora_A.reset_parameters()
+        self.lora_B.reset_parameters()
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+        magnitude = self.lora_magnitude_vector
+        if magnitude is not None and magnitude.is_meta:  # the base came without passing the load hook
+            value = self._initial_magnitude(self.dense_weight(magnitude.dtype)).to(device)
+            self.lora_magnitude_vector = nn.Parameter(value, requires_grad=magnitude.requires_grad)
+
     # ---- numerics -----------------------------------------------------------------------------
 
     @property
@@ -164,20 +213,28 @@ class LoRALinear(nn.Module):
         """alpha / r, or alpha / sqrt(r) with rsLoRA."""
         return self.alpha / (math.sqrt(self.rank) if self.use_rslora else self.rank)
 
+    def _stored(self) -> dict[str, torch.Tensor]:
+        """The quantised weight's tensors (packed codes and statistics), keyed as `quantize_weight` made them."""
+        return {s: getattr(self, "weight" if not s else f"weight_{s}") for s in self._quant_keys}
+
     def dense_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The frozen base weight as a dense `[d_out, d_in]` tensor (dequantised for QLoRA)."""
         if self.quant is None:
             return self.weight if dtype is None else self.weight.to(dtype)
-        stored = {s: getattr(self, "weight" if not s else f"weight_{s}") for s in self._quant_keys}
         shape = (self.out_features, self.in_features)
-        return dequantize_weight(stored, shape, self.quant, dtype or self.quant.compute_dtype)
+        return dequantize_weight(self._stored(), shape, self.quant, dtype or self.quant.compute_dtype)
+
+    def _quantized_linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """`x W^T + b` over the quantised base in `x`'s dtype; W is dequantised again in the backward."""
+        assert self.quant is not None
+        return dequant_linear(x, bias, self._stored(), (self.out_features, self.in_features), self.quant)
 
     def _base_forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.quant is None:
             return F.linear(x, self.weight, self.bias)
         cd = self.quant.compute_dtype
         bias = None if self.bias is None else self.bias.to(cd)
-        return F.linear(x.to(cd), self.dense_weight(cd), bias).to(x.dtype)
+        return self._quantized_linear(x.to(cd), bias).to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Base output plus the adapter's.
@@ -197,9 +254,14 @@ class LoRALinear(nn.Module):
             return (result + self._scaled_lora(x_a)).to(out_dtype)
         lora_out = self.lora_B(self.lora_A(x_a))  # [..., r] -> [..., d_out]
         dense = self.dense_weight(x_a.dtype)  # [d_out, d_in]
+        # The row norms are a constant for autograd (`weight_norm` detaches): only the `[d_out]` norms
+        # are kept, so a quantised base's dense weight is a temporary of this forward, freed below.
         norm = _dora.weight_norm(dense, self.lora_B.weight @ self.lora_A.weight, self.scaling)  # [d_out]
         if isinstance(self.lora_dropout, nn.Identity) or not self.training:
             base_no_bias = result if self.bias is None else result - self.bias
+        elif self.quant is not None:
+            del dense
+            base_no_bias = self._quantized_linear(x_a, None)  # W dropout(x); W dequantised again for backward
         else:
             base_no_bias = F.linear(x_a, dense)  # W dropout(x): the adapter path sees dropped inputs
         delta = _dora.dora_delta(base_no_bias, lora_out, self.lora_magnitude_vector, norm, self.scaling)
@@ -262,15 +324,27 @@ class LoRALinear(nn.Module):
             self._merge_factor = None
         self.merged = False
 
+    @torch.no_grad()
+    def merged_linear_weight(self) -> torch.Tensor:
+        """The weight `to_linear` gives its plain layer: `merged_weight` (or the merged dense weight) in the
+        layer's dtype (the base's, or the compute dtype of a quantised base), `[d_out, d_in]`."""
+        merged = self.dense_weight(torch.float32) if self.merged else self.merged_weight()
+        return merged.to(self.merged_linear_dtype)
+
+    @property
+    def merged_linear_dtype(self) -> torch.dtype:
+        """The dtype of `to_linear`'s layer: the base weight's, or a quantised base's compute dtype."""
+        return self.weight.dtype if self.quant is None else self.quant.compute_dtype
+
     def to_linear(self) -> nn.Linear:
         """A plain `nn.Linear` carrying the merged weight (dequantised for QLoRA) and the bias."""
-        # A merged layer's dense weight already holds the adapter.
-        merged = self.dense_weight(torch.float32) if self.merged else self.merged_weight()
-        dtype = self.weight.dtype if self.quant is None else self.quant.compute_dtype
+        weight = self.merged_linear_weight()
         bias = self.bias is not None
-        linear = nn.Linear(self.in_features, self.out_features, bias=bias, device=merged.device, dtype=dtype)
+        linear = nn.Linear(
+            self.in_features, self.out_features, bias=bias, device=weight.device, dtype=weight.dtype
+        )
         with torch.no_grad():
-            linear.weight.copy_(merged)
+            linear.weight.copy_(weight)
             if self.bias is not None:
                 linear.bias.copy_(self.bias)
         return linear

@@ -19,6 +19,7 @@ Shape legend: d_out output features, d_in input features, n = d_out * d_in, n_bl
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -91,36 +92,72 @@ def _as_int32(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().to(torch.float32).view(torch.int32)
 
 
-def quantize_weight(weight: torch.Tensor, cfg: QuantConfig, where: str) -> dict[str, torch.Tensor]:
-    """Quantise a dense weight with bitsandbytes' kernels.
+# Elements quantised per step: bitsandbytes' 4-bit kernels work on fp32 copies and several fp32-sized
+# temporaries of their input, so quantising a large layer whole costs a multiple of its fp32 size.
+_QUANT_CHUNK_ELEMENTS = 1 << 22
+
+
+def _row_chunks(weight: torch.Tensor, multiple: int) -> list[torch.Tensor]:
+    """Row slices of ``weight`` of about ``_QUANT_CHUNK_ELEMENTS`` elements each, every one but the last
+    holding a multiple of ``multiple`` elements (so no quantisation block straddles two slices)."""
+    d_out, d_in = weight.shape
+    step = multiple // math.gcd(d_in, multiple)
+    rows = max(step, _QUANT_CHUNK_ELEMENTS // max(d_in, 1) // step * step)
+    return [weight[i : i + rows] for i in range(0, d_out, rows)]
+
+
+def quantize_weight(
+    weight: torch.Tensor, cfg: QuantConfig, where: str, dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
+    """Quantise a dense weight with bitsandbytes' kernels, a slice of rows at a time.
+
+    4-bit blocks run along the flattened weight and int8 statistics along rows, so quantising row slices
+    whose sizes are whole blocks gives exactly the codes and statistics of quantising the weight whole
+    (double quantisation then runs on the complete absmax vector, as bitsandbytes does), while the
+    kernels' fp32 temporaries stay the size of one slice.
 
     Args:
-        weight: The `[d_out, d_in]` dense weight (any floating dtype; quantised as given).
+        weight: The `[d_out, d_in]` dense weight (any floating dtype).
         cfg: The quantisation settings.
         where: Module name for error messages.
+        dtype: Quantise from this dtype (each slice converted on the way; a loader passes fp32, so the
+            codes are those of an fp32 weight whatever the checkpoint stores); ``None`` quantises the
+            weight as given.
 
     Returns:
         Tensors keyed by suffix: "" is the packed weight, the others (e.g. "absmax") its statistics.
     """
     bnb = require_bitsandbytes(where)
     functional = bnb.functional
-    w = weight.detach().contiguous()
+    w = weight.detach()
     if cfg.kind == "int8":
         # bitsandbytes quantises int8 weights from fp16 (its CUDA kernel takes nothing else); do the same
         # on every device so CPU and CUDA store identical codes.
-        codes, row_stats, _ = functional.int8_vectorwise_quant(w.to(torch.float16))
-        return {"": codes, "scale": _as_int32(row_stats)}  # [d_out, d_in] int8, [d_out]
-    packed, state = functional.quantize_4bit(
-        w, blocksize=cfg.blocksize, quant_type=cfg.kind, compress_statistics=cfg.double_quant
-    )
-    out = {"": packed.reshape(-1)}  # [ceil(n / 2)] uint8, two 4-bit codes per byte
-    if cfg.double_quant:
-        out["absmax"] = state.absmax  # [n_blk] uint8
-        out["nested_absmax"] = _as_int32(state.state2.absmax)  # [ceil(n_blk / 256)]
-        out["nested_code"] = _as_int32(state.state2.code)  # [256]
-        out["nested_offset"] = _as_int32(state.offset.reshape(()))  # []
+        parts = [
+            functional.int8_vectorwise_quant(c.to(dtype or c.dtype).to(torch.float16))
+            for c in _row_chunks(w, 1)
+        ]
+        codes = torch.cat([codes for codes, _, _ in parts])  # [d_out, d_in] int8
+        row_stats = torch.cat([stats for _, stats, _ in parts])  # [d_out]
+        return {"": codes, "scale": _as_int32(row_stats)}
+    packed_parts, absmax_parts = [], []
+    for chunk in _row_chunks(w, cfg.blocksize):
+        packed, absmax = torch.ops.bitsandbytes.quantize_4bit.default(
+            chunk.to(dtype or chunk.dtype).contiguous(), cfg.blocksize, cfg.kind, torch.uint8
+        )
+        packed_parts.append(packed.reshape(-1))
+        absmax_parts.append(absmax)
+    out = {"": torch.cat(packed_parts)}  # [ceil(n / 2)] uint8, two 4-bit codes per byte
+    absmax = torch.cat(absmax_parts)  # [n_blk] fp32
+    if cfg.double_quant:  # what bitsandbytes.functional.quantize_4bit(compress_statistics=True) does
+        offset = absmax.mean()
+        nested, state2 = functional.quantize_blockwise(absmax - offset, blocksize=_NESTED_BLOCKSIZE)
+        out["absmax"] = nested  # [n_blk] uint8
+        out["nested_absmax"] = _as_int32(state2.absmax)  # [ceil(n_blk / 256)]
+        out["nested_code"] = _as_int32(state2.code)  # [256]
+        out["nested_offset"] = _as_int32(offset.reshape(()))  # []
     else:
-        out["absmax"] = _as_int32(state.absmax)  # [n_blk]
+        out["absmax"] = _as_int32(absmax)  # [n_blk]
     return out
 
 

@@ -1,4 +1,5 @@
-"""Shared setup steps of every recipe: device choice, model + tokenizer + adapter loading, stop ids.
+"""Shared setup steps of every recipe: device choice, the training model streamed into its final form,
+model + tokenizer + adapter loading for inference, stop ids.
 
 Precision ``auto`` is decided in one place, ``ft_recipes.training`` (``resolve_precision`` for
 training, ``resolve_inference_precision`` for generation and evaluation); the end-of-turn markers are
@@ -7,7 +8,8 @@ ft-data's ``END_OF_TURN_MARKERS``, the list the chat templates' loss masks searc
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -15,10 +17,10 @@ import torch
 import ft_data
 from ft_models import CausalLM
 from ft_recipes._assets import resolve_path
-from ft_recipes.config import instantiate
+from ft_recipes.config import COMPONENT, instantiate, resolve_component
 from ft_recipes.errors import MissingFileError, UserError
 
-__all__ = ["load_model_and_tokenizer", "pick_device", "stop_token_ids"]
+__all__ = ["load_model", "load_model_and_tokenizer", "pick_device", "stop_token_ids"]
 
 
 def pick_device(name: str) -> torch.device:
@@ -28,6 +30,55 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("device: 'cuda' requested but no CUDA device is available; use device=cpu or auto")
     return torch.device(name)
+
+
+def load_model(
+    model_node: Mapping[str, Any],
+    tokenizer: Any,
+    device: torch.device,
+    prepare: Callable[[CausalLM], object] | None = None,
+) -> CausalLM:
+    """Build the model on the meta device, check the tokenizer fits it, let ``prepare`` give it its final
+    form there (adapters, the precision policy's storage dtypes), then stream the checkpoint into that
+    form on ``device``, one tensor at a time: no full-precision copy of the model is ever held.
+
+    The model component (``from_pretrained``) receives ``dtype=float32`` (what parameters declare
+    before ``prepare``), ``device`` and ``prepare``; a component that takes no ``prepare`` loads the
+    whole model in fp32 and ``prepare`` runs on it afterwards (the memory of the older order).
+
+    Raises:
+        UserError: The tokenizer has ids the model's embedding has no row for (found before any weight
+            is read).
+    """
+
+    def checked(model: CausalLM) -> None:
+        rows = model.model.embed_tokens.weight.shape[0]
+        if tokenizer.vocab_size > rows:
+            raise UserError(
+                f"tokenizer: its largest id {tokenizer.vocab_size - 1} is not below the model's {rows} "
+                "embedding rows"
+            )
+        if prepare is not None:
+            prepare(model)
+
+    if _takes_prepare(model_node):
+        model: CausalLM = instantiate(
+            model_node, key="model", allow_any=True, dtype=torch.float32, device=device, prepare=checked
+        )
+    else:  # a user's loader without `prepare`: load whole in fp32, then transform (the older order)
+        model = instantiate(model_node, key="model", allow_any=True, dtype=torch.float32, device=device)
+        checked(model)
+    return model.train()
+
+
+def _takes_prepare(model_node: Mapping[str, Any]) -> bool:
+    """Whether the model component accepts ``prepare`` (``from_pretrained`` does; a user's loader may not)."""
+    fn = resolve_component(model_node[COMPONENT], key="model", allow_any=True)
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "prepare" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def load_model_and_tokenizer(

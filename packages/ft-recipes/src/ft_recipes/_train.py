@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict
@@ -29,7 +28,10 @@ import ft_data
 import ft_dist
 import ft_models
 from ft_recipes._assets import resolve_path
+from ft_recipes._export import release_optimizer, save_base_hf_dir, save_hf_dir, save_merged_hf_dir
+from ft_recipes._memory import peak_memory_mib, reset_peak_memory
 from ft_recipes._metrics import METRICS, MetricsLog
+from ft_recipes._setup import load_model
 from ft_recipes._validation import (
     build_validation_loader,
     check_trained_tokens,
@@ -38,7 +40,7 @@ from ft_recipes._validation import (
 )
 from ft_recipes.config import instantiate
 from ft_recipes.errors import CheckpointLoadError, CheckpointSaveError, UserError
-from ft_recipes.training import IGNORE_INDEX, batch_loss, clip_grad_norm
+from ft_recipes.training import IGNORE_INDEX, batch_loss, clip_grad_norm, prepare_batch
 from ft_recipes.training.errors import TrainingDivergedError
 
 __all__ = [
@@ -55,10 +57,13 @@ __all__ = [
     "micro_batches",
     "optimizer_step",
     "peak_memory_mib",
+    "release_optimizer",
     "resume_checkpoint",
     "run_eval",
+    "save_base_hf_dir",
     "save_checkpoint",
     "save_hf_dir",
+    "save_merged_hf_dir",
     "seed_everything",
     "train",
     "validation_due",
@@ -72,11 +77,15 @@ _OWN_FILES = {"config.yaml"}
 
 
 def check_output_dir(output_dir: str, resume: str | None) -> None:
-    """Refuse a non-empty output directory unless the run resumes (nothing is overwritten by accident).
+    """Refuse a non-empty output directory unless the run resumes (nothing is overwritten by accident),
+    and a ``resume`` directory that is not a complete checkpoint, before anything is loaded or written.
 
     Raises:
-        UserError: ``output_dir`` holds files and ``resume`` is not set.
+        UserError: ``output_dir`` holds files and ``resume`` is not set, or ``resume`` names a directory
+            that is not a complete ft checkpoint.
     """
+    if resume not in (None, "auto") and not ft_dist.is_checkpoint(Path(resume).expanduser()):
+        raise UserError(f"resume: {resume}: not a complete ft checkpoint (no {ft_dist.MARKER})")
     path = Path(output_dir).expanduser()
     if resume is None and path.is_dir() and any(p.name not in _OWN_FILES for p in path.iterdir()):
         raise UserError(
@@ -87,23 +96,6 @@ def check_output_dir(output_dir: str, resume: str | None) -> None:
 def load_tokenizer(tokenizer_node: Mapping[str, Any]) -> Any:
     """The tokenizer from its config node (``load_tokenizer``)."""
     return instantiate(tokenizer_node, key="tokenizer", allow_any=True)
-
-
-def load_model(model_node: Mapping[str, Any], tokenizer: Any, device: torch.device) -> ft_models.CausalLM:
-    """Load the fp32 model (precision is applied later, after freezing) and check the tokenizer fits it.
-
-    Raises:
-        UserError: The tokenizer has ids the model's embedding has no row for.
-    """
-    model: ft_models.CausalLM = instantiate(
-        model_node, key="model", allow_any=True, dtype=torch.float32, device=device
-    )
-    rows = model.model.embed_tokens.weight.shape[0]
-    if tokenizer.vocab_size > rows:
-        raise UserError(
-            f"tokenizer: its largest id {tokenizer.vocab_size - 1} is not below the model's {rows} embedding rows"
-        )
-    return model.train()
 
 
 def build_loader(
@@ -203,18 +195,21 @@ def forward_backward(
 
     Returns:
         (the window's mean loss per trained token, trained tokens, non-padding tokens).
+
+    Nothing inside the window waits for the device: the counts and each micro-batch's flags are read
+    from the CPU batches before they move (``prepare_batch``), the losses are summed on the device, and
+    the sum is read once, after the last backward.
     """
     normalizer = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in window)
     real = sum(int((b["document_ids"] != -1).sum()) for b in window)
     if normalizer == 0:
         raise UserError("dataset: an accumulation window has no trained token (check the loss mask)")
-    total = 0.0
+    total = torch.zeros((), dtype=torch.float32, device=device)
     for b in window:
-        b = {k: v.to(device, non_blocking=True) for k, v in b.items()}
-        loss = batch_loss(model, b, normalizer=normalizer)
+        loss = batch_loss(model, prepare_batch(b, device), normalizer=normalizer)
         (scaler.scale(loss) if scaler is not None else loss).backward()
-        total += float(loss.detach())
-    return total, normalizer, real
+        total += loss.detach()
+    return float(total), normalizer, real
 
 
 def optimizer_step(
@@ -357,7 +352,8 @@ def end_step(run: Any, log: MetricsLog, step: int, metrics: dict[str, Any]) -> N
         log: The run's metrics log.
         step: The optimizer step just taken (1-based).
         metrics: The step's own figures (``loss``, ``lr``, ``grad_norm``, ``trained_tokens``,
-            ``tokens_per_s``).
+            ``tokens_per_s``, ``setup_peak_memory_mib``); the record adds ``peak_memory_mib``, the peak
+            since the loop started (``ft_recipes._memory``).
     """
     cfg = run.cfg
     record = {
@@ -384,11 +380,16 @@ def train(run: Any) -> None:
     """The training loop of every single-device recipe: one optimizer step per accumulation window until
     ``total_steps``, then :func:`end_step` (metrics, validation, checkpoint) after each.
 
+    Peak memory is measured from here on (``ft_recipes._memory``): the setup's own peak is read first and
+    logged as ``setup_peak_memory_mib`` beside every step's ``peak_memory_mib``.
+
     Args:
         run: The recipe's ``Run`` (``cfg``, ``counters``, ``loader``, ``model``, ``device``, ``optimizer``,
             ``scheduler``, ``scaler``, ``total_steps``, ``state``, ``val_loader``).
     """
     cfg, counters = run.cfg, run.counters
+    setup_peak = peak_memory_mib(run.device)
+    reset_peak_memory(run.device)
     batches = micro_batches(run.loader, cfg.num_workers)
     log = MetricsLog(
         cfg.output_dir,
@@ -421,23 +422,10 @@ def train(run: Any) -> None:
             counters["tokens"] += real
             elapsed = time.perf_counter() - start
             metrics = {"loss": loss, "lr": lr, "grad_norm": norm, "trained_tokens": trained}
-            end_step(run, log, step, {**metrics, "tokens_per_s": real / elapsed})
+            metrics.update(tokens_per_s=real / elapsed, setup_peak_memory_mib=setup_peak)
+            end_step(run, log, step, metrics)
     finally:
         log.close()
-
-
-def peak_memory_mib(device: torch.device) -> float:
-    """Peak CUDA memory allocated, or the process's peak RSS on CPU, in MiB (``ft_models.peak_memory_bytes``,
-    the measurement generation statistics report too)."""
-    return ft_models.peak_memory_bytes(device) / 2**20
-
-
-def save_hf_dir(model: ft_models.CausalLM, tokenizer: Any, directory: Path) -> Path:
-    """``model`` as an HF directory with the tokenizer files and chat template, in one atomic write."""
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer.save_pretrained(tmp)
-        extra = {p.name: p for p in Path(tmp).iterdir() if p.is_file()}
-        return ft_models.save_pretrained(model, directory, extra_files=extra)
 
 
 def check_eval_data(cfg: Any) -> None:

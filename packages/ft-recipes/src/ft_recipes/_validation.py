@@ -17,7 +17,7 @@ import ft_data
 import ft_models
 from ft_recipes.config import instantiate
 from ft_recipes.errors import UserError
-from ft_recipes.training import IGNORE_INDEX, batch_loss
+from ft_recipes.training import IGNORE_INDEX, batch_loss, prepare_batch
 
 __all__ = ["build_validation_loader", "check_trained_tokens", "validation_due", "validation_loss"]
 
@@ -109,9 +109,8 @@ def validation_loss(
                 trained = int((b["labels"] != IGNORE_INDEX).sum())
                 if trained == 0:
                     continue
-                b = {k: v.to(device) for k, v in b.items()}
                 # normalizer=1: the batch's summed loss; the division happens once, over all batches.
-                total += float(batch_loss(model, b, normalizer=1))
+                total += float(batch_loss(model, prepare_batch(b, device), normalizer=1))
                 tokens += trained
     finally:
         model.train(was_training)

@@ -34,7 +34,7 @@ __all__ = ["FILE_KEYS", "PROVIDED", "Config", "before_run", "main", "setup"]
 DISTRIBUTED = False
 # The recipe passes these keywords itself.
 PROVIDED = {
-    "model": {"dtype", "device"},
+    "model": {"dtype", "device", "prepare"},
     "dataset": {"tokenizer", "max_seq_len"},
     "validation.dataset": {"tokenizer", "max_seq_len"},
 }
@@ -61,6 +61,8 @@ class Config:
     resume: str | None = None  # null | auto | a checkpoint directory
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16-mixed", "bf16-pure", "fp16"] = "auto"
+    # fp32 matmuls on TF32 tensor cores where the GPU has them (Ampere+); no effect elsewhere.
+    tf32: bool = True
     batch_size: PositiveInt = 4
     max_seq_len: PositiveInt = 1024
     packed: bool = True
@@ -108,13 +110,15 @@ class Run:
 
 
 def setup(cfg: Config) -> Run:
-    """Device, precision, model, data, optimizer, schedule; then resume if asked."""
+    """Device, precision, data, the model (built on meta, storage dtypes set there, the checkpoint
+    streamed in), optimizer, schedule; then resume if asked."""
     import ft_dist
     from ft_recipes import _train
     from ft_recipes._setup import pick_device
     from ft_recipes.training import (
         apply_attention,
         apply_precision,
+        apply_tf32,
         build_lr_scheduler,
         build_optimizer,
         compile_blocks,
@@ -123,7 +127,8 @@ def setup(cfg: Config) -> Run:
 
     device = pick_device(cfg.device)
     policy = resolve_precision(cfg.precision, device)
-    print(f"[full] device={device} precision={policy.name} ({policy.reason})", file=sys.stderr)
+    tf32 = apply_tf32(cfg.tf32, device)
+    print(f"[full] device={device} precision={policy.name} ({policy.reason}); {tf32}", file=sys.stderr)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     tokenizer = _train.load_tokenizer(cfg.tokenizer)
     loader, total = _train.build_loader(
@@ -147,10 +152,10 @@ def setup(cfg: Config) -> Run:
             max_seq_len=cfg.max_seq_len,
             packed=cfg.packed,
         )
-    model = _train.load_model(cfg.model, tokenizer, device)
-
     _train.seed_everything(cfg.seed)  # dropout; and the checkpoints' RNG sidecar is the same run to run
-    apply_precision(model, policy)
+    # Built on meta, given the policy's storage dtypes there, then streamed in: one copy of the master
+    # weights (fp32 under bf16-mixed), never a second one.
+    model = _train.load_model(cfg.model, tokenizer, device, prepare=lambda m: apply_precision(m, policy))
     attention = apply_attention(
         model,
         cfg.attention,
@@ -209,9 +214,11 @@ def train(run: Run) -> None:
 
 
 def save(run: Run) -> None:
-    """The trained model as an HF directory (``model/``) with its tokenizer files and chat template."""
+    """The trained model as an HF directory (``model/``) with its tokenizer files and chat template,
+    written after the optimizer is released, one tensor at a time."""
     from ft_recipes import _train
 
+    _train.release_optimizer(run)
     path = _train.save_hf_dir(run.model, run.tokenizer, Path(run.cfg.output_dir) / "model")
     print(f"[full] model: {path}", file=sys.stderr)
 

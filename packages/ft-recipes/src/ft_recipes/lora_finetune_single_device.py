@@ -2,7 +2,7 @@
 (Dettmers et al., 2023) fine-tuning on one device, chosen by config (``lora.use_dora``, ``lora.quantize``).
 
 ``tune run lora_finetune_single_device --config smollm2/135M_lora``. Flow: setup (device, precision,
-model, adapters, data, optimizer, resume) -> train (accumulation windows with the token-normalised
+data, the model streamed into its final form with adapters, optimizer, resume) -> train (accumulation windows with the token-normalised
 loss, clipping, LR schedule, validation and checkpoints every N steps) -> save (PEFT adapter; for a
 GGUF base the dequantised base as an HF directory beside it; the merged model when ``merge: true``)
 -> cleanup.
@@ -38,7 +38,7 @@ __all__ = ["FILE_KEYS", "PROVIDED", "Config", "LoraConfig", "before_run", "main"
 DISTRIBUTED = False
 # The recipe passes these keywords itself.
 PROVIDED = {
-    "model": {"dtype", "device"},
+    "model": {"dtype", "device", "prepare"},
     "dataset": {"tokenizer", "max_seq_len"},
     "validation.dataset": {"tokenizer", "max_seq_len"},
 }
@@ -86,6 +86,8 @@ class Config:
     resume: str | None = None  # null | auto | a checkpoint directory
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16-mixed", "bf16-pure", "fp16"] = "auto"
+    # fp32 matmuls on TF32 tensor cores where the GPU has them (Ampere+); no effect elsewhere.
+    tf32: bool = True
     batch_size: PositiveInt = 4
     max_seq_len: PositiveInt = 1024
     packed: bool = True
@@ -136,7 +138,8 @@ class Run:
 
 
 def setup(cfg: Config) -> Run:
-    """Device, precision, model + adapters, data, optimizer, schedule; then resume if asked."""
+    """Device, precision, data, the model in its final form (built on meta -> adapters -> the precision
+    policy's storage dtypes -> the checkpoint streamed in), optimizer, schedule; then resume if asked."""
     import ft_dist
     import ft_models
     import ft_peft
@@ -146,6 +149,7 @@ def setup(cfg: Config) -> Run:
     from ft_recipes.training import (
         apply_attention,
         apply_precision,
+        apply_tf32,
         build_lr_scheduler,
         build_optimizer,
         compile_blocks,
@@ -154,7 +158,8 @@ def setup(cfg: Config) -> Run:
 
     device = pick_device(cfg.device)
     policy = resolve_precision(cfg.precision, device)
-    print(f"[lora] device={device} precision={policy.name} ({policy.reason})", file=sys.stderr)
+    tf32 = apply_tf32(cfg.tf32, device)
+    print(f"[lora] device={device} precision={policy.name} ({policy.reason}); {tf32}", file=sys.stderr)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     tokenizer = _train.load_tokenizer(cfg.tokenizer)
     loader, total = _train.build_loader(
@@ -181,20 +186,14 @@ def setup(cfg: Config) -> Run:
     # After the data (a dataset component may write the eval file, as the demo's does), before the model:
     # a missing or malformed eval.data stops the run here, not once training is over.
     _train.check_eval_data(cfg.eval)
-    model = _train.load_model(cfg.model, tokenizer, device)
+    lc = cfg.lora
+    # QLoRA dequantises to the run's compute dtype: fp32 runs stay fp32, bf16-mixed computes in bf16.
+    quantize = None
+    if lc.quantize is not None:
+        quantize = ft_peft.QuantConfig(lc.quantize, compute_dtype=policy.compute_dtype)
 
-    written = None  # removed again if setup fails, so a refused run leaves nothing behind
-    base_path = str(resolve_path(cfg.model["path"]).resolve())
-    if ft_models.checkpoint_format(base_path) != "hf":  # PEFT needs an HF base: write it beside the adapter
-        base_dir = Path(cfg.output_dir) / "base"
-        if not (base_dir / "config.json").is_file():
-            _train.save_hf_dir(model, tokenizer, base_dir)
-            written = base_dir
-        base_path = str(base_dir.resolve())
-
-    try:
-        _train.seed_everything(cfg.seed)  # the adapter's initialisation
-        lc = cfg.lora
+    def final_form(model: Any) -> None:
+        # On the meta device, before any weight is read: the checkpoint then streams straight into it.
         ft_peft.apply_lora(
             model,
             lc.target_modules,
@@ -203,10 +202,24 @@ def setup(cfg: Config) -> Run:
             dropout=lc.dropout,
             use_rslora=lc.use_rslora,
             use_dora=lc.use_dora,
-            quantize=lc.quantize,
+            quantize=quantize,
         )
         ft_peft.set_trainable(model)
-        apply_precision(model, policy)
+        apply_precision(model, policy)  # storage dtypes: frozen base in the policy's, adapters fp32
+
+    _train.seed_everything(cfg.seed)  # the adapter's initialisation, drawn as the adapters are created
+    model = _train.load_model(cfg.model, tokenizer, device, prepare=final_form)
+
+    written = None  # removed again if setup fails, so a refused run leaves nothing behind
+    base_path = str(resolve_path(cfg.model["path"]).resolve())
+    if ft_models.checkpoint_format(base_path) != "hf":  # PEFT needs an HF base: write it beside the adapter
+        base_dir = Path(cfg.output_dir) / "base"
+        if not (base_dir / "config.json").is_file():
+            _train.save_base_hf_dir(base_path, tokenizer, base_dir)
+            written = base_dir
+        base_path = str(base_dir.resolve())
+
+    try:
         attention = apply_attention(
             model,
             cfg.attention,
@@ -261,19 +274,20 @@ def train(run: Run) -> None:
 
 
 def save(run: Run) -> None:
-    """The PEFT adapter (``adapter/``) and, with ``merge: true``, the merged HF model (``merged/``)."""
-    import torch
+    """The PEFT adapter (``adapter/``) and, with ``merge: true``, the merged HF model (``merged/``).
 
+    The optimizer is released first; the merged model is streamed (one merged layer at a time, fp32
+    a slice at a time), never held whole.
+    """
     import ft_peft
     from ft_recipes import _train
 
+    _train.release_optimizer(run)
     out = Path(run.cfg.output_dir)
     ft_peft.save_adapter(run.model, out / "adapter", base_model_name_or_path=run.base_path)
     print(f"[lora] adapter: {out / 'adapter'} (base {run.base_path})", file=sys.stderr)
     if run.cfg.merge:
-        ft_peft.merge_adapters(run.model)
-        run.model.to(torch.float32)
-        _train.save_hf_dir(run.model, run.tokenizer, out / "merged")
+        _train.save_merged_hf_dir(run.model, run.tokenizer, out / "merged")
         print(f"[lora] merged model: {out / 'merged'}", file=sys.stderr)
 
 

@@ -4,7 +4,8 @@ calls instead of reaching into ft-recipes' private modules.
 Setup (``pick_device``, ``load_model_and_tokenizer``, ``stop_token_ids``: EOS plus ft-data's
 end-of-turn markers) and the training steps in their loop order (``load_tokenizer``, ``load_model``,
 ``build_loader``, ``micro_batches``, ``forward_backward``, ``optimizer_step``, ``end_step``,
-``save_checkpoint`` / ``resume_checkpoint``, ``save_hf_dir``, ``run_eval``; ``train`` is the whole loop).
+``save_checkpoint`` / ``resume_checkpoint``, ``run_eval``, then the outputs: ``release_optimizer``,
+``save_hf_dir``, ``save_merged_hf_dir``, ``save_base_hf_dir``; ``train`` is the whole loop).
 The preference (DPO) steps: ``preference_forward_backward``, the reference log-prob sources
 (``adapters_off_reference``, ``frozen_reference``, ``precompute_reference``, ``table_reference``),
 ``preference_train`` and ``preference_validation``.
@@ -40,10 +41,13 @@ from ft_recipes._train import (
     micro_batches,
     optimizer_step,
     peak_memory_mib,
+    release_optimizer,
     resume_checkpoint,
     run_eval,
+    save_base_hf_dir,
     save_checkpoint,
     save_hf_dir,
+    save_merged_hf_dir,
     seed_everything,
     train,
     validation_due,
@@ -73,10 +77,13 @@ __all__ = [
     "preference_forward_backward",
     "preference_train",
     "preference_validation",
+    "release_optimizer",
     "resume_checkpoint",
     "run_eval",
+    "save_base_hf_dir",
     "save_checkpoint",
     "save_hf_dir",
+    "save_merged_hf_dir",
     "seed_everything",
     "stop_token_ids",
     "table_reference",

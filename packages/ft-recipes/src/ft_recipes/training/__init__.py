@@ -9,14 +9,20 @@ setting. Activation checkpointing and checkpoints live in ``ft_dist``.
 from ft_recipes.training._attention import ATTENTION_CHOICES, apply_attention, describe_attention
 from ft_recipes.training._clip import clip_grad_norm
 from ft_recipes.training._compile import compile_blocks
-from ft_recipes.training._loss import IGNORE_INDEX, batch_loss, linear_cross_entropy
+from ft_recipes.training._loss import IGNORE_INDEX, batch_loss, linear_cross_entropy, prepare_batch
 from ft_recipes.training._optim import OPTIMIZERS, build_optimizer
 from ft_recipes.training._precision import (
     INFERENCE_PRECISIONS,
     PRECISIONS,
+    DeviceFacts,
     InferencePrecision,
     PrecisionPolicy,
     apply_precision,
+    apply_tf32,
+    choose_inference_precision,
+    choose_precision,
+    choose_tf32,
+    device_facts,
     resolve_inference_precision,
     resolve_precision,
 )
@@ -50,6 +56,7 @@ __all__ = [
     "OPTIMIZERS",
     "PRECISIONS",
     "SCHEDULES",
+    "DeviceFacts",
     "InferencePrecision",
     "LossError",
     "MissingOptimizerError",
@@ -65,15 +72,21 @@ __all__ = [
     "WarmupSchedule",
     "apply_attention",
     "apply_precision",
+    "apply_tf32",
     "batch_loss",
     "build_lr_scheduler",
     "build_optimizer",
+    "choose_inference_precision",
+    "choose_precision",
+    "choose_tf32",
     "clip_grad_norm",
     "compile_blocks",
     "completion_logps",
     "describe_attention",
+    "device_facts",
     "linear_cross_entropy",
     "preference_loss",
+    "prepare_batch",
     "resolve_inference_precision",
     "resolve_precision",
     "sequence_logps",

@@ -89,8 +89,8 @@ def describe_attention(
         text = f"auto -> grouped for training calls ({why}); sdpa without gradients (validation, generation)"
     elif (max_seq_len or limit) > limit and rule(training, limit)[0] == "grouped":
         text = (
-            f"auto -> grouped for training rows of at most {limit} tokens; sdpa for longer rows ({why}) "
-            "and without gradients (validation, generation)"
+            f"auto -> grouped for training calls of at most {limit} keys (each packed document is its "
+            f"own call); sdpa for longer ones ({why}) and without gradients (validation, generation)"
         )
     else:
         text = f"auto -> sdpa ({why})"

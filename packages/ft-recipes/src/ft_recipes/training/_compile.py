@@ -8,7 +8,10 @@ than the whole model also compiles one block's graph and reuses it for the other
 the same code on same-shaped parameters), which keeps compile time flat in depth.
 
 Apply after the precision policy and activation checkpointing: the compiled call then traces the
-per-unit casts and the checkpointed region with the block.
+per-unit casts and the checkpointed region with the block. That works only because nothing inside a
+block writes state while it runs (the attention mask is built before the layers, the bf16 cast is a
+temporary reparametrisation): dynamo refuses such writes inside a checkpoint and would run the block
+eagerly. ``tests/test_recipe_features_compile.py`` counts the graphs to keep it so.
 """
 
 from __future__ import annotations

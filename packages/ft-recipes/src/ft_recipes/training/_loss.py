@@ -18,6 +18,18 @@ Two ways to get the gradient without keeping every chunk's logits:
   position) and for fp16, whose gradients must pass through the loss scaler's multiplier before any
   fp16 product (the forward cannot know it).
 
+Under a mixed precision policy the projection's weight (``lm_head``, or the tied embedding) is an fp32
+master cast to the compute dtype by the unit's forward, on every call: once per chunk. Inside one loss
+call the cast is made once and reused by every chunk (:class:`_CastOnce`), and the gradient-in-forward
+path takes each chunk's gradient with respect to that cast copy, summing them in the master's dtype
+(bit for bit what the cast's own backward, once per chunk, gave). The recompute path keeps casting per
+chunk: reusing one cast there would hold a ``[v, d]`` copy from the forward until the backward.
+
+The positions of the trained tokens come from ``labels`` (a ``nonzero``, which waits for an
+accelerator), or from ``trained_index`` when the caller computed them on the CPU before moving the
+batch (:func:`prepare_batch`, what the training step does), so no step waits for the device per
+micro-batch.
+
 The loss is a sum over trained tokens divided by ``normalizer``, the trained-token count of the whole
 accumulation window (all-reduced across ranks when distributed): summing per-micro-batch losses that
 were each divided by the same window total gives exactly the full-batch mean, while averaging
@@ -29,18 +41,54 @@ Legend: b batch, s sequence, d hidden size, v vocabulary, n trained positions, c
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Literal, overload
+from typing import Any, Literal, overload
 
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 from torch.utils.checkpoint import checkpoint
 
 import ft_models
 from ft_recipes.training.errors import LossError
 
-__all__ = ["IGNORE_INDEX", "batch_loss", "linear_cross_entropy"]
+__all__ = ["IGNORE_INDEX", "batch_loss", "linear_cross_entropy", "prepare_batch"]
 
 IGNORE_INDEX = -100
+
+
+class _CastOnce(TorchFunctionMode):
+    """While active, a ``.to(...)`` of a trainable leaf tensor (a master weight) is made once and reused.
+
+    The first call's result is kept (with its graph back to the leaf) and returned for every later call
+    with the same arguments, so a precision cast of the output projection runs once per loss call.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.casts: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}  # -> (leaf, cast)
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        source = args[0] if args else None
+        if func is not torch.Tensor.to or not isinstance(source, torch.Tensor):
+            return func(*args, **kwargs)
+        if not (source.is_leaf and source.requires_grad):
+            return func(*args, **kwargs)
+        key = (id(source), repr((args[1:], sorted(kwargs.items()))))
+        hit = self.casts.get(key)
+        if hit is not None and hit[0] is source:
+            return hit[1]
+        out = func(*args, **kwargs)
+        if out is not source:
+            self.casts[key] = (source, out)
+        return out
+
+    def cast_of(self, leaf: torch.Tensor) -> torch.Tensor | None:
+        """The one cast made of ``leaf`` in this loss call, if any."""
+        found = [cast for source, cast in self.casts.values() if source is leaf]
+        return found[0] if len(found) == 1 else None
 
 
 def _projection_leaves(
@@ -106,6 +154,7 @@ class _GradInForwardCE(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx,
         projection: Callable[[torch.Tensor], torch.Tensor],
         chunk_size: int,
+        casts: _CastOnce,
         trained: torch.Tensor,
         targets: torch.Tensor,
         *params: torch.Tensor,
@@ -116,11 +165,14 @@ class _GradInForwardCE(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=trained.device)
         for start in range(0, trained.shape[0], chunk_size):
             stop = start + chunk_size
-            with torch.enable_grad():
+            with torch.enable_grad(), casts:
                 hidden = trained[start:stop].detach().requires_grad_(want_hidden)  # [c, d]
                 logits = projection(hidden)  # [c, v] in the compute dtype, freed at the end of the chunk
             loss, grad_logits = _cross_entropy_and_grad(logits.detach(), targets[start:stop])
-            inputs = ([hidden] if want_hidden else []) + list(params)
+            # A master reached through its (one) cast: the gradient of the cast copy, summed in the master's
+            # dtype below, is what the cast's backward would give, without a [v, d] cast per chunk.
+            through = [c if (c := casts.cast_of(p)) is not None else p for p in params]
+            inputs = ([hidden] if want_hidden else []) + through
             grads = torch.autograd.grad(logits, inputs, grad_logits) if inputs else ()
             if want_hidden:
                 assert grad_hidden is not None
@@ -138,8 +190,8 @@ class _GradInForwardCE(torch.autograd.Function):
         # it cast to a gradient's dtype) reads the factor at fp32, so a bf16 gradient is rounded once
         # (checked bitwise against the fp32 product rounded to bf16 on CPU), in one pass.
         saved = [g * grad_total for g in ctx.saved_tensors]  # type: ignore[attr-defined]
-        grad_hidden = saved.pop(0) if ctx.needs_input_grad[2] else None  # type: ignore[attr-defined]
-        return (None, None, grad_hidden, None, *saved)
+        grad_hidden = saved.pop(0) if ctx.needs_input_grad[3] else None  # type: ignore[attr-defined]
+        return (None, None, None, grad_hidden, None, *saved)
 
 
 def _chunk_loss(
@@ -157,6 +209,7 @@ def linear_cross_entropy(
     *,
     normalizer: int | float | torch.Tensor,
     chunk_size: int = ...,
+    trained_index: torch.Tensor | None = ...,
     return_logprobs: Literal[False] = ...,
 ) -> torch.Tensor: ...
 
@@ -169,6 +222,7 @@ def linear_cross_entropy(
     *,
     normalizer: int | float | torch.Tensor,
     chunk_size: int = ...,
+    trained_index: torch.Tensor | None = ...,
     return_logprobs: Literal[True],
 ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
@@ -180,6 +234,7 @@ def linear_cross_entropy(
     *,
     normalizer: int | float | torch.Tensor,
     chunk_size: int = 128,
+    trained_index: torch.Tensor | None = None,
     return_logprobs: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Sum of next-token cross-entropy over trained positions, divided by ``normalizer``.
@@ -192,6 +247,9 @@ def linear_cross_entropy(
         normalizer: trained tokens in the whole accumulation window (a positive number or 0-d tensor).
         chunk_size: trained positions per projection chunk; bounds the logits held at once to
             ``[chunk_size, v]``.
+        trained_index: ``[n]`` flat positions (into ``labels.reshape(-1)``) of the trained labels, in
+            order, on ``hidden``'s device; computed from ``labels`` when None (a ``nonzero``: on an
+            accelerator it waits for the device, so the training step passes it from the CPU batch).
         return_logprobs: also return per-position log-probabilities of the labels ``[b, s]`` (0 where
             not trained), differentiable, for preference losses that sum them per sequence.
 
@@ -211,13 +269,15 @@ def linear_cross_entropy(
     if not isinstance(normalizer, torch.Tensor) and normalizer <= 0:
         raise LossError(f"linear_cross_entropy: normalizer must be > 0, got {normalizer}")
     flat_labels = labels.reshape(-1)  # [b*s]
-    index = (flat_labels != IGNORE_INDEX).nonzero().squeeze(1)  # [n]
+    index = (flat_labels != IGNORE_INDEX).nonzero().squeeze(1) if trained_index is None else trained_index
     trained = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)  # [n, d]
     targets = flat_labels.index_select(0, index)  # [n]
     if not return_logprobs and hidden.dtype != torch.float16 and torch.is_grad_enabled():
-        leaves = _projection_leaves(output_projection, trained)
+        casts = _CastOnce()
+        with casts:  # the probe's cast is the one every chunk reuses
+            leaves = _projection_leaves(output_projection, trained)
         if trained.requires_grad or leaves:
-            total = _GradInForwardCE.apply(output_projection, chunk_size, trained, targets, *leaves)
+            total = _GradInForwardCE.apply(output_projection, chunk_size, casts, trained, targets, *leaves)
             return total / normalizer
     pieces = [
         checkpoint(_chunk_loss, output_projection, h, t, use_reentrant=False)
@@ -232,24 +292,68 @@ def linear_cross_entropy(
     return loss, logprobs.view(labels.shape)  # [b, s]
 
 
+def prepare_batch(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, Any]:
+    """Move a collated CPU batch to ``device``, with what the step must know about it found on the CPU.
+
+    Anything that asks the values of a device tensor (``nonzero``, ``bool(...)``) waits for the device to
+    finish the work queued so far; asked on the CPU batch it costs nothing. So before the move:
+    ``trained_index``, the flat positions of the trained labels (:func:`linear_cross_entropy`), and
+    whether every row is one document without padding, in which case ``document_ids`` becomes None (the
+    model's plain causal path, which it would otherwise have to find out from device values), and
+    otherwise the documents' layout (``segments``, :class:`ft_models.DocumentSegments`), which the model
+    would otherwise compute from a host copy of the device ids.
+
+    Args:
+        batch: ``input_ids``, ``labels``, ``position_ids``, ``document_ids`` ``[b, s]`` on the CPU.
+        device: Where the step computes.
+
+    Returns:
+        The batch on ``device`` plus ``trained_index`` ``[n]`` and ``segments``; ``document_ids`` and
+        ``segments`` are None for single-document rows.
+    """
+    documents = batch["document_ids"]
+    one_document = documents.shape[1] == 0 or bool(((documents == documents[:, :1]) & (documents >= 0)).all())
+    index = (batch["labels"].reshape(-1) != IGNORE_INDEX).nonzero().squeeze(1)  # [n]
+    segments = None if one_document else ft_models.DocumentSegments.from_document_ids(documents, device)
+    moved: dict[str, torch.Tensor | None] = {
+        k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "document_ids"
+    }
+    moved["document_ids"] = None if one_document else documents.to(device, non_blocking=True)
+    moved["trained_index"] = index.to(device, non_blocking=True)
+    return {**moved, "segments": segments}
+
+
 def batch_loss(
-    model: ft_models.CausalLM, batch: Mapping[str, torch.Tensor], *, normalizer: int | float | torch.Tensor
+    model: ft_models.CausalLM,
+    batch: Mapping[str, Any],
+    *,
+    normalizer: int | float | torch.Tensor,
 ) -> torch.Tensor:
     """The forward of one collated batch and its :func:`linear_cross_entropy` (training and validation).
 
     Args:
         model: The model.
         batch: ``input_ids``, ``labels``, ``position_ids`` and ``document_ids``, each ``[b, s]``, on the
-            model's device (what ``ft_data``'s collator makes).
+            model's device (what ``ft_data``'s collator makes), or what :func:`prepare_batch` makes of
+            them (``document_ids`` None for single-document rows, and ``trained_index``).
         normalizer: As for :func:`linear_cross_entropy`.
 
     Returns:
         The scalar fp32 loss.
     """
+    labels = batch["labels"]
+    assert labels is not None
     hidden = model(
         batch["input_ids"],
         position_ids=batch["position_ids"],
-        document_ids=batch["document_ids"],
+        document_ids=batch.get("document_ids"),
+        segments=batch.get("segments"),
         return_hidden=True,
     )  # [b, s, d]
-    return linear_cross_entropy(hidden, model.output_projection, batch["labels"], normalizer=normalizer)
+    return linear_cross_entropy(
+        hidden,
+        model.output_projection,
+        labels,
+        normalizer=normalizer,
+        trained_index=batch.get("trained_index"),
+    )

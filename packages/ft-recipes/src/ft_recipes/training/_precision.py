@@ -25,17 +25,31 @@ The cast wraps each unit's ``forward`` on the instance. Apply the policy before
 recomputed with it (applying it after is refused).
 
 ``precision: auto`` is decided here, one rule per use, both on the same test of native bf16 (a CUDA
-device that supports it, or a CPU whose oneDNN has bf16 instructions):
+device whose tensor cores compute in bf16, ``torch.cuda.is_bf16_supported(including_emulation=False)``:
+Ampere and later; or a CPU whose oneDNN has bf16 instructions). The facts about the device are
+gathered once (:func:`device_facts`) and the decisions are pure functions of them
+(:func:`choose_precision`, :func:`choose_inference_precision`, :func:`choose_tf32`), so every case
+(a T4, an A100, a CPU with or without AMX) is stated and tested without the hardware:
 
-- Training (:func:`resolve_precision`, both training recipes): ``bf16-mixed`` wherever bf16 is native,
-  else ``fp32``. The masters and optimizer state stay fp32, so bf16 touches only the compute, which
-  native bf16 makes faster; emulated bf16 would be slower than fp32.
+- Training (:func:`resolve_precision`, both training recipes): ``bf16-mixed`` wherever bf16 is native.
+  A CUDA GPU without it (T4, V100: bf16 tensors work there but the arithmetic is emulated, slower than
+  fp32) gets ``fp16`` with the gradient scaler, the format its tensor cores have; a CPU without it gets
+  ``fp32``. The masters and optimizer state stay fp32 in every case, so the half format touches only
+  the compute.
 - Inference (:func:`resolve_inference_precision`, ``generate`` and ``eval``): ``bf16`` on a CUDA device
-  with bf16, else ``fp32``, on a CPU even with native bf16. Inference keeps no fp32 master: bf16
-  rounds the weights themselves, and greedy answers then drift from the fp32 ones (transformers'
-  default on a CPU) within a few dozen tokens. On a GPU that is the price of the format models are
-  shipped and served in, for half the memory and the tensor cores; on a CPU decoding one row gains a
-  fraction, not a multiple, so the answers' fidelity wins.
+  with native bf16, ``fp16`` on an older CUDA GPU, else ``fp32``, on a CPU even with native bf16.
+  Inference keeps no fp32 master: bf16 rounds the weights themselves, and greedy answers then drift
+  from the fp32 ones (transformers' default on a CPU) within a few dozen tokens. On a GPU that is the
+  price of the format models are shipped and served in, for half the memory and the tensor cores; on
+  a CPU decoding one row gains a fraction, not a multiple, so the answers' fidelity wins.
+
+**TF32** (the recipes' ``tf32`` key, on by default): on a CUDA GPU with TF32 tensor cores (compute
+capability 8.0 and later) fp32 matmuls and cuDNN convolutions run in TF32 (fp32 range, 10-bit mantissa
+products, fp32 accumulation), which is what makes an ``fp32`` run fast there; the rest of the run
+(softmax, norms, the loss, the optimizer) stays fp32. :func:`apply_tf32` sets
+``torch.backends.cuda.matmul.allow_tf32`` and ``torch.backends.cudnn.allow_tf32`` (the CUDA-only
+switches; ``torch.set_float32_matmul_precision`` would also change oneDNN's CPU matmuls). On a CPU or
+an older GPU the key has no effect and nothing is set.
 """
 
 from __future__ import annotations
@@ -55,9 +69,15 @@ from ft_recipes.training.errors import PrecisionError
 __all__ = [
     "INFERENCE_PRECISIONS",
     "PRECISIONS",
+    "DeviceFacts",
     "InferencePrecision",
     "PrecisionPolicy",
     "apply_precision",
+    "apply_tf32",
+    "choose_inference_precision",
+    "choose_precision",
+    "choose_tf32",
+    "device_facts",
     "resolve_inference_precision",
     "resolve_precision",
 ]
@@ -113,27 +133,106 @@ _POLICIES: dict[str, tuple[torch.dtype, torch.dtype, torch.dtype, bool]] = {
 }
 
 
-def _native_bf16(device: torch.device) -> tuple[bool, str]:
-    if device.type == "cuda":
-        ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        name = torch.cuda.get_device_name(device) if torch.cuda.is_available() else "no CUDA device"
-        return ok, f"CUDA {name} {'supports' if ok else 'does not support'} bf16"
-    if device.type == "cpu":
-        capability = torch.backends.cpu.get_cpu_capability()
-        if not torch.backends.mkldnn.is_available():
-            return False, f"CPU ({capability}): oneDNN is not available in this torch build"
-        ok = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        verdict = (
-            "supports native bf16 matmuls"
-            if ok
-            else "has no native bf16 (bf16 matmuls would be emulated, slower)"
+@dataclasses.dataclass(frozen=True)
+class DeviceFacts:
+    """What the precision decisions need to know about a device (:func:`device_facts` reads them).
+
+    Attributes:
+        type: ``cuda``, ``cpu`` or another device type.
+        name: How messages name it (the GPU's name, or the CPU's capability).
+        present: False for a CUDA device in a process that has none.
+        native_bf16: bf16 arithmetic in hardware (CUDA: compute capability 8.0+; CPU: oneDNN bf16).
+        emulated_bf16: CUDA only: bf16 tensors work but the arithmetic is emulated (T4, V100).
+        tf32: CUDA only: TF32 tensor cores (compute capability 8.0+).
+        note: Why a CPU lacks native bf16 (for the message).
+    """
+
+    type: str
+    name: str
+    present: bool = True
+    native_bf16: bool = False
+    emulated_bf16: bool = False
+    tf32: bool = False
+    note: str = ""
+
+
+def device_facts(device: str | torch.device) -> DeviceFacts:
+    """Read :class:`DeviceFacts` for ``device`` from torch (the only function here that asks the hardware)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            return DeviceFacts("cuda", "no CUDA device", present=False)
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+        return DeviceFacts(
+            "cuda",
+            torch.cuda.get_device_name(dev),
+            native_bf16=native,
+            emulated_bf16=not native and torch.cuda.is_bf16_supported(including_emulation=True),
+            tf32=torch.cuda.get_device_capability(dev) >= (8, 0),
         )
-        return ok, f"CPU ({capability}): oneDNN {verdict}"
-    return False, f"device type {device.type!r}: bf16 support unknown"
+    if dev.type == "cpu":
+        name = f"CPU ({torch.backends.cpu.get_cpu_capability()})"
+        if not torch.backends.mkldnn.is_available():
+            return DeviceFacts("cpu", name, note="oneDNN is not available in this torch build")
+        return DeviceFacts("cpu", name, native_bf16=bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+    return DeviceFacts(dev.type, f"device type {dev.type!r}")
+
+
+def _bf16_verdict(facts: DeviceFacts) -> str:
+    """One clause saying what ``facts`` means for bf16, for the reason strings."""
+    if facts.type == "cuda":
+        if not facts.present:
+            return "no CUDA device is available"
+        if facts.native_bf16:
+            return f"CUDA {facts.name} supports bf16"
+        if facts.emulated_bf16:
+            return f"CUDA {facts.name} has no native bf16 (it would be emulated, slower than fp32)"
+        return f"CUDA {facts.name} does not support bf16"
+    if facts.type == "cpu":
+        if facts.note:
+            return f"{facts.name}: {facts.note}"
+        if facts.native_bf16:
+            return f"{facts.name}: oneDNN supports native bf16 matmuls"
+        return f"{facts.name}: oneDNN has no native bf16 (bf16 matmuls would be emulated, slower)"
+    return f"{facts.name}: bf16 support unknown"
+
+
+def _check_bf16_request(name: str, facts: DeviceFacts) -> str:
+    """The reason for an explicit bf16 choice; raises where the CUDA device cannot hold bf16 at all."""
+    if facts.type == "cuda" and not facts.native_bf16:
+        if not facts.emulated_bf16:
+            raise PrecisionError(f"precision: {name!r} on cuda: {_bf16_verdict(facts)}")
+        return f"{name}: requested ({_bf16_verdict(facts)})"
+    return f"{name}: requested"
+
+
+def choose_precision(name: str, facts: DeviceFacts) -> tuple[str, str]:
+    """The training precision for ``name`` on a device with ``facts``: ``(chosen, reason)``.
+
+    ``auto``: ``bf16-mixed`` where bf16 is native; on a CUDA GPU without it ``fp16`` (with the gradient
+    scaler), never emulated bf16; elsewhere ``fp32``.
+
+    Raises:
+        PrecisionError: unknown name, or a bf16 policy asked for on a CUDA device without bf16.
+    """
+    if name not in PRECISIONS:
+        raise PrecisionError(f"precision: unknown value {name!r} (expected one of {', '.join(PRECISIONS)})")
+    if name != "auto":
+        return name, _check_bf16_request(name, facts) if name.startswith("bf16") else f"{name}: requested"
+    if facts.native_bf16:
+        chosen = "bf16-mixed"
+    elif facts.type == "cuda" and facts.present:
+        chosen = "fp16"
+    else:
+        chosen = "fp32"
+    why = _bf16_verdict(facts)
+    if chosen == "fp16":
+        why += "; fp16 with loss scaling uses its tensor cores"
+    return chosen, f"auto -> {chosen}: {why}"
 
 
 def resolve_precision(name: str, device: str | torch.device) -> PrecisionPolicy:
-    """Resolve a precision option for a device; ``auto`` picks ``bf16-mixed`` where bf16 is native.
+    """Resolve a precision option for a device (:func:`choose_precision` on :func:`device_facts`).
 
     Args:
         name: one of :data:`PRECISIONS`.
@@ -142,20 +241,41 @@ def resolve_precision(name: str, device: str | torch.device) -> PrecisionPolicy:
     Raises:
         PrecisionError: unknown name, or a bf16 policy asked for on a CUDA device without bf16.
     """
-    if name not in PRECISIONS:
+    if name not in PRECISIONS:  # before asking the hardware anything
         raise PrecisionError(f"precision: unknown value {name!r} (expected one of {', '.join(PRECISIONS)})")
-    dev = torch.device(device)
-    native, why = _native_bf16(dev) if name in ("auto", "bf16-mixed", "bf16-pure") else (True, "")
-    if name == "auto":
-        chosen = "bf16-mixed" if native else "fp32"
-        reason = f"auto -> {chosen}: {why}"
-    else:
-        if name.startswith("bf16") and dev.type == "cuda" and not native:
-            raise PrecisionError(f"precision: {name!r} on {dev}: {why}")
-        chosen, reason = name, f"{name}: requested"
+    chosen, reason = choose_precision(name, device_facts(device))
     log.info("precision %s", reason)
     compute, master, frozen, scaler = _POLICIES[chosen]
     return PrecisionPolicy(chosen, compute, master, frozen, scaler, reason)
+
+
+def choose_tf32(requested: bool, facts: DeviceFacts) -> tuple[bool | None, str]:
+    """Whether fp32 matmuls use TF32 tensor cores: ``(setting, reason)``.
+
+    ``setting`` is True or False on a CUDA GPU with TF32 (what :func:`apply_tf32` sets), None where TF32
+    does not exist (a CPU, an older GPU): nothing is set there.
+    """
+    if facts.type != "cuda" or not facts.present:
+        return None, f"tf32: no effect on {facts.name}"
+    if not facts.tf32:
+        return None, f"tf32: CUDA {facts.name} has no TF32 tensor cores (compute capability < 8.0)"
+    if requested:
+        return True, f"tf32 on: fp32 matmuls on CUDA {facts.name} use TF32 tensor cores"
+    return False, f"tf32 off: requested; fp32 matmuls on CUDA {facts.name} run in full fp32"
+
+
+def apply_tf32(requested: bool, device: str | torch.device) -> str:
+    """Decide TF32 for ``device`` (:func:`choose_tf32`) and set torch's CUDA switches; returns the reason.
+
+    Process-wide, as the switches are. Only ``torch.backends.cuda.matmul.allow_tf32`` and
+    ``torch.backends.cudnn.allow_tf32`` are touched, and only on a GPU that has TF32.
+    """
+    setting, reason = choose_tf32(requested, device_facts(device))
+    if setting is not None:
+        torch.backends.cuda.matmul.allow_tf32 = setting
+        torch.backends.cudnn.allow_tf32 = setting
+    log.info("%s", reason)
+    return reason
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,9 +296,34 @@ class InferencePrecision:
 _INFERENCE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def choose_inference_precision(name: str, facts: DeviceFacts) -> tuple[str, str]:
+    """The inference precision for ``name`` on a device with ``facts``: ``(chosen, reason)``.
+
+    ``auto``: ``bf16`` on a CUDA GPU with native bf16, ``fp16`` on one without (never emulated bf16),
+    ``fp32`` elsewhere, on a CPU even with native bf16 (the inference rule of the module docstring).
+
+    Raises:
+        PrecisionError: unknown name, or ``bf16`` asked for on a CUDA device without bf16.
+    """
+    if name not in INFERENCE_PRECISIONS:
+        raise PrecisionError(
+            f"precision: unknown value {name!r} (expected one of {', '.join(INFERENCE_PRECISIONS)})"
+        )
+    if name != "auto":
+        return name, _check_bf16_request(name, facts) if name == "bf16" else f"{name}: requested"
+    why = _bf16_verdict(facts)
+    if facts.type == "cuda" and facts.present:
+        chosen = "bf16" if facts.native_bf16 else "fp16"
+    else:
+        chosen = "fp32"
+        if facts.native_bf16:
+            why += "; inference on a CPU stays fp32 (no fp32 master to keep the answers faithful)"
+    return chosen, f"auto -> {chosen}: {why}"
+
+
 def resolve_inference_precision(name: str, device: str | torch.device) -> InferencePrecision:
-    """Resolve a generation / evaluation precision; ``auto`` picks bf16 on a CUDA device with bf16 only
-    (the inference rule of the module docstring: a CPU stays fp32 even with native bf16).
+    """Resolve a generation / evaluation precision (:func:`choose_inference_precision` on
+    :func:`device_facts`).
 
     Args:
         name: one of :data:`INFERENCE_PRECISIONS`.
@@ -191,19 +336,7 @@ def resolve_inference_precision(name: str, device: str | torch.device) -> Infere
         raise PrecisionError(
             f"precision: unknown value {name!r} (expected one of {', '.join(INFERENCE_PRECISIONS)})"
         )
-    dev = torch.device(device)
-    if name == "auto":
-        native, why = _native_bf16(dev)
-        chosen = "bf16" if native and dev.type == "cuda" else "fp32"
-        if native and dev.type != "cuda":
-            why += "; inference on a CPU stays fp32 (no fp32 master to keep the answers faithful)"
-        reason = f"auto -> {chosen}: {why}"
-    else:
-        if name == "bf16" and dev.type == "cuda":
-            native, why = _native_bf16(dev)
-            if not native:
-                raise PrecisionError(f"precision: 'bf16' on {dev}: {why}")
-        chosen, reason = name, f"{name}: requested"
+    chosen, reason = choose_inference_precision(name, device_facts(device))
     log.info("inference precision %s", reason)
     return InferencePrecision(chosen, _INFERENCE_DTYPES[chosen], reason)
 
@@ -231,20 +364,26 @@ def _units(model: nn.Module) -> list[nn.Module]:
 
 def _cast_forward(
     forward: Callable[..., Any],
-    slots: list[tuple[nn.Module, str]],
+    unit: nn.Module,
     dtype: torch.dtype,
     *args: Any,
     **kwargs: Any,
 ) -> Any:
-    originals = [owner._parameters[name] for owner, name in slots]
-    try:
-        for (owner, name), param in zip(slots, originals, strict=True):
-            if param is not None and param.is_floating_point() and param.dtype != dtype:
-                owner._parameters[name] = param.to(dtype)  # type: ignore[assignment]  # autograd cast
+    """Run ``forward`` with the unit's floating parameters seen as ``dtype`` copies (autograd casts).
+
+    The copies are swapped in by ``torch.nn.utils.stateless._reparametrize_module`` (the mechanism
+    behind ``torch.func.functional_call``, which would call the module and so re-enter this wrapper)
+    and swapped back on exit. Dynamo treats that context as a temporary, restored swap, so a compiled
+    block whose forward runs inside activation checkpointing can contain it; assigning
+    ``_parameters`` by hand is a side effect it refuses inside a checkpoint (the block then ran eagerly).
+    """
+    casts = {
+        name: param.to(dtype)
+        for name, param in unit.named_parameters(remove_duplicate=False)
+        if param.is_floating_point() and param.dtype != dtype
+    }
+    with torch.nn.utils.stateless._reparametrize_module(unit, casts):
         return forward(*args, **kwargs)
-    finally:
-        for (owner, name), param in zip(slots, originals, strict=True):
-            owner._parameters[name] = param
 
 
 def apply_precision(model: nn.Module, policy: PrecisionPolicy, *, sharded: bool = False) -> nn.Module:
@@ -276,11 +415,5 @@ def apply_precision(model: nn.Module, policy: PrecisionPolicy, *, sharded: bool 
                 f"precision: {type(unit).__name__}.forward is already wrapped; apply precision before "
                 "activation checkpointing"
             )
-        slots = [
-            (owner, name)
-            for owner in unit.modules()
-            for name, param in owner._parameters.items()
-            if param is not None and param.is_floating_point()
-        ]
-        unit.forward = functools.partial(_cast_forward, unit.forward, slots, policy.compute_dtype)  # type: ignore[method-assign]
+        unit.forward = functools.partial(_cast_forward, unit.forward, unit, policy.compute_dtype)  # type: ignore[method-assign]
     return model
