@@ -4,7 +4,8 @@ Each measurement runs in its own subprocess (fresh memory, fresh threads); ft an
 run in the same invocation, on the same weights and the same torch build, and only their
 ratio is meaningful (machines here are shared and noisy).
 
-Usage: python bench/run.py [--only train,decode,tokenize,cli,memory] [--shape smollm2-135m] [--device cpu]
+Usage: python bench/run.py [--only train,decode,lmeval,tokenize,cli,memory] [--shape smollm2-135m]
+       [--device cpu] [--dtypes fp32,bf16] [--threads N]
 
 ``memory`` (not in the default set: it writes a 2.5 GB checkpoint): the peak resident memory of a QLoRA
 training step (NF4 base, batch 2 x 512) on the Llama-3.2-1B shape, ft beside transformers + PEFT +
@@ -77,10 +78,13 @@ def qlora_memory(steps: int = 1) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", default="train,decode,tokenize,cli")
+    ap.add_argument("--only", default="train,decode,lmeval,tokenize,cli")
     ap.add_argument("--shape", default="smollm2-135m")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtypes", default="fp32,bf16")
+    ap.add_argument(
+        "--threads", type=int, default=None, help="torch threads for lmeval (1 on a busy machine)"
+    )
     args = ap.parse_args()
     only = set(args.only.split(","))
     ckpt = make_checkpoint(args.shape, Path(tempfile.gettempdir()) / f"ft-bench-{args.shape}")
@@ -107,6 +111,23 @@ def main() -> None:
                         _ratio(
                             f"decode b{batch} {args.shape} {dtype}{label}", ft, peer, "decode_tokens_per_s"
                         )
+    if "lmeval" in only:
+        # lm-eval loglikelihood requests/s: ft's backend beside lm-eval's HF backend on the real
+        # SmolLM2-135M, in one process with alternating rounds; multiple-choice requests whose 4 endings
+        # share a context, and again with every request on its own context. Prints its RATIO lines.
+        threads = ["--threads", str(args.threads)] if args.threads else []
+        for dtype in args.dtypes.split(","):
+            for extra in ([], ["--distinct"]):
+                cmd = [
+                    sys.executable,
+                    str(HERE / "bench_lmeval.py"),
+                    "--dtype",
+                    dtype,
+                    *dev,
+                    *threads,
+                    *extra,
+                ]
+                subprocess.run(cmd, check=False)
     if "tokenize" in only and (HERE / "bench_tokenize.py").exists():
         subprocess.run([sys.executable, str(HERE / "bench_tokenize.py")], check=False)
     if "cli" in only:

@@ -64,6 +64,13 @@ RECIPES: dict[str, RecipeInfo] = {
             configs=("smollm2/135M_eval",),
         ),
         RecipeInfo(
+            name="eleuther_eval",
+            module="ft_recipes.eleuther_eval",
+            summary="Score a model on lm-evaluation-harness tasks (lm-eval names, task YAMLs, local JSONL)",
+            distributed=False,
+            configs=("smollm2/135M_eleuther_eval",),
+        ),
+        RecipeInfo(
             name="lora_finetune_single_device",
             module="ft_recipes.lora_finetune_single_device",
             summary="LoRA / DoRA / QLoRA fine-tuning on one device (CPU or CUDA), exact resume",
