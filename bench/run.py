@@ -4,7 +4,7 @@ Each measurement runs in its own subprocess (fresh memory, fresh threads); ft an
 run in the same invocation, on the same weights and the same torch build, and only their
 ratio is meaningful (machines here are shared and noisy).
 
-Usage: python bench/run.py [--only train,decode,lmeval,tokenize,cli,memory] [--shape smollm2-135m]
+Usage: python bench/run.py [--only train,decode,llamacpp,lmeval,tokenize,cli,memory] [--shape smollm2-135m]
        [--device cpu] [--dtypes fp32,bf16] [--threads N]
 
 ``memory`` (not in the default set: it writes a 2.5 GB checkpoint): the peak resident memory of a QLoRA
@@ -78,12 +78,12 @@ def qlora_memory(steps: int = 1) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", default="train,decode,lmeval,tokenize,cli")
+    ap.add_argument("--only", default="train,decode,llamacpp,lmeval,tokenize,cli")
     ap.add_argument("--shape", default="smollm2-135m")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument(
-        "--threads", type=int, default=None, help="torch threads for lmeval (1 on a busy machine)"
+        "--threads", type=int, default=None, help="threads for lmeval and llamacpp (1 on a busy machine)"
     )
     args = ap.parse_args()
     only = set(args.only.split(","))
@@ -111,6 +111,11 @@ def main() -> None:
                         _ratio(
                             f"decode b{batch} {args.shape} {dtype}{label}", ft, peer, "decode_tokens_per_s"
                         )
+    if "llamacpp" in only:
+        # Decode at batch 1 on the real SmolLM2-135M: ft (bf16, eager and compiled) beside llama.cpp on
+        # ft's F16 export of the same weights and on the 4-bit original; SKIP without a cached build.
+        threads = ["--threads", str(args.threads)] if args.threads else []
+        subprocess.run([sys.executable, str(HERE / "bench_llama_cpp.py"), *threads], check=False)
     if "lmeval" in only:
         # lm-eval loglikelihood requests/s: ft's backend beside lm-eval's HF backend on the real
         # SmolLM2-135M, in one process with alternating rounds; multiple-choice requests whose 4 endings

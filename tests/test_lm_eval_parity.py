@@ -114,6 +114,27 @@ def test_batching_and_context_sharing_do_not_change_scores(backends: tuple[HFLM,
         score_continuations(ft.model, [([], [1])])
 
 
+def test_distinct_contexts_in_one_forward_match_hflm(backends: tuple[HFLM, FtLM]) -> None:
+    """A batch where no two requests share a context is scored in one forward per row (left-padded,
+    no cache): within 1e-4 of HFLM with padding and a truncated context in the batch. Wrong variant:
+    the same path fed each context one token short of its continuation (the split one token early)."""
+    hf, ft = backends
+    kept = [r for r in REQUESTS if r[0]]
+    expected = hf.loglikelihood(_instances("loglikelihood", kept), disable_tqdm=True)
+    pairs = _token_pairs(ft)
+    firsts = sorted({tuple(c): i for i, (c, _) in reversed(list(enumerate(pairs)))}.values())
+    assert len(firsts) >= 5  # one request per context
+    assert len({len(pairs[i][0]) for i in firsts}) >= 4  # padding in the batch
+    distinct = [pairs[i] for i in firsts]
+    got = score_continuations(ft.model, distinct, batch_size=16, max_length=ft.max_length)
+    assert _worst([expected[i] for i in firsts], got) <= TOL
+    assert [g for _, g in got] == [expected[i][1] for i in firsts]
+    early = [(c[:-1], c[-1:] + x) for c, x in distinct if len(c) > 1]
+    assert len(early) == len(distinct)
+    wrong = score_continuations(ft.model, early, batch_size=16, max_length=ft.max_length)
+    assert _worst([expected[i] for i in firsts], wrong) > 1.0
+
+
 def test_loglikelihood_rolling_matches_hflm(backends: tuple[HFLM, FtLM]) -> None:
     hf, ft = backends
     texts = [("A long text. " * 30,), ("short",), ("Numbers: " + ", ".join(map(str, range(40))),)]

@@ -12,6 +12,11 @@ context once per choice, so most of that work is repeated. Here:
 3. only the hidden states that predict continuation tokens are projected to the vocabulary, in
    chunks, and log-softmaxed in fp32: context positions never reach the output projection.
 
+A batch in which no two rows share a context (single-continuation requests, rolling windows) skips
+the cache: one forward over ``context + continuation[:-1]`` per row, left-padded, then step 3. There
+the cache would only add a second forward and a copy (measured: 0.9x lm-eval's HF backend with it,
+see bench/README.md).
+
 The numbers are those of a full forward (the cache path matches it within fp32 tolerance); the
 truncation rule is lm-eval's (at most ``max_length + 1`` tokens, cut from the left of the context).
 
@@ -83,24 +88,55 @@ def _score_batch(
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs ``[r]`` and all-greedy flags ``[r]`` of one batch (rows in unit order)."""
-    ids, docs = ft_models.left_pad([list(u.context) for u in units])  # [g, c]
-    unit_of_row = torch.tensor([k for k, u in enumerate(units) for _ in u.rows], device=device)  # [r]
     r = len(continuations)
     m = max(len(c) for c in continuations) - 1
+    targets = torch.full((r, m + 1), -1, dtype=torch.long)  # [r, m + 1]
+    for j, cont in enumerate(continuations):
+        targets[j, : len(cont)] = torch.tensor(cont)
+    if all(len(u.rows) == 1 for u in units):
+        steps = _single_forward(model, units, continuations, device)  # [r, m + 1, d]
+        return _project(model, steps, targets.to(device))
+    ids, docs = ft_models.left_pad([list(u.context) for u in units])  # [g, c]
+    unit_of_row = torch.tensor([k for k, u in enumerate(units) for _ in u.rows], device=device)  # [r]
     cache = model.new_cache(len(units), ids.shape[1] + max(m, 1), device=device)
     hidden = model(ids.to(device), document_ids=docs.to(device), cache=cache, return_hidden=True)  # [g, c, d]
     first = hidden[:, -1].index_select(0, unit_of_row)  # [r, d]: predicts each continuation's first token
     steps = first[:, None]  # [r, 1, d]
-    targets = torch.full((r, m + 1), -1, dtype=torch.long)  # [r, m + 1]
-    for j, cont in enumerate(continuations):
-        targets[j, : len(cont)] = torch.tensor(cont)
     if m > 0:
         cache.reorder(unit_of_row)  # one cache row per continuation (rows repeat)
         step_ids = targets[:, :m].clamp(min=0)  # [r, m]: each continuation but its last token
         step_docs = torch.where(targets[:, 1:] >= 0, 0, -1)  # [r, m]: right padding
         more = model(step_ids.to(device), document_ids=step_docs.to(device), cache=cache, return_hidden=True)
         steps = torch.cat([steps, more], 1)  # [r, m + 1, d]
-    targets = targets.to(device)
+    return _project(model, steps, targets.to(device))
+
+
+def _single_forward(
+    model: ft_models.CausalLM, units: list[_Unit], continuations: list[Sequence[int]], device: torch.device
+) -> torch.Tensor:
+    """Hidden states ``[r, m + 1, d]`` predicting each continuation token when no two rows share a
+    context: one forward over ``context + continuation[:-1]`` per row (left-padded, no cache), as
+    lm-eval's HF backend feeds it; a cache would only add a second forward and a copy. Row ``j``'s
+    tokens are predicted by its last ``len(continuation)`` positions; shorter rows gather the last
+    position again where their targets are padding."""
+    seqs = [list(u.context) + list(c[:-1]) for u, c in zip(units, continuations, strict=True)]
+    ids, docs = ft_models.left_pad(seqs)  # [r, L]
+    hidden = model(ids.to(device), document_ids=docs.to(device), return_hidden=True)  # [r, L, d]
+    length, m1 = ids.shape[1], max(len(c) for c in continuations)
+    where = torch.full((len(seqs), m1), length - 1, dtype=torch.long)  # [r, m + 1]
+    for j, cont in enumerate(continuations):
+        where[j, : len(cont)] = torch.arange(length - len(cont), length)
+    index = where.to(device)[:, :, None].expand(-1, -1, hidden.shape[-1])
+    return hidden.gather(1, index)
+
+
+def _project(
+    model: ft_models.CausalLM, steps: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores of the hidden states ``steps`` ``[r, m + 1, d]`` against ``targets`` ``[r, m + 1]`` (-1:
+    padding): only real target positions reach the output projection, in chunks."""
+    r = targets.shape[0]
+    device = targets.device
     scored = targets >= 0  # [r, m + 1]
     selected = steps[scored]  # [T, d]
     wanted = targets[scored]  # [T]
