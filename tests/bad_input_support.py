@@ -86,7 +86,10 @@ def assert_refused(
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error: ")]
     assert len(errors) == 1, shown
-    assert len(lines) <= 3, shown
+    # Around the one error line only ft's own tagged progress lines ("[lora] ...") may appear:
+    # no warnings, no stack, no second message.
+    assert lines[-1] == errors[0], shown
+    assert all(line.startswith("[") for line in lines[:-1]), shown
     for text in [names] if isinstance(names, str) else names:
         assert text in errors[0], shown
     after = snapshot(roots)

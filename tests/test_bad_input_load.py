@@ -5,9 +5,8 @@ dtypes applied first), so a broken checkpoint must be refused from its headers, 
 quantised or written. Each case runs `tune run lora_finetune_single_device` on a copy of a tiny HF
 Llama (SmolLM2's tokenizer beside it) or a GGUF file with one thing broken: exit 2, one `error:` line
 naming the file and the tensor, no traceback, no file in the case directory changed or added, and the
-run's output directory holding nothing but the resolved ``config.yaml`` that `tune run` writes before
-the recipe starts (kept outside the watched directory for that reason): no GGUF base converted for PEFT,
-no checkpoint.
+run's output directory holding no file at all: no resolved ``config.yaml`` (written only once setup has
+succeeded), no GGUF base converted for PEFT, no checkpoint.
 
 * a sharded directory whose index names a tensor its shard does not hold;
 * a QLoRA run on a checkpoint with a transposed projection (refused before any layer is quantised);
@@ -60,9 +59,9 @@ def _run(case: Path, model: Path, *overrides: str) -> list[str]:
     return ["run", "lora_finetune_single_device", "--config", str(config), *overrides]
 
 
-def _only_the_config(case: Path) -> None:
+def _nothing_written(case: Path) -> None:
     out = case.parent / "out"
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["config.yaml"]
+    assert [p for p in out.rglob("*") if p.is_file()] == []
 
 
 def _case(good: Path, tmp_path: Path) -> Path:
@@ -83,7 +82,7 @@ def test_index_naming_a_tensor_its_shard_lacks(good: Path, tmp_path: Path) -> No
     index["weight_map"][key] = other
     index_path.write_text(json.dumps(index))
     assert_refused(*_run(case, case / "model"), cwd=case, names=[other, key, "holds no tensor"])
-    _only_the_config(case)
+    _nothing_written(case)
 
 
 def test_qlora_on_a_transposed_projection_is_refused_before_quantising(good: Path, tmp_path: Path) -> None:
@@ -99,7 +98,7 @@ def test_qlora_on_a_transposed_projection_is_refused_before_quantising(good: Pat
         *_run(case, case / "model", "lora.quantize=nf4"), cwd=case, names=[shard.name, key, "has shape"]
     )
     assert f"the model expects {shape}" in line
-    _only_the_config(case)
+    _nothing_written(case)
 
 
 def test_gguf_base_with_a_tensor_of_no_known_place(good: Path, tmp_path: Path) -> None:
@@ -110,4 +109,4 @@ def test_gguf_base_with_a_tensor_of_no_known_place(good: Path, tmp_path: Path) -
     extra = {"blk.0.attn_qkv.weight": np.zeros((8, hf.config.hidden_size), np.float32)}
     gguf = write_llama_gguf(case / "tiny.gguf", sd, values, extra_tensors=extra)
     assert_refused(*_run(case, gguf), cwd=case, names=["tiny.gguf", "unknown tensor blk.0.attn_qkv.weight"])
-    _only_the_config(case)  # no HF copy of the base was converted
+    _nothing_written(case)  # no HF copy of the base was converted

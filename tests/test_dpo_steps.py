@@ -178,9 +178,12 @@ def test_pair_normalisation_makes_accumulation_invisible(files: dict) -> None:
     one = _window_grads(files, [[pairs]])  # 4 x 1
     two = _window_grads(files, [[pairs[:2], pairs[2:]]])  # 2 x 2 accumulation
     four = _window_grads(files, [[[p] for p in pairs]])  # 1 x 4
+    # fp32 summation order differs with the micro-batch shape (GEMM blocking): a few ulps of the largest
+    # gradient; the wrong variant below is off by more than half of it.
     for name in one:
-        assert (two[name] - one[name]).abs().max() <= 1e-6 * max(1.0, float(one[name].abs().max())), name
-        assert (four[name] - one[name]).abs().max() <= 1e-6 * max(1.0, float(one[name].abs().max())), name
+        scale = max(1.0, float(one[name].abs().max()))
+        assert (two[name] - one[name]).abs().max() <= 1e-5 * scale, name
+        assert (four[name] - one[name]).abs().max() <= 1e-5 * scale, name
     wrong = _window_grads(files, [[pairs[:2], pairs[2:]]], per_micro_batch=True)
     assert max(float((wrong[n] - one[n]).abs().max() / one[n].abs().max()) for n in one) > 0.5
 

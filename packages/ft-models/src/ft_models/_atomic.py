@@ -16,11 +16,12 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["fsync_dir", "publish_dir", "write_atomic"]
+__all__ = ["atomic_path", "fsync_dir", "publish_dir", "write_atomic"]
 
 
 def fsync_dir(directory: str | os.PathLike[str]) -> None:
@@ -32,28 +33,38 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str | os.PathLike[str], content: bytes | Callable[[BinaryIO], object]) -> Path:
-    """Write ``content`` (bytes, or a function writing into a binary file) to ``path`` atomically.
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary name beside ``path`` for a writer that opens files itself; publish it on success.
 
-    Returns:
-        ``path`` as a ``Path``. On any error the target is untouched and the temporary file removed.
+    When the block ends normally the file is fsynced and renamed over ``path``; on any error it is
+    removed and ``path`` is untouched.
     """
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
-            if isinstance(content, bytes | bytearray):
-                f.write(content)
-            else:
-                content(f)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(target.parent)
-    return target
+
+
+def write_atomic(path: str | os.PathLike[str], content: bytes | Callable[[BinaryIO], object]) -> Path:
+    """Write ``content`` (bytes, or a function writing into a binary file) to ``path`` atomically.
+
+    Returns:
+        ``path`` as a ``Path``. On any error the target is untouched and the temporary file removed.
+    """
+    with atomic_path(path) as tmp, open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
+        if isinstance(content, bytes | bytearray):
+            f.write(content)
+        else:
+            content(f)
+    return Path(path)
 
 
 def publish_dir(tmp: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ import numpy as np
 import torch
 
 from . import _gguf
-from ._atomic import fsync_dir
+from ._atomic import atomic_path
 from ._config import DecoderConfig
 from ._decoder import CausalLM
 from ._gguf import GGUF_ARCHITECTURE_OF, GGUFError
@@ -316,26 +315,19 @@ def _nbytes(gguf: Any, shape: tuple[int, ...], qtype: Any) -> int:
 
 def _write(gguf: Any, target: Path, arch_name: str, keys: list[Any], plan: list[_Planned]) -> None:
     """Header, metadata and tensor infos, then each tensor converted and written in turn; atomically."""
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
-    writer = gguf.GGUFWriter(tmp, arch_name)
-    try:
-        for key, value, kind, sub in keys:
-            writer.add_key_value(key, value, kind, sub)
-        for p in plan:
-            writer.add_tensor_info(
-                p.name, p.shape, np.dtype(np.float32), _nbytes(gguf, p.shape, p.qtype), p.qtype
-            )
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for p in plan:
-            writer.write_tensor_data(_encode(gguf, p.make(), p.qtype))
-        writer.close()
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(target.parent)
+    with atomic_path(target) as tmp:
+        writer = gguf.GGUFWriter(tmp, arch_name)
+        try:
+            for key, value, kind, sub in keys:
+                writer.add_key_value(key, value, kind, sub)
+            for p in plan:
+                writer.add_tensor_info(
+                    p.name, p.shape, np.dtype(np.float32), _nbytes(gguf, p.shape, p.qtype), p.qtype
+                )
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            for p in plan:
+                writer.write_tensor_data(_encode(gguf, p.make(), p.qtype))
+        finally:
+            writer.close()
