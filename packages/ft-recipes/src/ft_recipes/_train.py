@@ -106,8 +106,11 @@ def build_loader(
     accumulation: int,
     epochs: int,
     max_steps: int | None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> tuple[Any, int]:
-    """Tokenise the dataset (ft-data caches it) and build its loader; returns (loader, optimizer steps).
+    """Tokenise the dataset (ft-data caches it) and build this rank's loader; returns (loader, optimizer
+    steps). Every rank reads the same global order; ``batch_size`` is per rank.
 
     Raises:
         UserError: The data gives no complete optimizer step.
@@ -125,6 +128,8 @@ def build_loader(
         packed=packed,
         shuffle=shuffle,
         pad_id=tokenizer.pad_id if tokenizer.pad_id is not None else 0,
+        world_size=world_size,
+        rank=rank,
     )
     per_epoch = loader.steps_per_epoch() // accumulation
     total = epochs * per_epoch if max_steps is None else min(max_steps, epochs * per_epoch)
@@ -132,6 +137,7 @@ def build_loader(
         raise UserError(
             f"dataset: {len(dataset)} examples give no complete step of batch_size={batch_size} x "
             f"gradient_accumulation_steps={accumulation}"
+            + (f" x {world_size} ranks" if world_size > 1 else "")
         )
     return loader, total
 
@@ -184,28 +190,44 @@ def forward_backward(
     """Forward and backward over one accumulation window with the window-normalised loss.
 
     Args:
-        model: The model (train mode); gradients accumulate into its parameters.
-        window: Micro-batches with ``input_ids``, ``labels``, ``position_ids``, ``document_ids`` [b, s].
+        model: The model (train mode; sharded or not); gradients accumulate into its parameters.
+        window: This rank's micro-batches with ``input_ids``, ``labels``, ``position_ids``,
+            ``document_ids`` [b, s].
         device: Where to compute.
         scaler: A ``GradScaler`` (fp16) or None.
 
     Returns:
-        (the window's mean loss per trained token, trained tokens, non-padding tokens).
+        (the window's mean loss per trained token, trained tokens, non-padding tokens), each over every
+        data-parallel rank.
 
-    Nothing inside the window waits for the device: the counts and each micro-batch's flags are read
-    from the CPU batches before they move (``prepare_batch``), the losses are summed on the device, and
-    the sum is read once, after the last backward.
+    The normaliser is the window's trained tokens summed over every rank (``ft_dist.global_count``,
+    one all-reduce; the count itself in one process), so each token weighs the same whatever rank and
+    micro-batch it is in; a sharded model reduces its gradients once, on the last micro-batch. Nothing
+    inside the window waits for the device: the counts and each micro-batch's flags are read from the
+    CPU batches before they move (``prepare_batch``), the losses are summed on the device, and the sum
+    is read once, after the last backward.
     """
-    normalizer = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in window)
-    real = sum(int((b["document_ids"] != -1).sum()) for b in window)
+    mine = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in window)
+    normalizer = ft_dist.global_count(mine)
+    real = ft_dist.global_count(sum(int((b["document_ids"] != -1).sum()) for b in window))
     if normalizer == 0:
         raise UserError("dataset: an accumulation window has no trained token (check the loss mask)")
     total = torch.zeros((), dtype=torch.float32, device=device)
-    for b in window:
+    for i, b in enumerate(window):
+        ft_dist.set_gradient_sync(model, i == len(window) - 1)
         loss = batch_loss(model, prepare_batch(b, device), normalizer=normalizer)
         (scaler.scale(loss) if scaler is not None else loss).backward()
         total += loss.detach()
-    return float(total), normalizer, real
+    return _global_sum(total), normalizer, real
+
+
+def _global_sum(value: torch.Tensor) -> float:
+    """``value`` summed over the ranks (itself in one process): the window's loss over every rank."""
+    d = torch.distributed
+    if d.is_available() and d.is_initialized() and d.get_world_size() > 1:
+        value = value.to(ft_dist.collective_device())
+        d.all_reduce(value)
+    return float(value)
 
 
 def optimizer_step(
@@ -225,7 +247,9 @@ def optimizer_step(
     """
     if scaler is not None:
         scaler.unscale_(optimizer)
-    norm = float(clip_grad_norm(model, max_norm))
+    # A sharded model's gradients are DTensor slices: one global norm over them (ft_dist's).
+    clip = ft_dist.clip_grad_norm_ if ft_dist.is_sharded(model) else clip_grad_norm
+    norm = float(clip(model.parameters() if ft_dist.is_sharded(model) else model, max_norm))
     if not math.isfinite(norm) and scaler is None:
         raise diverged(step, "gradient norm", norm, output_dir)
     if scaler is not None:
@@ -337,7 +361,7 @@ def resume_checkpoint(
     return path
 
 
-def end_step(run: Any, log: MetricsLog, step: int, metrics: dict[str, Any]) -> None:
+def end_step(run: Any, log: Any, step: int, metrics: dict[str, Any]) -> None:
     """Everything after an optimizer step, the same in every recipe, in this order: the metrics record
     (with peak memory), validation when due (its loss joins the record), the log, a checkpoint when due.
 
@@ -372,9 +396,25 @@ def end_step(run: Any, log: MetricsLog, step: int, metrics: dict[str, Any]) -> N
         save_checkpoint(cfg.output_dir, step, run.state, cfg.checkpoint.keep_last)
 
 
+class _Quiet:
+    """The log of a rank other than 0: the figures are global (every rank computes them), rank 0 alone
+    prints and writes them."""
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        """Nothing: rank 0 logs."""
+
+    def print(self, line: str) -> None:
+        """Nothing: rank 0 prints."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
 def train(run: Any) -> None:
-    """The training loop of every single-device recipe: one optimizer step per accumulation window until
-    ``total_steps``, then :func:`end_step` (metrics, validation, checkpoint) after each.
+    """The training loop of every training recipe at every world size: one optimizer step per
+    accumulation window until ``total_steps``, then :func:`end_step` (metrics, validation, checkpoint)
+    after each. With several ranks every figure is global and rank 0 alone logs; the step runs inside
+    ``ft_dist.abort_on_failure`` (by the recipe's ``main``), so one rank's error ends every rank.
 
     Peak memory is measured from here on (``ft_recipes._memory``): the setup's own peak is read first and
     logged as ``setup_peak_memory_mib`` beside every step's ``peak_memory_mib``.
@@ -387,14 +427,19 @@ def train(run: Any) -> None:
     setup_peak = peak_memory_mib(run.device)
     reset_peak_memory(run.device)
     batches = micro_batches(run.loader, cfg.num_workers)
-    log = MetricsLog(
-        cfg.output_dir,
-        run.total_steps,
-        counters["step"],
-        cfg.loggers,
-        wandb_project=cfg.wandb.project,
-        wandb_name=cfg.wandb.name,
-        config=asdict(cfg),
+    world = getattr(run, "world", None)
+    log: MetricsLog | _Quiet = (
+        MetricsLog(
+            cfg.output_dir,
+            run.total_steps,
+            counters["step"],
+            cfg.loggers,
+            wandb_project=cfg.wandb.project,
+            wandb_name=cfg.wandb.name,
+            config=asdict(cfg),
+        )
+        if world is None or world.is_main
+        else _Quiet()
     )
     try:
         while counters["step"] < run.total_steps:

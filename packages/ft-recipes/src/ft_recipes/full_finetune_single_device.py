@@ -1,6 +1,9 @@
-"""Recipe ``full_finetune_single_device``: every parameter trained, on one device.
+"""Recipes ``full_finetune_single_device`` and ``full_finetune_distributed``: every parameter trained, on
+one device or sharded over several (FSDP2 / HSDP under torchrun).
 
-``tune run full_finetune_single_device --config smollm2/135M_full``. Flow: setup (device, precision,
+``tune run full_finetune_single_device --config smollm2/135M_full``;
+``tune run --nproc-per-node 8 full_finetune_distributed --config llama3_1/8B_full``. Both names run this
+file: the setup and the loop serve every world size (``ft_recipes._distributed``). Flow: setup (device, precision,
 model, data, optimizer, resume) -> train (accumulation windows with the token-normalised loss, clipping,
 LR schedule, validation and checkpoints every N steps) -> save (an HF directory ``model/`` with the
 tokenizer files and chat template, which transformers loads as is) -> cleanup.
@@ -31,7 +34,7 @@ from ft_recipes.runner import write_resolved_config
 
 __all__ = ["FILE_KEYS", "PROVIDED", "Config", "before_run", "main", "setup"]
 
-DISTRIBUTED = False
+DISTRIBUTED = True  # registered as full_finetune_distributed too
 # The recipe passes these keywords itself.
 PROVIDED = {
     "model": {"dtype", "device", "prepare"},
@@ -79,6 +82,12 @@ class Config:
     validation: ValidationConfig | None = None
     loggers: list[LoggerName] = field(default_factory=lambda: ["jsonl"])
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    # Several ranks (torchrun): the data-parallel mesh, null = from the launch (shard within a node,
+    # replicate across nodes); host-memory shards (CUDA only); how long a collective waits for a peer.
+    dp_shard: PositiveInt | None = None
+    dp_replicate: PositiveInt | None = None
+    fsdp_offload: bool = False
+    dist_timeout_s: PositiveFloat = 600.0
 
 
 def before_run(cfg: Config) -> None:
@@ -97,6 +106,7 @@ class Run:
 
     cfg: Config
     device: Any
+    world: Any
     model: Any
     tokenizer: Any
     loader: Any
@@ -110,10 +120,11 @@ class Run:
 
 
 def setup(cfg: Config) -> Run:
-    """Device, precision, data, the model (built on meta, storage dtypes set there, the checkpoint
-    streamed in), optimizer, schedule; then resume if asked."""
+    """Device and world, precision, data, the model (built on meta, storage dtypes set there, the
+    checkpoint streamed in), then attention -> activation checkpointing -> compile -> sharding ->
+    optimizer -> schedule -> resume."""
     import ft_dist
-    from ft_recipes import _train
+    from ft_recipes import _distributed, _train
     from ft_recipes._setup import pick_device
     from ft_recipes.training import (
         apply_attention,
@@ -125,8 +136,10 @@ def setup(cfg: Config) -> Run:
         resolve_precision,
     )
 
-    device = pick_device(cfg.device)
+    world = _distributed.start(cfg, pick_device(cfg.device))
+    device = world.launch.device
     policy = resolve_precision(cfg.precision, device)
+    _distributed.check_precision(world, policy.name)
     tf32 = apply_tf32(cfg.tf32, device)
     print(f"[full] device={device} precision={policy.name} ({policy.reason}); {tf32}", file=sys.stderr)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
@@ -142,6 +155,8 @@ def setup(cfg: Config) -> Run:
         accumulation=cfg.gradient_accumulation_steps,
         epochs=cfg.epochs,
         max_steps=cfg.max_steps,
+        rank=world.launch.rank,
+        world_size=world.launch.world_size,
     )
     val_loader = None
     if cfg.validation is not None:
@@ -155,7 +170,9 @@ def setup(cfg: Config) -> Run:
     _train.seed_everything(cfg.seed)  # dropout; and the checkpoints' RNG sidecar is the same run to run
     # Built on meta, given the policy's storage dtypes there, then streamed in: one copy of the master
     # weights (fp32 under bf16-mixed), never a second one.
-    model = _train.load_model(cfg.model, tokenizer, device, prepare=lambda m: apply_precision(m, policy))
+    model = _train.load_model(
+        cfg.model, tokenizer, device, prepare=lambda m: apply_precision(m, policy, sharded=world.sharded)
+    )
     attention = apply_attention(
         model,
         cfg.attention,
@@ -169,6 +186,7 @@ def setup(cfg: Config) -> Run:
         ft_dist.apply_activation_checkpointing(model)
     if cfg.compile:
         compile_blocks(model)  # per block: state-dict keys keep their names
+    _distributed.shard(model, world, policy.fsdp_param_dtype, cfg.fsdp_offload)
 
     o = cfg.optimizer
     optimizer = build_optimizer(
@@ -192,6 +210,7 @@ def setup(cfg: Config) -> Run:
     return Run(
         cfg,
         device,
+        world,
         model,
         tokenizer,
         loader,
@@ -207,7 +226,7 @@ def setup(cfg: Config) -> Run:
 
 def train(run: Run) -> None:
     """The loop, one optimizer step per accumulation window until ``total_steps`` (``_train.train``,
-    the same for every single-device recipe: copy it here to change it for this recipe only)."""
+    the same for every training recipe: copy it here to change it for this recipe only)."""
     from ft_recipes import _train
 
     _train.train(run)
@@ -215,17 +234,23 @@ def train(run: Run) -> None:
 
 def save(run: Run) -> None:
     """The trained model as an HF directory (``model/``) with its tokenizer files and chat template,
-    written after the optimizer is released, one tensor at a time."""
+    written after the optimizer is released, one tensor at a time (sharded: gathered one parameter at
+    a time, rank 0 writes)."""
     from ft_recipes import _train
 
     _train.release_optimizer(run)
     path = _train.save_hf_dir(run.model, run.tokenizer, Path(run.cfg.output_dir) / "model")
-    print(f"[full] model: {path}", file=sys.stderr)
+    if path is not None:
+        print(f"[full] model: {path}", file=sys.stderr)
 
 
 def main(cfg: Config) -> None:
-    """setup -> train -> save -> cleanup."""
+    """setup -> train -> save -> cleanup (one rank's failure ends every rank, naming it)."""
+    from ft_recipes import _distributed
+
     run = setup(cfg)
-    train(run)
-    save(run)
+    with _distributed.together():
+        train(run)
+        save(run)
     del run  # cleanup: the model and loader worker processes go with it
+    _distributed.finish()

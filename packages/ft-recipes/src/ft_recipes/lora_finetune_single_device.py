@@ -1,7 +1,10 @@
-"""Recipe ``lora_finetune_single_device``: LoRA (Hu et al., 2021), DoRA (Liu et al., 2024) and QLoRA
-(Dettmers et al., 2023) fine-tuning on one device, chosen by config (``lora.use_dora``, ``lora.quantize``).
+"""Recipes ``lora_finetune_single_device`` and ``lora_finetune_distributed``: LoRA (Hu et al., 2021), DoRA
+(Liu et al., 2024) and QLoRA (Dettmers et al., 2023) fine-tuning on one device or sharded over several
+(FSDP2 / HSDP under torchrun), chosen by config (``lora.use_dora``, ``lora.quantize``).
 
-``tune run lora_finetune_single_device --config smollm2/135M_lora``. Flow: setup (device, precision,
+``tune run lora_finetune_single_device --config smollm2/135M_lora``;
+``tune run --nproc-per-node 8 lora_finetune_distributed --config llama3_1/70B_lora``. Both names run
+this file: the setup and the loop serve every world size (``ft_recipes._distributed``). Flow: setup (device, precision,
 data, the model streamed into its final form with adapters, optimizer, resume) -> train (accumulation windows with the token-normalised
 loss, clipping, LR schedule, validation and checkpoints every N steps) -> save (PEFT adapter; for a
 GGUF base the dequantised base as an HF directory beside it; the merged model when ``merge: true``)
@@ -35,7 +38,7 @@ from ft_recipes.runner import write_resolved_config
 
 __all__ = ["FILE_KEYS", "PROVIDED", "Config", "LoraConfig", "before_run", "main", "setup"]
 
-DISTRIBUTED = False
+DISTRIBUTED = True  # registered as lora_finetune_distributed too
 # The recipe passes these keywords itself.
 PROVIDED = {
     "model": {"dtype", "device", "prepare"},
@@ -105,7 +108,13 @@ class Config:
     loggers: list[LoggerName] = field(default_factory=lambda: ["jsonl"])
     wandb: WandbConfig = field(default_factory=WandbConfig)
     merge: bool = False
-    eval: EvalConfig | None = None
+    eval: EvalConfig | None = None  # one process only
+    # Several ranks (torchrun): the data-parallel mesh, null = from the launch (shard within a node,
+    # replicate across nodes); host-memory shards (CUDA only); how long a collective waits for a peer.
+    dp_shard: PositiveInt | None = None
+    dp_replicate: PositiveInt | None = None
+    fsdp_offload: bool = False
+    dist_timeout_s: PositiveFloat = 600.0
 
 
 def before_run(cfg: Config) -> None:
@@ -124,6 +133,7 @@ class Run:
 
     cfg: Config
     device: Any
+    world: Any
     model: Any
     tokenizer: Any
     loader: Any
@@ -138,14 +148,16 @@ class Run:
 
 
 def setup(cfg: Config) -> Run:
-    """Device, precision, data, the model in its final form (built on meta -> adapters -> the precision
-    policy's storage dtypes -> the checkpoint streamed in), optimizer, schedule; then resume if asked."""
+    """Device and world, precision, data, the model in its final form (built on meta -> adapters -> the
+    precision policy's storage dtypes -> the checkpoint streamed in), then attention -> activation
+    checkpointing -> compile -> sharding -> optimizer -> schedule -> resume."""
     import ft_dist
     import ft_models
     import ft_peft
-    from ft_recipes import _train
+    from ft_recipes import _distributed, _train
     from ft_recipes._assets import resolve_path
     from ft_recipes._setup import pick_device
+    from ft_recipes.errors import UserError
     from ft_recipes.training import (
         apply_attention,
         apply_precision,
@@ -156,8 +168,14 @@ def setup(cfg: Config) -> Run:
         resolve_precision,
     )
 
-    device = pick_device(cfg.device)
+    world = _distributed.start(cfg, pick_device(cfg.device))
+    device = world.launch.device
+    if world.sharded and cfg.eval is not None:
+        raise UserError(
+            "eval: greedy evaluation runs in one process; remove eval or run it with `tune run eval`"
+        )
     policy = resolve_precision(cfg.precision, device)
+    _distributed.check_precision(world, policy.name)
     tf32 = apply_tf32(cfg.tf32, device)
     print(f"[lora] device={device} precision={policy.name} ({policy.reason}); {tf32}", file=sys.stderr)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
@@ -173,6 +191,8 @@ def setup(cfg: Config) -> Run:
         accumulation=cfg.gradient_accumulation_steps,
         epochs=cfg.epochs,
         max_steps=cfg.max_steps,
+        rank=world.launch.rank,
+        world_size=world.launch.world_size,
     )
     val_loader = None
     if cfg.validation is not None:
@@ -205,7 +225,8 @@ def setup(cfg: Config) -> Run:
             quantize=quantize,
         )
         ft_peft.set_trainable(model)
-        apply_precision(model, policy)  # storage dtypes: frozen base in the policy's, adapters fp32
+        # storage dtypes: frozen base in the policy's, adapters fp32 (sharded: FSDP2 makes the casts)
+        apply_precision(model, policy, sharded=world.sharded)
 
     _train.seed_everything(cfg.seed)  # the adapter's initialisation, drawn as the adapters are created
     model = _train.load_model(cfg.model, tokenizer, device, prepare=final_form)
@@ -214,9 +235,10 @@ def setup(cfg: Config) -> Run:
     base_path = str(resolve_path(cfg.model["path"]).resolve())
     if ft_models.checkpoint_format(base_path) != "hf":  # PEFT needs an HF base: write it beside the adapter
         base_dir = Path(cfg.output_dir) / "base"
-        if not (base_dir / "config.json").is_file():
+        if not (base_dir / "config.json").is_file() and world.is_main:
             _train.save_base_hf_dir(base_path, tokenizer, base_dir)
             written = base_dir
+        _distributed.barrier(world)  # the other ranks read it after rank 0 wrote it
         base_path = str(base_dir.resolve())
 
     try:
@@ -233,6 +255,7 @@ def setup(cfg: Config) -> Run:
             ft_dist.apply_activation_checkpointing(model)
         if cfg.compile:
             compile_blocks(model)  # per block: state-dict keys keep their names
+        _distributed.shard(model, world, policy.fsdp_param_dtype, cfg.fsdp_offload)
 
         o = cfg.optimizer
         optimizer = build_optimizer(
@@ -260,14 +283,14 @@ def setup(cfg: Config) -> Run:
         raise
     write_resolved_config(cfg.output_dir)  # only now: a run refused above leaves the old one
     return Run(
-        cfg, device, model, tokenizer, loader, optimizer, scheduler,
+        cfg, device, world, model, tokenizer, loader, optimizer, scheduler,
         scaler, state, counters, total, val_loader, base_path,
     )  # fmt: skip
 
 
 def train(run: Run) -> None:
     """The loop, one optimizer step per accumulation window until ``total_steps`` (``_train.train``,
-    the same for every single-device recipe: copy it here to change it for this recipe only)."""
+    the same for every training recipe: copy it here to change it for this recipe only)."""
     from ft_recipes import _train
 
     _train.train(run)
@@ -277,31 +300,32 @@ def save(run: Run) -> None:
     """The PEFT adapter (``adapter/``) and, with ``merge: true``, the merged HF model (``merged/``).
 
     The optimizer is released first; the merged model is streamed (one merged layer at a time, fp32
-    a slice at a time), never held whole.
+    a slice at a time), never held whole. Sharded: every rank gathers, rank 0 writes.
     """
-    import ft_peft
-    from ft_recipes import _train
+    from ft_recipes import _export, _train
 
     _train.release_optimizer(run)
     out = Path(run.cfg.output_dir)
-    ft_peft.save_adapter(run.model, out / "adapter", base_model_name_or_path=run.base_path)
-    print(f"[lora] adapter: {out / 'adapter'} (base {run.base_path})", file=sys.stderr)
-    if run.cfg.merge:
-        _train.save_merged_hf_dir(run.model, run.tokenizer, out / "merged")
+    if _export.save_adapter(run.model, out / "adapter", run.base_path) is not None:
+        print(f"[lora] adapter: {out / 'adapter'} (base {run.base_path})", file=sys.stderr)
+    if run.cfg.merge and _train.save_merged_hf_dir(run.model, run.tokenizer, out / "merged") is not None:
         print(f"[lora] merged model: {out / 'merged'}", file=sys.stderr)
 
 
 def main(cfg: Config) -> None:
     """setup -> (evaluate the base) -> train -> (evaluate the result) -> save -> cleanup."""
-    from ft_recipes import _train
+    from ft_recipes import _distributed, _train
 
     run = setup(cfg)
     if cfg.eval is not None and cfg.eval.before:
         base = _train.run_eval(run.model, run.tokenizer, cfg.eval, cfg.output_dir, "base")
-    train(run)
+    with _distributed.together():  # one rank's failure ends every rank, naming it
+        train(run)
     if cfg.eval is not None:
         tuned = _train.run_eval(run.model, run.tokenizer, cfg.eval, cfg.output_dir, "tuned")
         if cfg.eval.before:
             print(f"[eval] {cfg.eval.metric}: base {base:.1f} -> tuned {tuned:.1f}", flush=True)
-    save(run)
+    with _distributed.together():
+        save(run)
     del run  # cleanup: the model and loader worker processes go with it
+    _distributed.finish()

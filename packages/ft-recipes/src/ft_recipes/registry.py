@@ -129,6 +129,22 @@ RECIPES: dict[str, RecipeInfo] = {
                 "gemma2/2B_full",
             ),
         ),
+        # The same recipe files at every world size (one setup, one loop): the distributed names are
+        # what a torchrun launch names, and `tune cp` of either gives the same file.
+        RecipeInfo(
+            name="full_finetune_distributed",
+            module="ft_recipes.full_finetune_single_device",
+            summary="Full fine-tuning sharded over several processes/GPUs (FSDP2, HSDP), exact resume",
+            distributed=True,
+            configs=(),
+        ),
+        RecipeInfo(
+            name="lora_finetune_distributed",
+            module="ft_recipes.lora_finetune_single_device",
+            summary="LoRA / DoRA / QLoRA fine-tuning sharded over several processes/GPUs (FSDP2, HSDP)",
+            distributed=True,
+            configs=(),
+        ),
     )
 }
 
