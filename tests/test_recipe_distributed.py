@@ -1,0 +1,107 @@
+"""The distributed recipes through real ``tune run --nproc-per-node 2`` launches (gloo on CPU).
+
+One process reading batches of 2 and two ranks reading batches of 1 see the same global batches
+(rank r reads rows r of each global step), so their final weights agree within fp32 summation order.
+A deliberately wrong variant, each rank dividing its loss by its own trained tokens, is shown to
+differ by far more. A two-rank run resumed from its intermediate (sharded) checkpoint ends with
+bit-identical weights. Each torch process costs seconds to start here: the checks share launches.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_recipe_support import make_tiny
+
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+
+TOL = 1e-4  # fp32 summation order over 3 AdamW steps (observed ~1e-5)
+
+# Per-rank normalisation: each rank divides by its own trained tokens (the accumulation bug, across
+# ranks). The recipe itself, with ft_dist.global_count replaced by the identity.
+WRONG = """
+import ft_dist
+
+ft_dist.global_count = lambda count, **_: int(count)
+
+from ft_recipes.full_finetune_single_device import *  # noqa: E402,F403
+from ft_recipes.full_finetune_single_device import Config, main, before_run, PROVIDED, FILE_KEYS  # noqa: E402
+
+DISTRIBUTED = True
+"""
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("dist")
+    model, data = make_tiny(root)
+    (root / "base.yaml").write_text(
+        f"model: {{_component_: from_pretrained, path: {model}}}\n"
+        f"tokenizer: {{_component_: load_tokenizer, path: {model}}}\n"
+        f"dataset: {{_component_: build_dataset, source: {data}, use_cache: false}}\n"
+        "output_dir: out\noptimizer: {lr: 0.01}\nlr_schedule: {kind: constant}\n"
+        "checkpoint: {every_n_steps: 2, keep_last: 3}\n"
+        "device: cpu\nprecision: fp32\nbatch_size: 1\nmax_seq_len: 128\npacked: false\nshuffle: true\n"
+        "gradient_accumulation_steps: 2\nepochs: 3\nmax_steps: 3\nseed: 3\n"
+    )
+    (root / "lora.yaml").write_text(
+        (root / "base.yaml").read_text()
+        + "lora: {target_modules: [q_proj, v_proj, up_proj], rank: 4, alpha: 8}\nmerge: true\n"
+    )
+    (root / "wrong_full.py").write_text(WRONG)
+    return root
+
+
+def _tune(root: Path, recipe: str, config: str, *overrides: str, nproc: int = 1) -> None:
+    launch = ["--nproc-per-node", str(nproc)] if nproc > 1 else []
+    cmd = [str(Path(sys.executable).parent / "tune"), "run", *launch, recipe, "--config", str(root / config)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*cmd, *overrides], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def test_full_two_ranks_equal_one_process_and_resume_bit_exact(root: Path) -> None:
+    _tune(root, "full_finetune_single_device", "base.yaml", "output_dir=one", "batch_size=2")
+    _tune(root, "full_finetune_distributed", "base.yaml", "output_dir=two", nproc=2)
+    one = load_file(root / "one/model/model.safetensors")
+    two = load_file(root / "two/model/model.safetensors")
+    base = load_file(root / "model/model.safetensors")
+    assert _max_diff(one, two) < TOL
+    assert _max_diff(one, {k: base[k] for k in one}) > 100 * TOL  # training moved the weights
+    # Intermediate checkpoints are sharded: every rank wrote its own DCP file, nothing was gathered.
+    assert sorted(p.name for p in (root / "two/checkpoints/step_2").glob("*.distcp")) == [
+        "__0_0.distcp",
+        "__1_0.distcp",
+    ]
+    # The wrong normaliser is visible in the weights (AdamW hides a constant factor, not a per-rank one).
+    _tune(root, "wrong_full.py", "base.yaml", "output_dir=wrong", nproc=2)
+    assert _max_diff(one, load_file(root / "wrong/model/model.safetensors")) > 10 * TOL
+    # Resume at the same world size from step 2: bit-identical final weights and files.
+    shutil.rmtree(root / "two/checkpoints/step_3")
+    saved = (root / "two/model/model.safetensors").read_bytes()
+    shutil.rmtree(root / "two/model")
+    _tune(root, "full_finetune_distributed", "base.yaml", "output_dir=two", "resume=auto", nproc=2)
+    assert (root / "two/model/model.safetensors").read_bytes() == saved
+
+
+def test_lora_two_ranks_equal_one_process(root: Path) -> None:
+    _tune(root, "lora_finetune_single_device", "lora.yaml", "output_dir=lone", "batch_size=2")
+    _tune(root, "lora_finetune_distributed", "lora.yaml", "output_dir=ltwo", nproc=2)
+    for name in ("adapter/adapter_model.safetensors", "merged/model.safetensors"):
+        one, two = load_file(root / "lone" / name), load_file(root / "ltwo" / name)
+        assert _max_diff(one, two) < TOL, name
+    adapter = load_file(root / "lone/adapter/adapter_model.safetensors")
+    b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert max(float(t.abs().max()) for t in b) > 100 * TOL  # B starts at zero: the adapter trained
