@@ -136,14 +136,23 @@ RECIPES: dict[str, RecipeInfo] = {
             module="ft_recipes.full_finetune_single_device",
             summary="Full fine-tuning sharded over several processes/GPUs (FSDP2, HSDP), exact resume",
             distributed=True,
-            configs=(),
+            configs=("llama3_1/8B_full",),
         ),
         RecipeInfo(
             name="lora_finetune_distributed",
             module="ft_recipes.lora_finetune_single_device",
             summary="LoRA / DoRA / QLoRA fine-tuning sharded over several processes/GPUs (FSDP2, HSDP)",
             distributed=True,
-            configs=(),
+            configs=(
+                "llama3_1/70B_lora",
+                "llama3_1/70B_qlora",
+                "qwen2_5/7B_lora_distributed",
+                "qwen2_5/14B_lora",
+                "qwen2_5/32B_lora",
+                "qwen3/8B_lora_distributed",
+                "qwen3/14B_lora",
+                "qwen3/32B_lora",
+            ),
         ),
     )
 }
