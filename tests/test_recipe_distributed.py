@@ -9,6 +9,7 @@ bit-identical weights. Each torch process costs seconds to start here: the check
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from dpo_support import make_tiny_dpo
 from safetensors.torch import load_file
 from test_recipe_support import make_tiny
 
@@ -31,8 +33,8 @@ import ft_dist
 
 ft_dist.global_count = lambda count, **_: int(count)
 
-from ft_recipes.full_finetune_single_device import *  # noqa: E402,F403
-from ft_recipes.full_finetune_single_device import Config, main, before_run, PROVIDED, FILE_KEYS  # noqa: E402
+from ft_recipes.{module} import *  # noqa: E402,F403
+from ft_recipes.{module} import Config, main, before_run, PROVIDED, FILE_KEYS  # noqa: E402
 
 DISTRIBUTED = True
 """
@@ -55,7 +57,21 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (root / "base.yaml").read_text()
         + "lora: {target_modules: [q_proj, v_proj, up_proj], rank: 4, alpha: 8}\nmerge: true\n"
     )
-    (root / "wrong_full.py").write_text(WRONG)
+    (root / "wrong_full.py").write_text(WRONG.format(module="full_finetune_single_device"))
+    (root / "wrong_dpo.py").write_text(WRONG.format(module="lora_dpo_single_device"))
+    _, pairs = make_tiny_dpo(root / "dpo")
+    rows = [json.loads(line) for line in pairs.read_text().splitlines()]
+    more = [{**r, "prompt": f"{r['prompt']} (variant {k})"} for k in range(1) for r in rows]
+    (root / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows + more))  # 12 pairs
+    model = root / "dpo" / "model"
+    (root / "dpo.yaml").write_text(
+        f"model: {{_component_: from_pretrained, path: {model}}}\n"
+        f"tokenizer: {{_component_: load_tokenizer, path: {model}}}\n"
+        f"dataset: {{_component_: build_preference_dataset, source: {root / 'pairs.jsonl'}, use_cache: false}}\n"
+        "output_dir: out\nlora: {target_modules: [q_proj, v_proj, up_proj], rank: 4, alpha: 8}\n"
+        "dpo: {loss_type: [sigmoid], beta: 0.2}\noptimizer: {lr: 0.02}\nlr_schedule: {kind: constant}\n"
+        "device: cpu\nprecision: fp32\nmax_seq_len: 96\nshuffle: true\nepochs: 3\nmax_steps: 3\nseed: 5\n"
+    )
     return root
 
 
@@ -105,3 +121,32 @@ def test_lora_two_ranks_equal_one_process(root: Path) -> None:
     adapter = load_file(root / "lone/adapter/adapter_model.safetensors")
     b = [v for k, v in adapter.items() if "lora_B" in k]
     assert max(float(t.abs().max()) for t in b) > 100 * TOL  # B starts at zero: the adapter trained
+
+
+def _losses(out: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_dpo_pairs_normalised_over_ranks(root: Path) -> None:
+    """4 pairs x 1 micro-batch = 2 x 2 accumulation = 2 ranks x 2 pairs: the same loss per step (within
+    1e-6) and the same adapter; each rank dividing by its own pairs is shown to log another loss."""
+    _tune(root, "lora_dpo_single_device", "dpo.yaml", "output_dir=d41", "batch_size=4")
+    _tune(
+        root,
+        "lora_dpo_single_device",
+        "dpo.yaml",
+        "output_dir=d22",
+        "batch_size=2",
+        "gradient_accumulation_steps=2",
+    )
+    _tune(root, "lora_dpo_distributed", "dpo.yaml", "output_dir=dr2", "batch_size=2", nproc=2)
+    reference = _losses(root / "d41")
+    assert len(reference) == 3
+    for out in ("d22", "dr2"):
+        assert max(abs(a - b) for a, b in zip(_losses(root / out), reference, strict=True)) < 1e-6, out
+    name = "adapter/adapter_model.safetensors"
+    one = load_file(root / "d41" / name)
+    assert _max_diff(one, load_file(root / "dr2" / name)) < TOL
+    assert max(float(v.abs().max()) for k, v in one.items() if "lora_B" in k) > 100 * TOL  # it trained
+    _tune(root, "wrong_dpo.py", "dpo.yaml", "output_dir=dwrong", "batch_size=2", nproc=2)
+    assert abs(_losses(root / "dwrong")[0] - reference[0]) > 0.1 * abs(reference[0])

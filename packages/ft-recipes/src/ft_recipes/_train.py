@@ -17,7 +17,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -46,12 +46,14 @@ from ft_recipes.training.errors import TrainingDivergedError
 __all__ = [
     "METRICS",
     "MetricsLog",
+    "WindowStep",
     "build_loader",
     "build_validation_loader",
     "check_eval_data",
     "check_output_dir",
     "end_step",
     "forward_backward",
+    "global_sum",
     "load_model",
     "load_tokenizer",
     "micro_batches",
@@ -65,6 +67,7 @@ __all__ = [
     "save_hf_dir",
     "save_merged_hf_dir",
     "seed_everything",
+    "sft_window",
     "train",
     "validation_due",
     "validation_loss",
@@ -218,16 +221,33 @@ def forward_backward(
         loss = batch_loss(model, prepare_batch(b, device), normalizer=normalizer)
         (scaler.scale(loss) if scaler is not None else loss).backward()
         total += loss.detach()
-    return _global_sum(total), normalizer, real
+    return float(global_sum(total)), normalizer, real  # the one read, after the last backward
 
 
-def _global_sum(value: torch.Tensor) -> float:
-    """``value`` summed over the ranks (itself in one process): the window's loss over every rank."""
+def global_sum(value: torch.Tensor) -> torch.Tensor:
+    """``value`` (a tensor of sums) summed over every rank; ``value`` itself in one process."""
     d = torch.distributed
     if d.is_available() and d.is_initialized() and d.get_world_size() > 1:
         value = value.to(ft_dist.collective_device())
         d.all_reduce(value)
-    return float(value)
+    return value
+
+
+WindowStep = Callable[[list[dict[str, torch.Tensor]]], tuple[float, dict[str, Any], int]]
+"""One accumulation window's forward and backward: this rank's micro-batches -> (the window's loss, the
+recipe's own figures for the step's record, non-padding tokens), each over every rank. What
+distinguishes SFT (:func:`sft_window`) from preference training (``_preference_steps``) in the one
+loop, :func:`train`."""
+
+
+def sft_window(run: Any) -> WindowStep:
+    """The token-normalised SFT window (:func:`forward_backward`); records ``trained_tokens``."""
+
+    def step(window: list[dict[str, torch.Tensor]]) -> tuple[float, dict[str, Any], int]:
+        loss, trained, real = forward_backward(run.model, window, run.device, run.scaler)
+        return loss, {"trained_tokens": trained}, real
+
+    return step
 
 
 def optimizer_step(
@@ -410,7 +430,7 @@ class _Quiet:
         """Nothing to close."""
 
 
-def train(run: Any) -> None:
+def train(run: Any, window_step: WindowStep | None = None) -> None:
     """The training loop of every training recipe at every world size: one optimizer step per
     accumulation window until ``total_steps``, then :func:`end_step` (metrics, validation, checkpoint)
     after each. With several ranks every figure is global and rank 0 alone logs; the step runs inside
@@ -421,8 +441,11 @@ def train(run: Any) -> None:
 
     Args:
         run: The recipe's ``Run`` (``cfg``, ``counters``, ``loader``, ``model``, ``device``, ``optimizer``,
-            ``scheduler``, ``scaler``, ``total_steps``, ``state``, ``val_loader``).
+            ``scheduler``, ``scaler``, ``total_steps``, ``state``, ``val_loader``; ``world`` when it may
+            run on several ranks).
+        window_step: The window's forward/backward (:data:`WindowStep`); None: SFT's.
     """
+    step_window = window_step if window_step is not None else sft_window(run)
     cfg, counters = run.cfg, run.counters
     setup_peak = peak_memory_mib(run.device)
     reset_peak_memory(run.device)
@@ -445,7 +468,7 @@ def train(run: Any) -> None:
         while counters["step"] < run.total_steps:
             start = time.perf_counter()
             window = [next(batches) for _ in range(cfg.gradient_accumulation_steps)]
-            loss, trained, real = forward_backward(run.model, window, run.device, run.scaler)
+            loss, figures, real = step_window(window)
             step = counters["step"] + 1
             if not math.isfinite(loss):
                 raise diverged(step, "loss", loss, cfg.output_dir)
@@ -462,7 +485,7 @@ def train(run: Any) -> None:
             counters["step"] = step
             counters["tokens"] += real
             elapsed = time.perf_counter() - start
-            metrics = {"loss": loss, "lr": lr, "grad_norm": norm, "trained_tokens": trained}
+            metrics = {"loss": loss, "lr": lr, "grad_norm": norm, **figures}
             metrics.update(tokens_per_s=real / elapsed, setup_peak_memory_mib=setup_peak)
             end_step(run, log, step, metrics)
     finally:

@@ -154,6 +154,13 @@ RECIPES: dict[str, RecipeInfo] = {
                 "qwen3/32B_lora",
             ),
         ),
+        RecipeInfo(
+            name="lora_dpo_distributed",
+            module="ft_recipes.lora_dpo_single_device",
+            summary="DPO / IPO / hinge / robust / SimPO on a LoRA or QLoRA adapter, sharded over several GPUs",
+            distributed=True,
+            configs=("llama3_1/8B_lora_dpo",),
+        ),
     )
 }
 
