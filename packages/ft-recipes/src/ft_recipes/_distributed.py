@@ -15,7 +15,7 @@ shards every step, and bf16-mixed (FSDP2's ``MixedPrecisionPolicy``) is what sha
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ import torch
 import ft_dist
 from ft_recipes.errors import UserError
 
-__all__ = ["World", "barrier", "check_precision", "finish", "shard", "start", "together"]
+__all__ = ["World", "barrier", "check_precision", "finish", "placement", "shard", "start", "together"]
 
 
 @dataclass(frozen=True)
@@ -88,10 +88,25 @@ def check_precision(world: World, precision_name: str) -> None:
         )
 
 
+def placement(world: World) -> Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """What keeps this rank's part of each parameter as the model streams in (``_setup.load_model``'s
+    ``shard``): ``ft_dist.shard_tensor``, the layout ``shard_model`` then adopts without copying, so a
+    rank holds its shards plus one whole tensor in flight. Buffers stay whole; None in one process."""
+    if not world.sharded:
+        return None
+    mesh = world.mesh
+
+    def keep_mine(key: str, value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return ft_dist.shard_tensor(value, mesh) if isinstance(like, torch.nn.Parameter) else value
+
+    return keep_mine
+
+
 def shard(model: torch.nn.Module, world: World, param_dtype: torch.dtype | None, offload: bool) -> None:
     """Shard ``model`` over the world's mesh (FSDP2 per decoder layer; nothing in one process).
 
-    Call after precision, attention, activation checkpointing and compile, before the optimizer.
+    Call after precision, attention, activation checkpointing and compile, before the optimizer. A model
+    loaded through :func:`placement` already holds its shards: they are adopted as they are.
     """
     if world.sharded:
         ft_dist.shard_model(model, world.mesh, param_dtype=param_dtype, offload=offload)

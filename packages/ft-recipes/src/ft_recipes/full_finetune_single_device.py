@@ -37,7 +37,7 @@ __all__ = ["FILE_KEYS", "PROVIDED", "Config", "before_run", "main", "setup"]
 DISTRIBUTED = True  # registered as full_finetune_distributed too
 # The recipe passes these keywords itself.
 PROVIDED = {
-    "model": {"dtype", "device", "prepare"},
+    "model": {"dtype", "device", "prepare", "placement"},
     "dataset": {"tokenizer", "max_seq_len"},
     "validation.dataset": {"tokenizer", "max_seq_len"},
 }
@@ -171,7 +171,11 @@ def setup(cfg: Config) -> Run:
     # Built on meta, given the policy's storage dtypes there, then streamed in: one copy of the master
     # weights (fp32 under bf16-mixed), never a second one.
     model = _train.load_model(
-        cfg.model, tokenizer, device, prepare=lambda m: apply_precision(m, policy, sharded=world.sharded)
+        cfg.model,
+        tokenizer,
+        device,
+        prepare=lambda m: apply_precision(m, policy, sharded=world.sharded),
+        shard=_distributed.placement(world),  # several ranks: each keeps only its shards
     )
     attention = apply_attention(
         model,

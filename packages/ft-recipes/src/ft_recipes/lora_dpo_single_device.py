@@ -48,7 +48,7 @@ __all__ = ["FILE_KEYS", "PROVIDED", "Config", "PreferenceConfig", "before_run", 
 
 DISTRIBUTED = True  # registered as lora_dpo_distributed too
 PROVIDED = {
-    "model": {"dtype", "device"},
+    "model": {"dtype", "device", "prepare", "placement"},
     "dataset": {"tokenizer", "max_seq_len"},
     "validation.dataset": {"tokenizer", "max_seq_len"},
 }

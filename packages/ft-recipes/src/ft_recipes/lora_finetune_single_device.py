@@ -41,7 +41,7 @@ __all__ = ["FILE_KEYS", "PROVIDED", "Config", "LoraConfig", "before_run", "main"
 DISTRIBUTED = True  # registered as lora_finetune_distributed too
 # The recipe passes these keywords itself.
 PROVIDED = {
-    "model": {"dtype", "device", "prepare"},
+    "model": {"dtype", "device", "prepare", "placement"},
     "dataset": {"tokenizer", "max_seq_len"},
     "validation.dataset": {"tokenizer", "max_seq_len"},
 }
@@ -229,7 +229,10 @@ def setup(cfg: Config) -> Run:
         apply_precision(model, policy, sharded=world.sharded)
 
     _train.seed_everything(cfg.seed)  # the adapter's initialisation, drawn as the adapters are created
-    model = _train.load_model(cfg.model, tokenizer, device, prepare=final_form)
+    # Several ranks: each keeps only its shards of every tensor as it streams in.
+    model = _train.load_model(
+        cfg.model, tokenizer, device, prepare=final_form, shard=_distributed.placement(world)
+    )
 
     written = None  # removed again if setup fails, so a refused run leaves nothing behind
     base_path = str(resolve_path(cfg.model["path"]).resolve())
