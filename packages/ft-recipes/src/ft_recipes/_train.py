@@ -145,43 +145,12 @@ def build_loader(
     return loader, total
 
 
-class _EpochBatches(torch.utils.data.Dataset):  # type: ignore[type-arg]
-    """Batch ``k`` of one epoch (collated rows), a pure function of (epoch order, k): safe in workers."""
-
-    def __init__(self, loader: Any, epoch: int) -> None:
-        self.loader, self.epoch = loader, epoch
-        self.per_step = loader.batch_size * loader.world_size
-
-    def __len__(self) -> int:
-        return len(self.loader.rows(self.epoch)) // self.per_step
-
-    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
-        return self.loader.batch(self.loader.rank_rows(self.epoch, k * self.per_step))  # type: ignore[no-any-return]
-
-
 def micro_batches(loader: Any, num_workers: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-    """Batches from the loader's position on, across epochs, forever; the position advances per batch.
-
-    The loader's ``epoch`` / ``rows_consumed`` always name the next batch to read, so saving
-    ``loader.state_dict()`` between optimizer steps is exact whatever ``num_workers`` prefetched.
-    """
-    while True:
-        batches = _EpochBatches(loader, loader.epoch)
-        start = loader.rows_consumed // batches.per_step
-        # Its own generator: a DataLoader otherwise draws its workers' seed from the global RNG each time
-        # it starts, and a resumed run (started mid-epoch) would then see other dropout masks.
-        data = torch.utils.data.DataLoader(
-            batches,
-            batch_size=None,
-            sampler=range(start, len(batches)),
-            num_workers=num_workers,
-            generator=torch.Generator(),
-        )
-        for batch in data:
-            loader.rows_consumed += batches.per_step
-            yield batch
-        loader.epoch += 1
-        loader.rows_consumed = 0
+    """This rank's batches from the loader's position on, across epochs, forever (ft-data's
+    ``Loader.batches``: a rank's rows are a pure function of the global order, world size and rank, and
+    the loader advances its own position, so saving ``loader.state_dict()`` between optimizer steps is
+    exact whatever ``num_workers`` prefetched)."""
+    return loader.batches(num_workers)  # type: ignore[no-any-return]
 
 
 def forward_backward(
