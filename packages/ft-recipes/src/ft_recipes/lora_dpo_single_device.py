@@ -21,6 +21,7 @@ import sys
 from dataclasses import dataclass, field, fields
 from typing import Annotated, Any, Literal
 
+from ft_recipes import lora_finetune_single_device
 from ft_recipes._train_config import (
     AttentionName,
     CheckpointConfig,
@@ -156,23 +157,9 @@ def before_run(cfg: Config) -> None:
 
 
 @dataclass
-class Run:
+class Run(lora_finetune_single_device.Run):
     """The LoRA recipe's run plus the preference parts, built by :func:`setup`."""
 
-    cfg: Config
-    device: Any
-    world: Any
-    model: Any
-    tokenizer: Any
-    loader: Any
-    optimizer: Any
-    scheduler: Any
-    scaler: Any
-    state: dict[str, Any]
-    counters: dict[str, int]
-    total_steps: int
-    val_loader: Any
-    base_path: str
     loss: Any = None
     reference: Any = None
     val_reference: Any = None
@@ -198,7 +185,6 @@ def setup(cfg: Config) -> Run:
     """The LoRA recipe's setup (one implementation of device, precision, adapters, data, optimizer and
     resume), then the reference: the adapters switched off, live or precomputed once."""
     from ft_recipes import _preference_steps as steps
-    from ft_recipes import lora_finetune_single_device
 
     loss = _loss(cfg)
     base = lora_finetune_single_device.setup(cfg)  # type: ignore[arg-type]

@@ -1,8 +1,9 @@
 """The steps every recipe shares, as public API: what a copied recipe (``tune cp``), a test or a benchmark
 calls instead of reaching into ft-recipes' private modules.
 
-Setup (``pick_device``, ``load_model_and_tokenizer``, ``stop_token_ids``: EOS plus ft-data's
-end-of-turn markers) and the training steps in their loop order (``load_tokenizer``, ``load_model``,
+Setup (``setup_training``, the one setup of every training recipe, returning a ``TrainingState``;
+``pick_device``, ``load_model_and_tokenizer``, ``stop_token_ids``: EOS plus ft-data's end-of-turn
+markers) and the training steps in their loop order (``load_tokenizer``, ``load_model``,
 ``build_loader``, ``micro_batches``, ``forward_backward``, ``optimizer_step``, ``end_step``,
 ``save_checkpoint`` / ``resume_checkpoint``, ``run_eval``, then the outputs: ``release_optimizer``,
 ``save_hf_dir``, ``save_merged_hf_dir``, ``save_base_hf_dir``; ``train`` is the whole loop, the same at
@@ -11,8 +12,8 @@ every world size, around a window step: ``sft_window`` or ``preference_window``,
 The preference (DPO) steps: ``preference_forward_backward``, the reference log-prob sources
 (``adapters_off_reference``, ``frozen_reference``, ``precompute_reference``, ``table_reference``),
 ``preference_train`` and ``preference_validation``.
-They are implemented once, in ``ft_recipes._setup``, ``ft_recipes._train`` and
-``ft_recipes._preference_steps``, and every shipped recipe
+They are implemented once, in ``ft_recipes._setup``, ``ft_recipes._training_setup``,
+``ft_recipes._train`` and ``ft_recipes._preference_steps``, and every shipped recipe
 calls them, so a feature cannot differ between recipes; this module only names them publicly.
 """
 
@@ -59,11 +60,13 @@ from ft_recipes._train import (
     validation_due,
     validation_loss,
 )
+from ft_recipes._training_setup import TrainingState, setup_training
 
 __all__ = [
     "METRICS",
     "MetricsLog",
     "Reference",
+    "TrainingState",
     "WindowStep",
     "adapters_off_reference",
     "build_loader",
@@ -94,6 +97,7 @@ __all__ = [
     "save_hf_dir",
     "save_merged_hf_dir",
     "seed_everything",
+    "setup_training",
     "sft_window",
     "stop_token_ids",
     "table_reference",
