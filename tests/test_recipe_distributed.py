@@ -4,7 +4,8 @@ One process reading batches of 2 and two ranks reading batches of 1 see the same
 (rank r reads rows r of each global step), so their final weights agree within fp32 summation order.
 A deliberately wrong variant, each rank dividing its loss by its own trained tokens, is shown to
 differ by far more. A two-rank run resumed from its intermediate (sharded) checkpoint ends with
-bit-identical weights. Each torch process costs seconds to start here: the checks share launches.
+bit-identical weights, and its export equals byte for byte what one process writes from the same
+weights (its checkpoint loaded at world size 1). Each torch process costs seconds to start here: the checks share launches.
 """
 
 from __future__ import annotations
@@ -101,6 +102,22 @@ def test_full_two_ranks_equal_one_process_and_resume_bit_exact(root: Path) -> No
         "__0_0.distcp",
         "__1_0.distcp",
     ]
+    # Export: one process loading the 2-rank run's last (sharded) checkpoint, at world size 1, writes
+    # byte-identical files to the ones the 2 ranks gathered and rank 0 wrote; other weights do not.
+    step_3 = root / "two/checkpoints/step_3"
+    _tune(
+        root,
+        "full_finetune_single_device",
+        "base.yaml",
+        "output_dir=export",
+        "batch_size=2",
+        f"resume={step_3}",
+    )
+    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json"):
+        assert (root / "export/model" / name).read_bytes() == (root / "two/model" / name).read_bytes(), name
+    assert (root / "one/model/model.safetensors").read_bytes() != (
+        root / "two/model/model.safetensors"
+    ).read_bytes()
     # The wrong normaliser is visible in the weights (AdamW hides a constant factor, not a per-rank one).
     _tune(root, "wrong_full.py", "base.yaml", "output_dir=wrong", nproc=2)
     assert _max_diff(one, load_file(root / "wrong/model/model.safetensors")) > 10 * TOL
