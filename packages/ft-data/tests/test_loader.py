@@ -152,3 +152,54 @@ def test_packed_batches_carry_each_document_alone() -> None:
                 assert labels[r][where].tolist() == [*tokens[1:].tolist(), -100]
                 seen += 1
     assert seen > 50
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_batches_cross_epochs_and_resume_at_the_position_handed_out(num_workers: int) -> None:
+    """`batches()` reads what one `for batch in loader` per epoch reads, across epochs; the position it
+    leaves names the next batch handed out, however far the workers read ahead, on any world size."""
+    data = Examples(50, seed=3)
+    kw = dict(batch_size=3, max_seq_len=64, seed=5)
+    plain = ft_data.Loader(data, **kw)
+    want = [_rows_of(b) for _ in range(3) for b in plain]  # three epochs, one `for` each
+    loader = ft_data.Loader(data, **kw)
+    stream = loader.batches(num_workers)
+    got = [_rows_of(next(stream)) for _ in range(len(want))]
+    assert got == want
+    assert loader.state_dict() == {"epoch": 3, "rows_consumed": 0, "seed": 5}
+    # Stop after k batches of an epoch (workers have prefetched more), resume on two ranks.
+    loader = ft_data.Loader(data, **kw)
+    stream = loader.batches(num_workers)
+    k = 4
+    head = [_rows_of(next(stream)) for _ in range(k)]
+    state = loader.state_dict()
+    assert state == {"epoch": 0, "rows_consumed": k * 3, "seed": 5}
+    del stream
+    ranks = [ft_data.Loader(data, world_size=2, rank=r, batch_size=3, max_seq_len=64, seed=5) for r in (0, 1)]
+    for r in ranks:
+        r.load_state_dict(state)
+    streams = [r.batches(num_workers) for r in ranks]
+    tail = [row for _ in range(2) for s in streams for row in _rows_of(next(s))]
+    flat = [row for b in want for row in b]
+    assert [row for b in head for row in b] + tail == flat[: k * 3 + 12]
+    # Wrong variant: a position counted in batches of this rank (k) instead of global rows skips rows.
+    wrong = ft_data.Loader(data, **kw)
+    wrong.load_state_dict({**state, "rows_consumed": k})
+    assert _rows_of(next(wrong.batches())) != want[k]
+
+
+def test_batches_refuse_an_epoch_without_a_complete_batch() -> None:
+    loader = ft_data.Loader(Examples(3), batch_size=2, max_seq_len=64, world_size=2, rank=0, packed=False)
+    with pytest.raises(ValueError, match="3 examples give no complete batch of 2 rows x 2 ranks"):
+        next(loader.batches())
+
+
+def test_batches_resume_from_a_position_at_an_epochs_end() -> None:
+    data = Examples(30, seed=4)
+    loader = ft_data.Loader(data, batch_size=4, max_seq_len=64, seed=2)
+    end = len(loader.rows(0)) // 4 * 4
+    loader.load_state_dict({"epoch": 0, "rows_consumed": end, "seed": 2})
+    first = next(loader.batches())
+    fresh = ft_data.Loader(data, batch_size=4, max_seq_len=64, seed=2)
+    fresh.load_state_dict({"epoch": 1, "rows_consumed": 0, "seed": 2})
+    assert _rows_of(first) == _rows_of(next(iter(fresh)))

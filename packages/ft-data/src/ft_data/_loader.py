@@ -12,6 +12,12 @@ consumed in the current epoch (plus the epoch), so a run stopped after k steps r
 ``load_state_dict`` on any world size and reads exactly the rows an uninterrupted run would. An
 epoch ends at the last complete global batch (the tail, fewer than ``batch_size * world_size``
 rows, is skipped so that every rank steps together).
+
+:meth:`Loader.batches` is what a training loop reads: this rank's batches from the position on,
+across epochs, optionally collated in worker processes. Batch ``k`` of an epoch is a pure function of
+(epoch order, ``k``, world size, rank), so workers can build it anywhere; the loader advances its own
+position as each batch is handed out, so ``state_dict()`` between optimizer steps is exact however far
+the workers read ahead.
 """
 
 from __future__ import annotations
@@ -21,10 +27,26 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
+import torch.utils.data
 
 from ft_data._collate import collate_preference, collate_rows
 
 __all__ = ["Loader", "pack_rows", "row_order"]
+
+
+class _EpochBatches(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """This rank's batch ``k`` of one epoch (collated rows), a pure function of (epoch order, k): what
+    a ``DataLoader`` worker builds without sharing state with the loader."""
+
+    def __init__(self, loader: Loader, epoch: int) -> None:
+        self.loader, self.epoch = loader, epoch
+        self.per_step = loader.batch_size * loader.world_size
+
+    def __len__(self) -> int:
+        return len(self.loader.rows(self.epoch)) // self.per_step
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        return self.loader.batch(self.loader.rank_rows(self.epoch, k * self.per_step))
 
 
 class _Examples(Protocol):
@@ -161,6 +183,48 @@ class Loader:
             yield batch
         self.epoch += 1
         self.rows_consumed = 0
+
+    def batches(self, num_workers: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """This rank's batches from the loader's position on, across epochs, without end.
+
+        Args:
+            num_workers: Processes that collate batches ahead (0: in this process). Each epoch's
+                ``DataLoader`` gets a generator of its own: one that draws its workers' seed from the
+                global RNG would shift every later random draw of a run resumed mid-epoch (its dropout
+                masks) against the uninterrupted run.
+
+        Yields:
+            Collated batches; ``epoch`` / ``rows_consumed`` advance as each is yielded (to the next
+            epoch's start with an epoch's last batch), so they always name the next batch to hand out,
+            however many the workers prefetched.
+
+        Raises:
+            ValueError: An epoch holds no complete global batch (there would be nothing to yield, ever).
+        """
+        while True:
+            epoch = _EpochBatches(self, self.epoch)
+            if len(epoch) == 0:
+                raise ValueError(
+                    f"{len(self.dataset)} examples give no complete batch of {self.batch_size} rows x "
+                    f"{self.world_size} ranks"
+                )
+            start = self.rows_consumed // epoch.per_step
+            if start >= len(epoch):  # a position saved at an epoch's end
+                self.epoch, self.rows_consumed = self.epoch + 1, 0
+                continue
+            data = torch.utils.data.DataLoader(
+                epoch,
+                batch_size=None,
+                sampler=range(start, len(epoch)),
+                num_workers=num_workers,
+                generator=torch.Generator(),
+            )
+            for k, batch in enumerate(data, start=start):
+                self.rows_consumed += epoch.per_step
+                if k == len(epoch) - 1:  # the epoch's last batch: the position moves to the next epoch
+                    self.epoch += 1
+                    self.rows_consumed = 0
+                yield batch
 
     def state_dict(self) -> dict[str, Any]:
         """Position: epoch and global rows consumed in it (world-size independent), plus the seed."""

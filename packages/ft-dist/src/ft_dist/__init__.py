@@ -7,6 +7,7 @@ global token count, clipping over sharded gradients, and checkpoints that every 
 """
 
 from ft_dist._activation_checkpointing import apply_activation_checkpointing, decoder_layers
+from ft_dist._async_checkpoint import PendingCheckpoint, save_checkpoint_async
 from ft_dist._atomic import publish_dir, write_atomic
 from ft_dist._checkpoint_dirs import (
     MARKER,
@@ -24,7 +25,9 @@ from ft_dist._checkpointer import (
 )
 from ft_dist._clip import clip_grad_norm_
 from ft_dist._launch import Launch, abort_on_failure, global_count, init_distributed
+from ft_dist._led import led_by_rank0
 from ft_dist._mesh import build_mesh, collective_device, mesh_shape
+from ft_dist._placement import gathered, shard_placements, shard_tensor
 from ft_dist._rng import rng_state, set_rng_state
 from ft_dist._safe_io import read_metadata
 from ft_dist._shard import fsdp_modules, is_sharded, output_group, set_gradient_sync, shard_model
@@ -46,6 +49,7 @@ __all__ = [
     "FtDistError",
     "Launch",
     "ModelOptimizerState",
+    "PendingCheckpoint",
     "RankFailedError",
     "ShardingError",
     "UnsafeCheckpointError",
@@ -59,11 +63,13 @@ __all__ = [
     "collective_device",
     "decoder_layers",
     "fsdp_modules",
+    "gathered",
     "global_count",
     "init_distributed",
     "is_checkpoint",
     "is_sharded",
     "latest_checkpoint",
+    "led_by_rank0",
     "load_checkpoint",
     "mesh_shape",
     "output_group",
@@ -73,8 +79,11 @@ __all__ = [
     "read_rank_state",
     "rng_state",
     "save_checkpoint",
+    "save_checkpoint_async",
     "set_gradient_sync",
     "set_rng_state",
     "shard_model",
+    "shard_placements",
+    "shard_tensor",
     "write_atomic",
 ]

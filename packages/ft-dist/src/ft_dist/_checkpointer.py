@@ -166,53 +166,91 @@ def save_checkpoint(
         CheckpointError: a write failed (disk full, permissions); earlier checkpoints are untouched. Every
             rank raises when any rank failed.
     """
-    root = Path(directory)
-    rank, world = _rank_world()
-    final = root / f"step_{step}"
-    tmp = root / f".tmp-step_{step}"
-    for key, value in (rank_state or {}).items():
-        if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"{final}: rank_state[{key!r}] is {type(value).__name__}, not a tensor")
-    if keep_last is not None and keep_last < 1:
-        raise CheckpointError(f"{root}: keep_last must be >= 1, got {keep_last}")
-
-    def prepare() -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
+    save = _Save(directory, step, rank_state, keep_last)
+    save.phase(save.prepare, everywhere=False)
 
     def write() -> None:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
             dcp.save(
-                dict(app_state), storage_writer=FileSystemWriter(tmp, sync_files=True), no_dist=not _dist_on()
+                dict(app_state),
+                storage_writer=FileSystemWriter(save.tmp, sync_files=True),
+                no_dist=not _dist_on(),
             )
-        sidecar = {k: v.detach().cpu().clone() for k, v in (rank_state or {}).items()}
-        write_atomic(tmp / f"rank_{rank}.pt", lambda f: torch.save(sidecar, f))
+        save.write_sidecar()
 
-    def publish() -> None:
-        info: dict[str, Any] = {"format": FORMAT, "step": step, "world_size": world}
-        if keep_last is not None:
-            info["keep_last"] = keep_last
-        write_atomic(tmp / MARKER, json.dumps(info).encode())
-        publish_dir(tmp, final)  # the commit point: step_N appears complete, marker included
+    save.phase(write, everywhere=True)
+    return save.finish()
 
-    # Each phase ends with every rank agreeing on success, so one rank's failure (a full disk) raises on
-    # all ranks instead of leaving the others waiting in a barrier.
-    for phase, everywhere in ((prepare, False), (write, True), (publish, False)):
-        error = _attempt(phase) if everywhere or rank == 0 else None
+
+class _Save:
+    """The phases of one atomic save (module docstring), shared by the blocking and the asynchronous save.
+
+    Each phase ends with every rank agreeing on success (:meth:`phase`), so one rank's failure (a full
+    disk) raises on all ranks instead of leaving the others waiting in a barrier.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        step: int,
+        rank_state: Mapping[str, torch.Tensor] | None,
+        keep_last: int | None,
+    ) -> None:
+        self.root = Path(directory)
+        self.rank, self.world = _rank_world()
+        self.step, self.keep_last = step, keep_last
+        self.final = self.root / f"step_{step}"
+        self.tmp = self.root / f".tmp-step_{step}"
+        for key, value in (rank_state or {}).items():
+            if not isinstance(value, torch.Tensor):
+                raise CheckpointError(
+                    f"{self.final}: rank_state[{key!r}] is {type(value).__name__}, not a tensor"
+                )
+        if keep_last is not None and keep_last < 1:
+            raise CheckpointError(f"{self.root}: keep_last must be >= 1, got {keep_last}")
+        self.sidecar = {k: v.detach().cpu().clone() for k, v in (rank_state or {}).items()}
+
+    def phase(
+        self, run: Callable[[], object], *, everywhere: bool, error: BaseException | None = None
+    ) -> None:
+        """Run ``run`` (on every rank, or on rank 0), then agree; on failure remove the temp directory and
+        raise on every rank. ``error``: a failure this rank already had (an asynchronous write's)."""
+        if error is None and (everywhere or self.rank == 0):
+            error = _attempt(run)
         if not _agree(error is None):
-            if rank == 0:
-                shutil.rmtree(tmp, ignore_errors=True)
-            raise CheckpointError(f"{final}: saving failed ({_detail(error)})") from error
-    log.info("saved checkpoint %s", final)
-    if keep_last is not None:
-        _on_rank0(
-            lambda: clean(root, keep_last=keep_last, keep=final),
-            f"{root}: {final.name} saved, pruning failed",
-        )
-    return final
+            if self.rank == 0:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+            raise CheckpointError(f"{self.final}: saving failed ({_detail(error)})") from error
+
+    def prepare(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.tmp.mkdir()
+
+    def write_sidecar(self) -> None:
+        sidecar = self.sidecar
+        write_atomic(self.tmp / f"rank_{self.rank}.pt", lambda f: torch.save(sidecar, f))
+
+    def publish(self) -> None:
+        info: dict[str, Any] = {"format": FORMAT, "step": self.step, "world_size": self.world}
+        if self.keep_last is not None:
+            info["keep_last"] = self.keep_last
+        write_atomic(self.tmp / MARKER, json.dumps(info).encode())
+        publish_dir(self.tmp, self.final)  # the commit point: step_N appears complete, marker included
+
+    def finish(self) -> Path:
+        """Publish (rank 0 writes the marker and renames), then prune; every rank."""
+        self.phase(self.publish, everywhere=False)
+        log.info("saved checkpoint %s", self.final)
+        if self.keep_last is not None:
+            keep_last, final = self.keep_last, self.final
+            _on_rank0(
+                lambda: clean(self.root, keep_last=keep_last, keep=final),
+                f"{self.root}: {final.name} saved, pruning failed",
+            )
+        return self.final
 
 
 def clean_checkpoints(

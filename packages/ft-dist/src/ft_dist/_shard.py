@@ -27,6 +27,11 @@ the meaning ft-recipes' single-device ``bf16-mixed`` copies per unit.
 
 Apply activation checkpointing and ``compile`` to the layers *before* sharding: FSDP's hooks then
 wrap the checkpointed, compiled forward, and the recomputation runs on the gathered parameters.
+
+**Placed parameters.** A model whose parameters are already this rank's parts (DTensors made by
+:func:`~ft_dist.shard_tensor` as a streaming loader filled it, so no rank ever held the whole model) is
+sharded the same way: the units are planned on placeholders of the parameters' shapes and the placed
+parameters are adopted as the units' shards (``ft_dist._placement``), nothing gathered or copied.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from torch.distributed.fsdp import (
 )
 
 from ft_dist._activation_checkpointing import decoder_layers
+from ft_dist._placement import adopted, is_placed
 from ft_dist.errors import ShardingError
 
 __all__ = ["fsdp_modules", "is_sharded", "output_group", "set_gradient_sync", "shard_model"]
@@ -119,7 +125,9 @@ def shard_model(
     docstring): divide the loss by :func:`~ft_dist.global_count` of the trained tokens.
 
     Args:
-        model: the model, on the mesh's device type (or on the meta device, to be materialised after).
+        model: the model, on the mesh's device type (or on the meta device, to be materialised after),
+            with whole parameters, or with every parameter already placed by
+            :func:`~ft_dist.shard_tensor` on ``mesh`` (then adopted as the shards, not copied).
         mesh: from :func:`~ft_dist.build_mesh`.
         param_dtype: the compute dtype the all-gather casts floating parameters to (``torch.bfloat16``
             for ``bf16-mixed``); None computes in the stored dtype.
@@ -135,7 +143,7 @@ def shard_model(
 
     Raises:
         ShardingError: ``offload`` on a non-CUDA mesh, a mesh of more than 2 dimensions, a model
-            already sharded.
+            already sharded, placed parameters beside whole ones or placed on another layout.
     """
     if offload and mesh.device_type != "cuda":
         raise ShardingError(
@@ -150,6 +158,24 @@ def shard_model(
         param_dtype=param_dtype, reduce_dtype=reduce_dtype, cast_forward_inputs=False
     )
     offload_policy = CPUOffloadPolicy() if offload else OffloadPolicy()
+    if is_placed(model):
+        with adopted(model, mesh):
+            _shard_units(model, mesh, reshard_after_forward, mp_policy, offload_policy)
+    else:
+        _shard_units(model, mesh, reshard_after_forward, mp_policy, offload_policy)
+    for module in _fsdp_iter(model):
+        _sum_reductions(module)
+    return model
+
+
+def _shard_units(
+    model: nn.Module,
+    mesh: DeviceMesh,
+    reshard_after_forward: bool,
+    mp_policy: MixedPrecisionPolicy,
+    offload_policy: OffloadPolicy,
+) -> None:
+    """``fully_shard`` each decoder layer, the output group, then the root (module docstring)."""
     for layer in decoder_layers(model):
         fully_shard(
             layer,
@@ -170,6 +196,3 @@ def shard_model(
     fully_shard(
         model, mesh=mesh, reshard_after_forward=False, mp_policy=mp_policy, offload_policy=offload_policy
     )
-    for module in _fsdp_iter(model):
-        _sum_reductions(module)
-    return model

@@ -16,14 +16,12 @@ ranks when distributed: pass ``num_pairs``), so 4 x 1, 2 x 2 and 1 x 4 give the 
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict
 from typing import Any
 
 import torch
 
+import ft_dist
 from ft_recipes.errors import UserError
 from ft_recipes.training import PreferenceLoss, PreferenceStats, preference_loss, sequence_logps
 
@@ -35,6 +33,7 @@ __all__ = [
     "preference_forward_backward",
     "preference_train",
     "preference_validation",
+    "preference_window",
     "table_reference",
 ]
 
@@ -128,7 +127,8 @@ def preference_forward_backward(
     if pairs <= 0:
         raise UserError("dataset: an accumulation window holds no preference pair")
     total, stats, real = 0.0, PreferenceStats.zero(), 0
-    for batch in window:
+    for i, batch in enumerate(window):
+        ft_dist.set_gradient_sync(model, i == len(window) - 1)  # a sharded model reduces once
         b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         ref = None if cfg.reference_free or reference is None else reference(b)
         loss, part = preference_loss(cfg, sequence_logps(model, b), ref, num_pairs=pairs)
@@ -173,55 +173,37 @@ def preference_validation(
     return {"loss": total / max(pairs, 1), **stats.metrics(), "pairs": float(pairs)}
 
 
-def preference_train(run: Any) -> None:
-    """The loop of the single-device preference recipes: one optimizer step per accumulation window until
-    ``total_steps``, then ``end_step`` (metrics with TRL's names, validation, checkpoint) after each.
-
-    Everything but the window's forward/backward is the SFT loop's own steps (``micro_batches``,
-    ``optimizer_step``, ``end_step``, ``MetricsLog``), so checkpoints and resume behave as in SFT.
+def preference_window(
+    run: Any,
+) -> Callable[[list[dict[str, torch.Tensor]]], tuple[float, dict[str, Any], int]]:
+    """The pair-normalised window for the one training loop (``_train.train``): the normaliser is the
+    window's pairs over every rank (``ft_dist.global_count``), the loss, TRL's metric sums and the
+    token count are summed over the ranks, so the record is the whole window's.
 
     Args:
-        run: The recipe's ``Run``: the SFT fields (``cfg``, ``counters``, ``loader``, ``model``,
-            ``device``, ``optimizer``, ``scheduler``, ``scaler``, ``total_steps``, ``state``) plus
-            ``loss`` (a :class:`PreferenceLoss`) and ``reference`` (a :data:`Reference` or None).
+        run: The recipe's ``Run`` (``model``, ``device``, ``scaler``) plus ``loss`` (a
+            :class:`PreferenceLoss`) and ``reference`` (a :data:`Reference` or None).
     """
-    from ft_recipes._train import MetricsLog, diverged, end_step, micro_batches, optimizer_step
+    import ft_dist
+    from ft_recipes._train import global_sum
 
-    cfg, counters = run.cfg, run.counters
-    batches = micro_batches(run.loader, cfg.num_workers)
-    log = MetricsLog(
-        cfg.output_dir,
-        run.total_steps,
-        counters["step"],
-        cfg.loggers,
-        wandb_project=cfg.wandb.project,
-        wandb_name=cfg.wandb.name,
-        config=asdict(cfg),
-    )
-    try:
-        while counters["step"] < run.total_steps:
-            start = time.perf_counter()
-            window = [next(batches) for _ in range(cfg.gradient_accumulation_steps)]
-            loss, stats, real = preference_forward_backward(
-                run.model, window, run.device, run.loss, run.reference, scaler=run.scaler
-            )
-            step = counters["step"] + 1
-            if not math.isfinite(loss):
-                raise diverged(step, "loss", loss, cfg.output_dir)
-            lr = float(run.scheduler.get_last_lr()[0])
-            norm = optimizer_step(
-                run.model,
-                run.optimizer,
-                run.scheduler,
-                cfg.clip_grad_norm,
-                run.scaler,
-                step=step,
-                output_dir=cfg.output_dir,
-            )
-            counters["step"] = step
-            counters["tokens"] += real
-            elapsed = time.perf_counter() - start
-            metrics = {"loss": loss, "lr": lr, "grad_norm": norm, "pairs": stats.metrics_pairs()}
-            end_step(run, log, step, {**metrics, **stats.metrics(), "tokens_per_s": real / elapsed})
-    finally:
-        log.close()
+    def step(window: list[dict[str, torch.Tensor]]) -> tuple[float, dict[str, Any], int]:
+        pairs = ft_dist.global_count(sum(int(b["pair_index"].numel()) for b in window))
+        loss, stats, real = preference_forward_backward(
+            run.model, window, run.device, run.loss, run.reference, num_pairs=pairs, scaler=run.scaler
+        )
+        total = PreferenceStats(global_sum(stats.sums)).to_cpu()
+        loss = float(global_sum(torch.tensor(loss, dtype=torch.float64)))
+        real = int(global_sum(torch.tensor(real, dtype=torch.int64)))
+        return loss, {"pairs": total.metrics_pairs(), **total.metrics()}, real
+
+    return step
+
+
+def preference_train(run: Any) -> None:
+    """The loop of the preference recipes: SFT's one loop (``_train.train``: optimizer step, metrics,
+    validation, checkpoints, resume, rank-0 logging) around the pair-normalised window
+    (:func:`preference_window`)."""
+    from ft_recipes._train import train
+
+    train(run, preference_window(run))

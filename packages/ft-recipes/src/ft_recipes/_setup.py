@@ -37,6 +37,7 @@ def load_model(
     tokenizer: Any,
     device: torch.device,
     prepare: Callable[[CausalLM], object] | None = None,
+    shard: Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> CausalLM:
     """Build the model on the meta device, check the tokenizer fits it, let ``prepare`` give it its final
     form there (adapters, the precision policy's storage dtypes), then stream the checkpoint into that
@@ -45,6 +46,10 @@ def load_model(
     The model component (``from_pretrained``) receives ``dtype=float32`` (what parameters declare
     before ``prepare``), ``device`` and ``prepare``; a component that takes no ``prepare`` loads the
     whole model in fp32 and ``prepare`` runs on it afterwards (the memory of the older order).
+
+    ``shard`` (a sharded run): each tensor leaving the meta device is passed through it, keeping only
+    this rank's part (ft-models' ``Placement(shard=...)``), so no rank ever holds the whole model; a
+    component without ``placement`` loads whole tensors and the sharding happens afterwards.
 
     Raises:
         UserError: The tokenizer has ids the model's embedding has no row for (found before any weight
@@ -61,8 +66,15 @@ def load_model(
         if prepare is not None:
             prepare(model)
 
-    if _takes_prepare(model_node):
+    if shard is not None and _takes(model_node, "placement"):
+        from ft_models import Placement
+
+        placed = Placement(device=device, shard=shard)
         model: CausalLM = instantiate(
+            model_node, key="model", allow_any=True, dtype=torch.float32, placement=placed, prepare=checked
+        )
+    elif _takes(model_node, "prepare"):
+        model = instantiate(
             model_node, key="model", allow_any=True, dtype=torch.float32, device=device, prepare=checked
         )
     else:  # a user's loader without `prepare`: load whole in fp32, then transform (the older order)
@@ -71,14 +83,15 @@ def load_model(
     return model.train()
 
 
-def _takes_prepare(model_node: Mapping[str, Any]) -> bool:
-    """Whether the model component accepts ``prepare`` (``from_pretrained`` does; a user's loader may not)."""
+def _takes(model_node: Mapping[str, Any], name: str) -> bool:
+    """Whether the model component accepts the keyword ``name`` (``from_pretrained`` takes ``prepare``
+    and ``placement``; a user's loader may not)."""
     fn = resolve_component(model_node[COMPONENT], key="model", allow_any=True)
     try:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
         return False
-    return any(p.name == "prepare" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def load_model_and_tokenizer(

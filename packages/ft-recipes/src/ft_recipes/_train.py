@@ -17,7 +17,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -46,12 +46,14 @@ from ft_recipes.training.errors import TrainingDivergedError
 __all__ = [
     "METRICS",
     "MetricsLog",
+    "WindowStep",
     "build_loader",
     "build_validation_loader",
     "check_eval_data",
     "check_output_dir",
     "end_step",
     "forward_backward",
+    "global_sum",
     "load_model",
     "load_tokenizer",
     "micro_batches",
@@ -65,6 +67,7 @@ __all__ = [
     "save_hf_dir",
     "save_merged_hf_dir",
     "seed_everything",
+    "sft_window",
     "train",
     "validation_due",
     "validation_loss",
@@ -110,8 +113,11 @@ def build_loader(
     accumulation: int,
     epochs: int,
     max_steps: int | None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> tuple[Any, int]:
-    """Tokenise the dataset (ft-data caches it) and build its loader; returns (loader, optimizer steps).
+    """Tokenise the dataset (ft-data caches it) and build this rank's loader; returns (loader, optimizer
+    steps). Every rank reads the same global order; ``batch_size`` is per rank.
 
     Raises:
         UserError: The data gives no complete optimizer step.
@@ -129,6 +135,8 @@ def build_loader(
         packed=packed,
         shuffle=shuffle,
         pad_id=tokenizer.pad_id if tokenizer.pad_id is not None else 0,
+        world_size=world_size,
+        rank=rank,
     )
     per_epoch = loader.steps_per_epoch() // accumulation
     total = epochs * per_epoch if max_steps is None else min(max_steps, epochs * per_epoch)
@@ -136,47 +144,17 @@ def build_loader(
         raise UserError(
             f"dataset: {len(dataset)} examples give no complete step of batch_size={batch_size} x "
             f"gradient_accumulation_steps={accumulation}"
+            + (f" x {world_size} ranks" if world_size > 1 else "")
         )
     return loader, total
 
 
-class _EpochBatches(torch.utils.data.Dataset):  # type: ignore[type-arg]
-    """Batch ``k`` of one epoch (collated rows), a pure function of (epoch order, k): safe in workers."""
-
-    def __init__(self, loader: Any, epoch: int) -> None:
-        self.loader, self.epoch = loader, epoch
-        self.per_step = loader.batch_size * loader.world_size
-
-    def __len__(self) -> int:
-        return len(self.loader.rows(self.epoch)) // self.per_step
-
-    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
-        return self.loader.batch(self.loader.rank_rows(self.epoch, k * self.per_step))  # type: ignore[no-any-return]
-
-
 def micro_batches(loader: Any, num_workers: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-    """Batches from the loader's position on, across epochs, forever; the position advances per batch.
-
-    The loader's ``epoch`` / ``rows_consumed`` always name the next batch to read, so saving
-    ``loader.state_dict()`` between optimizer steps is exact whatever ``num_workers`` prefetched.
-    """
-    while True:
-        batches = _EpochBatches(loader, loader.epoch)
-        start = loader.rows_consumed // batches.per_step
-        # Its own generator: a DataLoader otherwise draws its workers' seed from the global RNG each time
-        # it starts, and a resumed run (started mid-epoch) would then see other dropout masks.
-        data = torch.utils.data.DataLoader(
-            batches,
-            batch_size=None,
-            sampler=range(start, len(batches)),
-            num_workers=num_workers,
-            generator=torch.Generator(),
-        )
-        for batch in data:
-            loader.rows_consumed += batches.per_step
-            yield batch
-        loader.epoch += 1
-        loader.rows_consumed = 0
+    """This rank's batches from the loader's position on, across epochs, forever (ft-data's
+    ``Loader.batches``: a rank's rows are a pure function of the global order, world size and rank, and
+    the loader advances its own position, so saving ``loader.state_dict()`` between optimizer steps is
+    exact whatever ``num_workers`` prefetched)."""
+    return loader.batches(num_workers)  # type: ignore[no-any-return]
 
 
 def forward_backward(
@@ -188,28 +166,61 @@ def forward_backward(
     """Forward and backward over one accumulation window with the window-normalised loss.
 
     Args:
-        model: The model (train mode); gradients accumulate into its parameters.
-        window: Micro-batches with ``input_ids``, ``labels``, ``position_ids``, ``document_ids`` [b, s].
+        model: The model (train mode; sharded or not); gradients accumulate into its parameters.
+        window: This rank's micro-batches with ``input_ids``, ``labels``, ``position_ids``,
+            ``document_ids`` [b, s].
         device: Where to compute.
         scaler: A ``GradScaler`` (fp16) or None.
 
     Returns:
-        (the window's mean loss per trained token, trained tokens, non-padding tokens).
+        (the window's mean loss per trained token, trained tokens, non-padding tokens), each over every
+        data-parallel rank.
 
-    Nothing inside the window waits for the device: the counts and each micro-batch's flags are read
-    from the CPU batches before they move (``prepare_batch``), the losses are summed on the device, and
-    the sum is read once, after the last backward.
+    The normaliser is the window's trained tokens summed over every rank (``ft_dist.global_count``,
+    one all-reduce; the count itself in one process), so each token weighs the same whatever rank and
+    micro-batch it is in; a sharded model reduces its gradients once, on the last micro-batch. Nothing
+    inside the window waits for the device: the counts and each micro-batch's flags are read from the
+    CPU batches before they move (``prepare_batch``), the losses are summed on the device, and the sum
+    is read once, after the last backward.
     """
-    normalizer = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in window)
-    real = sum(int((b["document_ids"] != -1).sum()) for b in window)
+    mine = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in window)
+    normalizer = ft_dist.global_count(mine)
+    real = ft_dist.global_count(sum(int((b["document_ids"] != -1).sum()) for b in window))
     if normalizer == 0:
         raise UserError("dataset: an accumulation window has no trained token (check the loss mask)")
     total = torch.zeros((), dtype=torch.float32, device=device)
-    for b in window:
+    for i, b in enumerate(window):
+        ft_dist.set_gradient_sync(model, i == len(window) - 1)
         loss = batch_loss(model, prepare_batch(b, device), normalizer=normalizer)
         (scaler.scale(loss) if scaler is not None else loss).backward()
         total += loss.detach()
-    return float(total), normalizer, real
+    return float(global_sum(total)), normalizer, real  # the one read, after the last backward
+
+
+def global_sum(value: torch.Tensor) -> torch.Tensor:
+    """``value`` (a tensor of sums) summed over every rank; ``value`` itself in one process."""
+    d = torch.distributed
+    if d.is_available() and d.is_initialized() and d.get_world_size() > 1:
+        value = value.to(ft_dist.collective_device())
+        d.all_reduce(value)
+    return value
+
+
+WindowStep = Callable[[list[dict[str, torch.Tensor]]], tuple[float, dict[str, Any], int]]
+"""One accumulation window's forward and backward: this rank's micro-batches -> (the window's loss, the
+recipe's own figures for the step's record, non-padding tokens), each over every rank. What
+distinguishes SFT (:func:`sft_window`) from preference training (``_preference_steps``) in the one
+loop, :func:`train`."""
+
+
+def sft_window(run: Any) -> WindowStep:
+    """The token-normalised SFT window (:func:`forward_backward`); records ``trained_tokens``."""
+
+    def step(window: list[dict[str, torch.Tensor]]) -> tuple[float, dict[str, Any], int]:
+        loss, trained, real = forward_backward(run.model, window, run.device, run.scaler)
+        return loss, {"trained_tokens": trained}, real
+
+    return step
 
 
 def optimizer_step(
@@ -229,7 +240,9 @@ def optimizer_step(
     """
     if scaler is not None:
         scaler.unscale_(optimizer)
-    norm = float(clip_grad_norm(model, max_norm))
+    # A sharded model's gradients are DTensor slices: one global norm over them (ft_dist's).
+    clip = ft_dist.clip_grad_norm_ if ft_dist.is_sharded(model) else clip_grad_norm
+    norm = float(clip(model.parameters() if ft_dist.is_sharded(model) else model, max_norm))
     if not math.isfinite(norm) and scaler is None:
         raise diverged(step, "gradient norm", norm, output_dir)
     if scaler is not None:
@@ -341,7 +354,7 @@ def resume_checkpoint(
     return path
 
 
-def end_step(run: Any, log: MetricsLog, step: int, metrics: dict[str, Any]) -> None:
+def end_step(run: Any, log: Any, step: int, metrics: dict[str, Any]) -> None:
     """Everything after an optimizer step, the same in every recipe, in this order: the metrics record
     (with peak memory), validation when due (its loss joins the record), the log, a checkpoint when due.
 
@@ -376,35 +389,59 @@ def end_step(run: Any, log: MetricsLog, step: int, metrics: dict[str, Any]) -> N
         save_checkpoint(cfg.output_dir, step, run.state, cfg.checkpoint.keep_last)
 
 
-def train(run: Any) -> None:
-    """The training loop of every single-device recipe: one optimizer step per accumulation window until
-    ``total_steps``, then :func:`end_step` (metrics, validation, checkpoint) after each.
+class _Quiet:
+    """The log of a rank other than 0: the figures are global (every rank computes them), rank 0 alone
+    prints and writes them."""
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        """Nothing: rank 0 logs."""
+
+    def print(self, line: str) -> None:
+        """Nothing: rank 0 prints."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def train(run: Any, window_step: WindowStep | None = None) -> None:
+    """The training loop of every training recipe at every world size: one optimizer step per
+    accumulation window until ``total_steps``, then :func:`end_step` (metrics, validation, checkpoint)
+    after each. With several ranks every figure is global and rank 0 alone logs; the step runs inside
+    ``ft_dist.abort_on_failure`` (by the recipe's ``main``), so one rank's error ends every rank.
 
     Peak memory is measured from here on (``ft_recipes._memory``): the setup's own peak is read first and
     logged as ``setup_peak_memory_mib`` beside every step's ``peak_memory_mib``.
 
     Args:
         run: The recipe's ``Run`` (``cfg``, ``counters``, ``loader``, ``model``, ``device``, ``optimizer``,
-            ``scheduler``, ``scaler``, ``total_steps``, ``state``, ``val_loader``).
+            ``scheduler``, ``scaler``, ``total_steps``, ``state``, ``val_loader``; ``world`` when it may
+            run on several ranks).
+        window_step: The window's forward/backward (:data:`WindowStep`); None: SFT's.
     """
+    step_window = window_step if window_step is not None else sft_window(run)
     cfg, counters = run.cfg, run.counters
     setup_peak = peak_memory_mib(run.device)
     reset_peak_memory(run.device)
     batches = micro_batches(run.loader, cfg.num_workers)
-    log = MetricsLog(
-        cfg.output_dir,
-        run.total_steps,
-        counters["step"],
-        cfg.loggers,
-        wandb_project=cfg.wandb.project,
-        wandb_name=cfg.wandb.name,
-        config=asdict(cfg),
+    world = getattr(run, "world", None)
+    log: MetricsLog | _Quiet = (
+        MetricsLog(
+            cfg.output_dir,
+            run.total_steps,
+            counters["step"],
+            cfg.loggers,
+            wandb_project=cfg.wandb.project,
+            wandb_name=cfg.wandb.name,
+            config=asdict(cfg),
+        )
+        if world is None or world.is_main
+        else _Quiet()
     )
     try:
         while counters["step"] < run.total_steps:
             start = time.perf_counter()
             window = [next(batches) for _ in range(cfg.gradient_accumulation_steps)]
-            loss, trained, real = forward_backward(run.model, window, run.device, run.scaler)
+            loss, figures, real = step_window(window)
             step = counters["step"] + 1
             if not math.isfinite(loss):
                 raise diverged(step, "loss", loss, cfg.output_dir)
@@ -421,7 +458,7 @@ def train(run: Any) -> None:
             counters["step"] = step
             counters["tokens"] += real
             elapsed = time.perf_counter() - start
-            metrics = {"loss": loss, "lr": lr, "grad_norm": norm, "trained_tokens": trained}
+            metrics = {"loss": loss, "lr": lr, "grad_norm": norm, **figures}
             metrics.update(tokens_per_s=real / elapsed, setup_peak_memory_mib=setup_peak)
             end_step(run, log, step, metrics)
     finally:

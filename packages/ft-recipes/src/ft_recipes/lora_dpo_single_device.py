@@ -1,7 +1,10 @@
-"""Recipe ``lora_dpo_single_device``: preference optimisation (DPO, Rafailov et al. 2023, and the variants of
-``ft_recipes.training``: hinge, IPO, robust, SimPO) of a LoRA or QLoRA adapter on one device.
+"""Recipes ``lora_dpo_single_device`` and ``lora_dpo_distributed``: preference optimisation (DPO, Rafailov
+et al. 2023, and the variants of ``ft_recipes.training``: hinge, IPO, robust, SimPO) of a LoRA or QLoRA
+adapter on one device or sharded over several (FSDP2 under torchrun; the loss is normalised by the
+window's pairs over every rank).
 
-``tune run lora_dpo_single_device --config smollm2/135M_dpo``. The reference model is the same model with
+``tune run lora_dpo_single_device --config smollm2/135M_dpo``;
+``tune run --nproc-per-node 2 lora_dpo_distributed --config smollm2/135M_dpo``. The reference model is the same model with
 its adapters disabled (no second copy): ``dpo.reference: live`` computes it every step,
 ``precomputed`` once for every pair before training (then each step runs the policy only). Flow: setup
 (the LoRA recipe's own: device, precision, model, adapters, data, optimizer, resume; plus the reference)
@@ -18,6 +21,7 @@ import sys
 from dataclasses import dataclass, field, fields
 from typing import Annotated, Any, Literal
 
+from ft_recipes import lora_finetune_single_device
 from ft_recipes._train_config import (
     AttentionName,
     CheckpointConfig,
@@ -43,9 +47,9 @@ from ft_recipes.lora_finetune_single_device import LoraConfig
 
 __all__ = ["FILE_KEYS", "PROVIDED", "Config", "PreferenceConfig", "before_run", "main", "setup"]
 
-DISTRIBUTED = False
+DISTRIBUTED = True  # registered as lora_dpo_distributed too
 PROVIDED = {
-    "model": {"dtype", "device"},
+    "model": {"dtype", "device", "prepare", "placement"},
     "dataset": {"tokenizer", "max_seq_len"},
     "validation.dataset": {"tokenizer", "max_seq_len"},
 }
@@ -96,6 +100,8 @@ class Config:
     resume: str | None = None  # null | auto | a checkpoint directory
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16-mixed", "bf16-pure", "fp16"] = "auto"
+    # fp32 matmuls on TF32 tensor cores where the GPU has them (Ampere+); no effect elsewhere.
+    tf32: bool = True
     batch_size: PositiveInt = 4
     max_seq_len: PositiveInt = 1024
     shuffle: bool = True
@@ -112,7 +118,12 @@ class Config:
     loggers: list[LoggerName] = field(default_factory=lambda: ["jsonl"])
     wandb: WandbConfig = field(default_factory=WandbConfig)
     merge: bool = False
-    eval: EvalConfig | None = None
+    eval: EvalConfig | None = None  # one process only
+    # Several ranks (torchrun): as in the LoRA recipe.
+    dp_shard: PositiveInt | None = None
+    dp_replicate: PositiveInt | None = None
+    fsdp_offload: bool = False
+    dist_timeout_s: PositiveFloat = 600.0
 
     @property
     def packed(self) -> bool:
@@ -146,22 +157,9 @@ def before_run(cfg: Config) -> None:
 
 
 @dataclass
-class Run:
+class Run(lora_finetune_single_device.Run):
     """The LoRA recipe's run plus the preference parts, built by :func:`setup`."""
 
-    cfg: Config
-    device: Any
-    model: Any
-    tokenizer: Any
-    loader: Any
-    optimizer: Any
-    scheduler: Any
-    scaler: Any
-    state: dict[str, Any]
-    counters: dict[str, int]
-    total_steps: int
-    val_loader: Any
-    base_path: str
     loss: Any = None
     reference: Any = None
     val_reference: Any = None
@@ -187,7 +185,6 @@ def setup(cfg: Config) -> Run:
     """The LoRA recipe's setup (one implementation of device, precision, adapters, data, optimizer and
     resume), then the reference: the adapters switched off, live or precomputed once."""
     from ft_recipes import _preference_steps as steps
-    from ft_recipes import lora_finetune_single_device
 
     loss = _loss(cfg)
     base = lora_finetune_single_device.setup(cfg)  # type: ignore[arg-type]
@@ -216,15 +213,18 @@ def train(run: Run) -> None:
 
 def main(cfg: Config) -> None:
     """setup -> (evaluate the base) -> train -> (evaluate the result) -> save -> cleanup."""
-    from ft_recipes import _train, lora_finetune_single_device
+    from ft_recipes import _distributed, _train, lora_finetune_single_device
 
     run = setup(cfg)
     if cfg.eval is not None and cfg.eval.before:
         base = _train.run_eval(run.model, run.tokenizer, cfg.eval, cfg.output_dir, "base")
-    train(run)
+    with _distributed.together():  # one rank's failure ends every rank, naming it
+        train(run)
     if cfg.eval is not None:
         tuned = _train.run_eval(run.model, run.tokenizer, cfg.eval, cfg.output_dir, "tuned")
         if cfg.eval.before:
             print(f"[eval] {cfg.eval.metric}: base {base:.1f} -> tuned {tuned:.1f}", flush=True)
-    lora_finetune_single_device.save(run)  # type: ignore[arg-type]
+    with _distributed.together():
+        lora_finetune_single_device.save(run)  # type: ignore[arg-type]
     del run
+    _distributed.finish()

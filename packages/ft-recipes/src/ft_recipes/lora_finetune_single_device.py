@@ -1,7 +1,10 @@
-"""Recipe ``lora_finetune_single_device``: LoRA (Hu et al., 2021), DoRA (Liu et al., 2024) and QLoRA
-(Dettmers et al., 2023) fine-tuning on one device, chosen by config (``lora.use_dora``, ``lora.quantize``).
+"""Recipes ``lora_finetune_single_device`` and ``lora_finetune_distributed``: LoRA (Hu et al., 2021), DoRA
+(Liu et al., 2024) and QLoRA (Dettmers et al., 2023) fine-tuning on one device or sharded over several
+(FSDP2 / HSDP under torchrun), chosen by config (``lora.use_dora``, ``lora.quantize``).
 
-``tune run lora_finetune_single_device --config smollm2/135M_lora``. Flow: setup (device, precision,
+``tune run lora_finetune_single_device --config smollm2/135M_lora``;
+``tune run --nproc-per-node 8 lora_finetune_distributed --config llama3_1/70B_lora``. Both names run
+this file: the setup and the loop serve every world size (``ft_recipes._distributed``). Flow: setup (device, precision,
 data, the model streamed into its final form with adapters, optimizer, resume) -> train (accumulation windows with the token-normalised
 loss, clipping, LR schedule, validation and checkpoints every N steps) -> save (PEFT adapter; for a
 GGUF base the dequantised base as an HF directory beside it; the merged model when ``merge: true``)
@@ -12,6 +15,7 @@ Copy it with ``tune cp lora_finetune_single_device ./my_lora.py`` and change wha
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -28,17 +32,17 @@ from ft_recipes._train_config import (
     ValidationConfig,
     WandbConfig,
 )
+from ft_recipes._training_setup import TrainingState
 from ft_recipes.config import Component, Interval, NonNegativeInt, PositiveFloat, PositiveInt, Seed
-from ft_recipes.runner import write_resolved_config
 
 # torch and the model code are imported inside the functions, so `tune validate` reads this schema cheaply.
 
 __all__ = ["FILE_KEYS", "PROVIDED", "Config", "LoraConfig", "before_run", "main", "setup"]
 
-DISTRIBUTED = False
+DISTRIBUTED = True  # registered as lora_finetune_distributed too
 # The recipe passes these keywords itself.
 PROVIDED = {
-    "model": {"dtype", "device", "prepare"},
+    "model": {"dtype", "device", "prepare", "placement"},
     "dataset": {"tokenizer", "max_seq_len"},
     "validation.dataset": {"tokenizer", "max_seq_len"},
 }
@@ -105,7 +109,13 @@ class Config:
     loggers: list[LoggerName] = field(default_factory=lambda: ["jsonl"])
     wandb: WandbConfig = field(default_factory=WandbConfig)
     merge: bool = False
-    eval: EvalConfig | None = None
+    eval: EvalConfig | None = None  # one process only
+    # Several ranks (torchrun): the data-parallel mesh, null = from the launch (shard within a node,
+    # replicate across nodes); host-memory shards (CUDA only); how long a collective waits for a peer.
+    dp_shard: PositiveInt | None = None
+    dp_replicate: PositiveInt | None = None
+    fsdp_offload: bool = False
+    dist_timeout_s: PositiveFloat = 600.0
 
 
 def before_run(cfg: Config) -> None:
@@ -119,155 +129,94 @@ def before_run(cfg: Config) -> None:
 
 
 @dataclass
-class Run:
-    """Everything the loop needs, built by :func:`setup`."""
+class Run(TrainingState):
+    """The one training setup's state plus what this recipe saves beside the adapter: the base model's
+    HF directory (PEFT names it)."""
 
-    cfg: Config
-    device: Any
-    model: Any
-    tokenizer: Any
-    loader: Any
-    optimizer: Any
-    scheduler: Any
-    scaler: Any
-    state: dict[str, Any]
-    counters: dict[str, int]
-    total_steps: int
-    val_loader: Any
-    base_path: str
+    base_path: str = ""
 
 
 def setup(cfg: Config) -> Run:
-    """Device, precision, data, the model in its final form (built on meta -> adapters -> the precision
-    policy's storage dtypes -> the checkpoint streamed in), optimizer, schedule; then resume if asked."""
-    import ft_dist
+    """The one training setup (``_training_setup.setup_training``: device and world, precision, data,
+    the model streamed into its final form, attention -> activation checkpointing -> compile ->
+    sharding -> optimizer -> schedule -> resume); this recipe's own parts: the adapters in the final
+    form, the eval file checked before the model loads, and a GGUF base written as an HF directory
+    beside the adapter (removed again if the setup fails)."""
+    from dataclasses import fields
+
     import ft_models
     import ft_peft
     from ft_recipes import _train
     from ft_recipes._assets import resolve_path
-    from ft_recipes._setup import pick_device
-    from ft_recipes.training import (
-        apply_attention,
-        apply_precision,
-        apply_tf32,
-        build_lr_scheduler,
-        build_optimizer,
-        compile_blocks,
-        resolve_precision,
-    )
+    from ft_recipes._training_setup import setup_training
+    from ft_recipes.errors import UserError
+    from ft_recipes.training import apply_precision
 
-    device = pick_device(cfg.device)
-    policy = resolve_precision(cfg.precision, device)
-    tf32 = apply_tf32(cfg.tf32, device)
-    print(f"[lora] device={device} precision={policy.name} ({policy.reason}); {tf32}", file=sys.stderr)
-    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-    tokenizer = _train.load_tokenizer(cfg.tokenizer)
-    loader, total = _train.build_loader(
-        cfg.dataset,
-        tokenizer,
-        batch_size=cfg.batch_size,
-        max_seq_len=cfg.max_seq_len,
-        seed=cfg.seed,
-        packed=cfg.packed,
-        shuffle=cfg.shuffle,
-        accumulation=cfg.gradient_accumulation_steps,
-        epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-    )
-    val_loader = None
-    if cfg.validation is not None:
-        val_loader = _train.build_validation_loader(
-            cfg.validation,
-            tokenizer,
-            batch_size=cfg.batch_size,
-            max_seq_len=cfg.max_seq_len,
-            packed=cfg.packed,
-        )
-    # After the data (a dataset component may write the eval file, as the demo's does), before the model:
-    # a missing or malformed eval.data stops the run here, not once training is over.
-    _train.check_eval_data(cfg.eval)
     lc = cfg.lora
-    # QLoRA dequantises to the run's compute dtype: fp32 runs stay fp32, bf16-mixed computes in bf16.
-    quantize = None
-    if lc.quantize is not None:
-        quantize = ft_peft.QuantConfig(lc.quantize, compute_dtype=policy.compute_dtype)
 
-    def final_form(model: Any) -> None:
-        # On the meta device, before any weight is read: the checkpoint then streams straight into it.
-        ft_peft.apply_lora(
-            model,
-            lc.target_modules,
-            rank=lc.rank,
-            alpha=lc.alpha,
-            dropout=lc.dropout,
-            use_rslora=lc.use_rslora,
-            use_dora=lc.use_dora,
-            quantize=quantize,
-        )
-        ft_peft.set_trainable(model)
-        apply_precision(model, policy)  # storage dtypes: frozen base in the policy's, adapters fp32
+    def check_eval(world: Any) -> None:
+        if world.sharded and cfg.eval is not None:
+            raise UserError("eval: greedy evaluation runs in one process; remove eval or run `tune run eval`")
+        # After the data (a dataset component may write the eval file, as the demo's does), before the
+        # model: a missing or malformed eval.data stops the run here, not once training is over.
+        _train.check_eval_data(cfg.eval)
 
-    _train.seed_everything(cfg.seed)  # the adapter's initialisation, drawn as the adapters are created
-    model = _train.load_model(cfg.model, tokenizer, device, prepare=final_form)
+    def final_form(policy: Any, world: Any) -> Any:
+        # QLoRA dequantises to the run's compute dtype: fp32 runs stay fp32, bf16-mixed computes in bf16.
+        quantize = None
+        if lc.quantize is not None:
+            quantize = ft_peft.QuantConfig(lc.quantize, compute_dtype=policy.compute_dtype)
 
-    written = None  # removed again if setup fails, so a refused run leaves nothing behind
+        def prepare(model: Any) -> None:
+            # On the meta device, before any weight is read: the checkpoint then streams straight in.
+            ft_peft.apply_lora(
+                model,
+                lc.target_modules,
+                rank=lc.rank,
+                alpha=lc.alpha,
+                dropout=lc.dropout,
+                use_rslora=lc.use_rslora,
+                use_dora=lc.use_dora,
+                quantize=quantize,
+            )
+            ft_peft.set_trainable(model)
+            # storage dtypes: frozen base in the policy's, adapters fp32 (sharded: FSDP2 makes the casts)
+            apply_precision(model, policy, sharded=world.sharded)
+
+        return prepare
+
     base_path = str(resolve_path(cfg.model["path"]).resolve())
-    if ft_models.checkpoint_format(base_path) != "hf":  # PEFT needs an HF base: write it beside the adapter
+
+    def write_base(model: Any, tokenizer: Any) -> Any:
+        nonlocal base_path
+        if ft_models.checkpoint_format(base_path) == "hf":
+            return None
+        # PEFT needs an HF base: rank 0 writes it beside the adapter, once.
         base_dir = Path(cfg.output_dir) / "base"
-        if not (base_dir / "config.json").is_file():
+        written = None
+        if not (base_dir / "config.json").is_file() and os.environ.get("RANK", "0") == "0":
             _train.save_base_hf_dir(base_path, tokenizer, base_dir)
             written = base_dir
+        _barrier()  # the other ranks read it after rank 0 wrote it
         base_path = str(base_dir.resolve())
+        return (lambda: shutil.rmtree(written, ignore_errors=True)) if written is not None else None
 
-    try:
-        attention = apply_attention(
-            model,
-            cfg.attention,
-            device=device,
-            dtype=policy.compute_dtype,
-            training=True,
-            max_seq_len=cfg.max_seq_len,
-        )
-        print(f"[lora] attention={attention}", file=sys.stderr)
-        if cfg.activation_checkpointing:
-            ft_dist.apply_activation_checkpointing(model)
-        if cfg.compile:
-            compile_blocks(model)  # per block: state-dict keys keep their names
+    state = setup_training(
+        cfg, "lora", final_form=final_form, trainable_only=True, after_data=check_eval, after_load=write_base
+    )
+    return Run(**{f.name: getattr(state, f.name) for f in fields(state)}, base_path=base_path)
 
-        o = cfg.optimizer
-        optimizer = build_optimizer(
-            model, o.name, lr=o.lr, weight_decay=o.weight_decay, betas=(o.betas[0], o.betas[1]), eps=o.eps
-        )
-        s = cfg.lr_schedule
-        scheduler = build_lr_scheduler(
-            optimizer,
-            s.kind,
-            warmup_steps=min(s.warmup_steps, total),
-            total_steps=total,
-            min_lr_ratio=s.min_lr_ratio,
-        )
-        scaler = policy.make_grad_scaler(device)  # fp16 only; checkpointed with the rest
-        counters = {"step": 0, "tokens": 0}
-        state = _train.app_state(model, optimizer, scheduler, loader, counters, lora=True, scaler=scaler)
-        resumed = _train.resume_checkpoint(
-            cfg.output_dir, cfg.resume, state, keep_last=cfg.checkpoint.keep_last
-        )
-        if resumed is not None:
-            print(f"[lora] resumed from {resumed} at step {counters['step']}", file=sys.stderr)
-    except BaseException:
-        if written is not None:
-            shutil.rmtree(written, ignore_errors=True)
-        raise
-    write_resolved_config(cfg.output_dir)  # only now: a run refused above leaves the old one
-    return Run(
-        cfg, device, model, tokenizer, loader, optimizer, scheduler,
-        scaler, state, counters, total, val_loader, base_path,
-    )  # fmt: skip
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
 
 
 def train(run: Run) -> None:
     """The loop, one optimizer step per accumulation window until ``total_steps`` (``_train.train``,
-    the same for every single-device recipe: copy it here to change it for this recipe only)."""
+    the same for every training recipe: copy it here to change it for this recipe only)."""
     from ft_recipes import _train
 
     _train.train(run)
@@ -277,31 +226,32 @@ def save(run: Run) -> None:
     """The PEFT adapter (``adapter/``) and, with ``merge: true``, the merged HF model (``merged/``).
 
     The optimizer is released first; the merged model is streamed (one merged layer at a time, fp32
-    a slice at a time), never held whole.
+    a slice at a time), never held whole. Sharded: every rank gathers, rank 0 writes.
     """
-    import ft_peft
-    from ft_recipes import _train
+    from ft_recipes import _export, _train
 
     _train.release_optimizer(run)
     out = Path(run.cfg.output_dir)
-    ft_peft.save_adapter(run.model, out / "adapter", base_model_name_or_path=run.base_path)
-    print(f"[lora] adapter: {out / 'adapter'} (base {run.base_path})", file=sys.stderr)
-    if run.cfg.merge:
-        _train.save_merged_hf_dir(run.model, run.tokenizer, out / "merged")
+    if _export.save_adapter(run.model, out / "adapter", run.base_path) is not None:
+        print(f"[lora] adapter: {out / 'adapter'} (base {run.base_path})", file=sys.stderr)
+    if run.cfg.merge and _train.save_merged_hf_dir(run.model, run.tokenizer, out / "merged") is not None:
         print(f"[lora] merged model: {out / 'merged'}", file=sys.stderr)
 
 
 def main(cfg: Config) -> None:
     """setup -> (evaluate the base) -> train -> (evaluate the result) -> save -> cleanup."""
-    from ft_recipes import _train
+    from ft_recipes import _distributed, _train
 
     run = setup(cfg)
     if cfg.eval is not None and cfg.eval.before:
         base = _train.run_eval(run.model, run.tokenizer, cfg.eval, cfg.output_dir, "base")
-    train(run)
+    with _distributed.together():  # one rank's failure ends every rank, naming it
+        train(run)
     if cfg.eval is not None:
         tuned = _train.run_eval(run.model, run.tokenizer, cfg.eval, cfg.output_dir, "tuned")
         if cfg.eval.before:
             print(f"[eval] {cfg.eval.metric}: base {base:.1f} -> tuned {tuned:.1f}", flush=True)
-    save(run)
+    with _distributed.together():
+        save(run)
     del run  # cleanup: the model and loader worker processes go with it
+    _distributed.finish()

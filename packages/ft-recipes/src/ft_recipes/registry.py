@@ -136,6 +136,38 @@ RECIPES: dict[str, RecipeInfo] = {
                 "gemma2/2B_full",
             ),
         ),
+        # The same recipe files at every world size (one setup, one loop): the distributed names are
+        # what a torchrun launch names, and `tune cp` of either gives the same file.
+        RecipeInfo(
+            name="full_finetune_distributed",
+            module="ft_recipes.full_finetune_single_device",
+            summary="Full fine-tuning sharded over several processes/GPUs (FSDP2, HSDP), exact resume",
+            distributed=True,
+            configs=("llama3_1/8B_full",),
+        ),
+        RecipeInfo(
+            name="lora_finetune_distributed",
+            module="ft_recipes.lora_finetune_single_device",
+            summary="LoRA / DoRA / QLoRA fine-tuning sharded over several processes/GPUs (FSDP2, HSDP)",
+            distributed=True,
+            configs=(
+                "llama3_1/70B_lora",
+                "llama3_1/70B_qlora",
+                "qwen2_5/7B_lora_distributed",
+                "qwen2_5/14B_lora",
+                "qwen2_5/32B_lora",
+                "qwen3/8B_lora_distributed",
+                "qwen3/14B_lora",
+                "qwen3/32B_lora",
+            ),
+        ),
+        RecipeInfo(
+            name="lora_dpo_distributed",
+            module="ft_recipes.lora_dpo_single_device",
+            summary="DPO / IPO / hinge / robust / SimPO on a LoRA or QLoRA adapter, sharded over several GPUs",
+            distributed=True,
+            configs=("llama3_1/8B_lora_dpo",),
+        ),
     )
 }
 

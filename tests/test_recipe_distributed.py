@@ -1,0 +1,169 @@
+"""The distributed recipes through real ``tune run --nproc-per-node 2`` launches (gloo on CPU).
+
+One process reading batches of 2 and two ranks reading batches of 1 see the same global batches
+(rank r reads rows r of each global step), so their final weights agree within fp32 summation order.
+A deliberately wrong variant, each rank dividing its loss by its own trained tokens, is shown to
+differ by far more. A two-rank run resumed from its intermediate (sharded) checkpoint ends with
+bit-identical weights, and its export equals byte for byte what one process writes from the same
+weights (its checkpoint loaded at world size 1). Each torch process costs seconds to start here: the checks share launches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from dpo_support import make_tiny_dpo
+from safetensors.torch import load_file
+from test_recipe_support import make_tiny
+
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+
+TOL = 1e-4  # fp32 summation order over 3 AdamW steps (observed ~1e-5)
+
+# Per-rank normalisation: each rank divides by its own trained tokens (the accumulation bug, across
+# ranks). The recipe itself, with ft_dist.global_count replaced by the identity.
+WRONG = """
+import ft_dist
+
+ft_dist.global_count = lambda count, **_: int(count)
+
+from ft_recipes.{module} import *  # noqa: E402,F403
+from ft_recipes.{module} import Config, main, before_run, PROVIDED, FILE_KEYS  # noqa: E402
+
+DISTRIBUTED = True
+"""
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("dist")
+    model, data = make_tiny(root)
+    (root / "base.yaml").write_text(
+        f"model: {{_component_: from_pretrained, path: {model}}}\n"
+        f"tokenizer: {{_component_: load_tokenizer, path: {model}}}\n"
+        f"dataset: {{_component_: build_dataset, source: {data}, use_cache: false}}\n"
+        "output_dir: out\noptimizer: {lr: 0.01}\nlr_schedule: {kind: constant}\n"
+        "checkpoint: {every_n_steps: 2, keep_last: 3}\n"
+        "device: cpu\nprecision: fp32\nbatch_size: 1\nmax_seq_len: 128\npacked: false\nshuffle: true\n"
+        "gradient_accumulation_steps: 2\nepochs: 3\nmax_steps: 3\nseed: 3\n"
+    )
+    (root / "lora.yaml").write_text(
+        (root / "base.yaml").read_text()
+        + "lora: {target_modules: [q_proj, v_proj, up_proj], rank: 4, alpha: 8}\nmerge: true\n"
+    )
+    (root / "wrong_full.py").write_text(WRONG.format(module="full_finetune_single_device"))
+    (root / "wrong_dpo.py").write_text(WRONG.format(module="lora_dpo_single_device"))
+    _, pairs = make_tiny_dpo(root / "dpo")
+    rows = [json.loads(line) for line in pairs.read_text().splitlines()]
+    more = [{**r, "prompt": f"{r['prompt']} (variant {k})"} for k in range(1) for r in rows]
+    (root / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows + more))  # 12 pairs
+    model = root / "dpo" / "model"
+    (root / "dpo.yaml").write_text(
+        f"model: {{_component_: from_pretrained, path: {model}}}\n"
+        f"tokenizer: {{_component_: load_tokenizer, path: {model}}}\n"
+        f"dataset: {{_component_: build_preference_dataset, source: {root / 'pairs.jsonl'}, use_cache: false}}\n"
+        "output_dir: out\nlora: {target_modules: [q_proj, v_proj, up_proj], rank: 4, alpha: 8}\n"
+        "dpo: {loss_type: [sigmoid], beta: 0.2}\noptimizer: {lr: 0.02}\nlr_schedule: {kind: constant}\n"
+        "device: cpu\nprecision: fp32\nmax_seq_len: 96\nshuffle: true\nepochs: 3\nmax_steps: 3\nseed: 5\n"
+    )
+    return root
+
+
+def _tune(root: Path, recipe: str, config: str, *overrides: str, nproc: int = 1) -> None:
+    launch = ["--nproc-per-node", str(nproc)] if nproc > 1 else []
+    cmd = [str(Path(sys.executable).parent / "tune"), "run", *launch, recipe, "--config", str(root / config)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*cmd, *overrides], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def test_full_two_ranks_equal_one_process_and_resume_bit_exact(root: Path) -> None:
+    _tune(root, "full_finetune_single_device", "base.yaml", "output_dir=one", "batch_size=2")
+    _tune(root, "full_finetune_distributed", "base.yaml", "output_dir=two", nproc=2)
+    one = load_file(root / "one/model/model.safetensors")
+    two = load_file(root / "two/model/model.safetensors")
+    base = load_file(root / "model/model.safetensors")
+    assert _max_diff(one, two) < TOL
+    assert _max_diff(one, {k: base[k] for k in one}) > 100 * TOL  # training moved the weights
+    # Intermediate checkpoints are sharded: every rank wrote its own DCP file, nothing was gathered.
+    assert sorted(p.name for p in (root / "two/checkpoints/step_2").glob("*.distcp")) == [
+        "__0_0.distcp",
+        "__1_0.distcp",
+    ]
+    # Export: one process loading the 2-rank run's last (sharded) checkpoint, at world size 1, writes
+    # byte-identical files to the ones the 2 ranks gathered and rank 0 wrote; other weights do not.
+    step_3 = root / "two/checkpoints/step_3"
+    _tune(
+        root,
+        "full_finetune_single_device",
+        "base.yaml",
+        "output_dir=export",
+        "batch_size=2",
+        f"resume={step_3}",
+    )
+    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json"):
+        assert (root / "export/model" / name).read_bytes() == (root / "two/model" / name).read_bytes(), name
+    assert (root / "one/model/model.safetensors").read_bytes() != (
+        root / "two/model/model.safetensors"
+    ).read_bytes()
+    # The wrong normaliser is visible in the weights (AdamW hides a constant factor, not a per-rank one).
+    _tune(root, "wrong_full.py", "base.yaml", "output_dir=wrong", nproc=2)
+    assert _max_diff(one, load_file(root / "wrong/model/model.safetensors")) > 10 * TOL
+    # Resume at the same world size from step 2: bit-identical final weights and files.
+    shutil.rmtree(root / "two/checkpoints/step_3")
+    saved = (root / "two/model/model.safetensors").read_bytes()
+    shutil.rmtree(root / "two/model")
+    _tune(root, "full_finetune_distributed", "base.yaml", "output_dir=two", "resume=auto", nproc=2)
+    assert (root / "two/model/model.safetensors").read_bytes() == saved
+
+
+def test_lora_two_ranks_equal_one_process(root: Path) -> None:
+    _tune(root, "lora_finetune_single_device", "lora.yaml", "output_dir=lone", "batch_size=2")
+    _tune(root, "lora_finetune_distributed", "lora.yaml", "output_dir=ltwo", nproc=2)
+    for name in ("adapter/adapter_model.safetensors", "merged/model.safetensors"):
+        one, two = load_file(root / "lone" / name), load_file(root / "ltwo" / name)
+        assert _max_diff(one, two) < TOL, name
+    adapter = load_file(root / "lone/adapter/adapter_model.safetensors")
+    b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert max(float(t.abs().max()) for t in b) > 100 * TOL  # B starts at zero: the adapter trained
+
+
+def _losses(out: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_dpo_pairs_normalised_over_ranks(root: Path) -> None:
+    """4 pairs x 1 micro-batch = 2 x 2 accumulation = 2 ranks x 2 pairs: the same loss per step (within
+    1e-6) and the same adapter; each rank dividing by its own pairs is shown to log another loss."""
+    _tune(root, "lora_dpo_single_device", "dpo.yaml", "output_dir=d41", "batch_size=4")
+    _tune(
+        root,
+        "lora_dpo_single_device",
+        "dpo.yaml",
+        "output_dir=d22",
+        "batch_size=2",
+        "gradient_accumulation_steps=2",
+    )
+    _tune(root, "lora_dpo_distributed", "dpo.yaml", "output_dir=dr2", "batch_size=2", nproc=2)
+    reference = _losses(root / "d41")
+    assert len(reference) == 3
+    for out in ("d22", "dr2"):
+        assert max(abs(a - b) for a, b in zip(_losses(root / out), reference, strict=True)) < 1e-6, out
+    name = "adapter/adapter_model.safetensors"
+    one = load_file(root / "d41" / name)
+    assert _max_diff(one, load_file(root / "dr2" / name)) < TOL
+    assert max(float(v.abs().max()) for k, v in one.items() if "lora_B" in k) > 100 * TOL  # it trained
+    _tune(root, "wrong_dpo.py", "dpo.yaml", "output_dir=dwrong", "batch_size=2", nproc=2)
+    assert abs(_losses(root / "dwrong")[0] - reference[0]) > 0.1 * abs(reference[0])
