@@ -4,15 +4,18 @@ lm-eval's ``EvaluationTracker`` writes ``<output_path>/<model>/results_<date>.js
 ``samples_<task>_<date>.jsonl``), adding its own fields (timings, task hashes, chat template). Letting
 the tracker write them into a temporary directory beside the destination and moving each file into
 place keeps its format byte for byte, gives stable names (``results.json``, ``samples_<task>.jsonl``),
-and means a reader never sees a half-written file: ``os.replace`` is atomic on one filesystem.
+and means a reader never sees a half-written file: each is copied into place by ft's atomic write.
 """
 
 from __future__ import annotations
 
-import os
+import shutil
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any
+
+import ft_dist
 
 __all__ = ["write_results"]
 
@@ -46,6 +49,7 @@ def write_results(tracker: Any, results: dict[str, Any], output_dir: Path, *, lo
             found = sorted(Path(tmp).rglob(f"samples_{task}_*.jsonl"))
             if found:
                 moves.append((found[0], output_dir / f"samples_{task}.jsonl"))
-        for source, target in moves:
-            os.replace(source, target)
+        for source, target in moves:  # ft's one atomic write (fsynced, then renamed into place)
+            with open(source, "rb") as f:
+                ft_dist.write_atomic(target, partial(shutil.copyfileobj, f))
     return output_dir / "results.json"
