@@ -13,6 +13,7 @@ from ft_recipes.config import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    Seed,
 )
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "LoggerName",
     "OptimizerConfig",
     "ScheduleConfig",
+    "TrainingConfig",
     "ValidationConfig",
     "WandbConfig",
 ]
@@ -122,3 +124,48 @@ class WandbConfig:
 
     project: str = "ft"
     name: str | None = None
+
+
+@dataclass
+class TrainingConfig:
+    """The keys every training recipe's schema shares (each recipe's ``Config`` adds its own).
+
+    Every number carries its bound (``tune validate`` refuses the rest): counts are >= 1 (``num_workers``
+    and ``lr_schedule.warmup_steps`` >= 0: zero means none), ``seed`` is an unsigned 64-bit value, and
+    ``clip_grad_norm`` is > 0 or null (a zero norm would zero every update and a negative one would
+    reverse it while the run looked healthy).
+    """
+
+    model: Component
+    tokenizer: Component
+    dataset: Component
+    output_dir: str
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    lr_schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resume: str | None = None  # null | auto | a checkpoint directory
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16-mixed", "bf16-pure", "fp16"] = "auto"
+    # fp32 matmuls on TF32 tensor cores where the GPU has them (Ampere+); no effect elsewhere.
+    tf32: bool = True
+    batch_size: PositiveInt = 4
+    max_seq_len: PositiveInt = 1024
+    shuffle: bool = True
+    num_workers: NonNegativeInt = 0
+    gradient_accumulation_steps: PositiveInt = 1
+    epochs: PositiveInt = 1
+    max_steps: PositiveInt | None = None
+    seed: Seed = 0
+    clip_grad_norm: PositiveFloat | None = 1.0  # null: measure the norm only
+    activation_checkpointing: bool = False
+    compile: bool = False
+    attention: AttentionName = "auto"  # see ft_recipes.training.apply_attention
+    validation: ValidationConfig | None = None
+    loggers: list[LoggerName] = field(default_factory=lambda: ["jsonl"])
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    # Several ranks (torchrun): the data-parallel mesh, null = from the launch (shard within a node,
+    # replicate across nodes); host-memory shards (CUDA only); how long a collective waits for a peer.
+    dp_shard: PositiveInt | None = None
+    dp_replicate: PositiveInt | None = None
+    fsdp_offload: bool = False
+    dist_timeout_s: PositiveFloat = 600.0

@@ -23,23 +23,14 @@ from typing import Annotated, Any, Literal
 
 from ft_recipes import lora_finetune_single_device
 from ft_recipes._train_config import (
-    AttentionName,
-    CheckpointConfig,
     EvalConfig,
-    LoggerName,
-    OptimizerConfig,
-    ScheduleConfig,
-    ValidationConfig,
-    WandbConfig,
+    TrainingConfig,
 )
 from ft_recipes.config import (
-    Component,
     Interval,
     NonNegativeFloat,
-    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
-    Seed,
 )
 from ft_recipes.lora_finetune_single_device import LoraConfig
 
@@ -84,46 +75,14 @@ class PreferenceConfig:
 
 
 @dataclass
-class Config:
+class Config(TrainingConfig):
     """Schema of a ``lora_dpo_single_device`` config: the LoRA recipe's keys (without ``packed``: pairs are
     never packed) plus ``dpo``. Every number carries its bound, as in the LoRA recipe."""
 
-    model: Component
-    tokenizer: Component
-    dataset: Component
-    output_dir: str
     lora: LoraConfig = field(default_factory=LoraConfig)
     dpo: PreferenceConfig = field(default_factory=PreferenceConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    lr_schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    resume: str | None = None  # null | auto | a checkpoint directory
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16-mixed", "bf16-pure", "fp16"] = "auto"
-    # fp32 matmuls on TF32 tensor cores where the GPU has them (Ampere+); no effect elsewhere.
-    tf32: bool = True
-    batch_size: PositiveInt = 4
-    max_seq_len: PositiveInt = 1024
-    shuffle: bool = True
-    num_workers: NonNegativeInt = 0
-    gradient_accumulation_steps: PositiveInt = 1
-    epochs: PositiveInt = 1
-    max_steps: PositiveInt | None = None
-    seed: Seed = 0
-    clip_grad_norm: PositiveFloat | None = 1.0  # null: measure the norm only
-    activation_checkpointing: bool = False
-    compile: bool = False
-    attention: AttentionName = "auto"  # see ft_recipes.training.apply_attention
-    validation: ValidationConfig | None = None
-    loggers: list[LoggerName] = field(default_factory=lambda: ["jsonl"])
-    wandb: WandbConfig = field(default_factory=WandbConfig)
     merge: bool = False
     eval: EvalConfig | None = None  # one process only
-    # Several ranks (torchrun): as in the LoRA recipe.
-    dp_shard: PositiveInt | None = None
-    dp_replicate: PositiveInt | None = None
-    fsdp_offload: bool = False
-    dist_timeout_s: PositiveFloat = 600.0
 
     @property
     def packed(self) -> bool:

@@ -23,17 +23,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from ft_recipes._train_config import (
-    AttentionName,
-    CheckpointConfig,
     EvalConfig,
-    LoggerName,
-    OptimizerConfig,
-    ScheduleConfig,
-    ValidationConfig,
-    WandbConfig,
+    TrainingConfig,
 )
 from ft_recipes._training_setup import TrainingState
-from ft_recipes.config import Component, Interval, NonNegativeInt, PositiveFloat, PositiveInt, Seed
+from ft_recipes.config import Interval, PositiveFloat, PositiveInt
 
 # torch and the model code are imported inside the functions, so `tune validate` reads this schema cheaply.
 
@@ -70,52 +64,14 @@ class LoraConfig:
 
 
 @dataclass
-class Config:
-    """Schema of a ``lora_finetune_single_device`` config (every key is checked).
+class Config(TrainingConfig):
+    """Schema of a ``lora_finetune_single_device`` config (every key is checked): the keys every training recipe shares
+    (``TrainingConfig``, each number with its bound) plus ``lora``, ``packed``, ``merge`` and ``eval``."""
 
-    Every number carries its bound (``tune validate`` refuses the rest): counts are >= 1 (``num_workers``
-    and ``lr_schedule.warmup_steps`` >= 0: zero means none), ``seed`` is an unsigned 64-bit value, and
-    ``clip_grad_norm`` is > 0 or null (a zero norm would zero every update and a negative one would
-    reverse it while the run looked healthy).
-    """
-
-    model: Component
-    tokenizer: Component
-    dataset: Component
-    output_dir: str
     lora: LoraConfig = field(default_factory=LoraConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    lr_schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    resume: str | None = None  # null | auto | a checkpoint directory
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16-mixed", "bf16-pure", "fp16"] = "auto"
-    # fp32 matmuls on TF32 tensor cores where the GPU has them (Ampere+); no effect elsewhere.
-    tf32: bool = True
-    batch_size: PositiveInt = 4
-    max_seq_len: PositiveInt = 1024
     packed: bool = True
-    shuffle: bool = True
-    num_workers: NonNegativeInt = 0
-    gradient_accumulation_steps: PositiveInt = 1
-    epochs: PositiveInt = 1
-    max_steps: PositiveInt | None = None
-    seed: Seed = 0
-    clip_grad_norm: PositiveFloat | None = 1.0  # null: measure the norm only
-    activation_checkpointing: bool = False
-    compile: bool = False
-    attention: AttentionName = "auto"  # see ft_recipes.training.apply_attention
-    validation: ValidationConfig | None = None
-    loggers: list[LoggerName] = field(default_factory=lambda: ["jsonl"])
-    wandb: WandbConfig = field(default_factory=WandbConfig)
     merge: bool = False
     eval: EvalConfig | None = None  # one process only
-    # Several ranks (torchrun): the data-parallel mesh, null = from the launch (shard within a node,
-    # replicate across nodes); host-memory shards (CUDA only); how long a collective waits for a peer.
-    dp_shard: PositiveInt | None = None
-    dp_replicate: PositiveInt | None = None
-    fsdp_offload: bool = False
-    dist_timeout_s: PositiveFloat = 600.0
 
 
 def before_run(cfg: Config) -> None:
