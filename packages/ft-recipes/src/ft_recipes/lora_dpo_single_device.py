@@ -96,6 +96,7 @@ class Config:
     resume: str | None = None  # null | auto | a checkpoint directory
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16-mixed", "bf16-pure", "fp16"] = "auto"
+    tf32: bool = True  # the LoRA recipe's setup reads it (TF32 matmuls on CUDA 8.0+; nothing on a CPU)
     batch_size: PositiveInt = 4
     max_seq_len: PositiveInt = 1024
     shuffle: bool = True
