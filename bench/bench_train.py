@@ -5,8 +5,11 @@ Usage:
         ft and every peer, interleaved, each in its own subprocess; prints one JSON line per measurement,
         then RATIO and MFU lines. Peers run from their own environments (``_peers.py``, built on first
         use); an unavailable peer prints ``SKIP`` and the run goes on.
-    python bench/bench_train.py ft {lora,qlora,full} {fp32,bf16} [--compile] [--precision P] [--profile F]
+    python bench/bench_train.py ft {lora,qlora,full,dpo} {fp32,bf16} [--compile] [--precision P] [--profile F]
         one ft measurement (``--profile`` writes a torch.profiler op table of one steady step).
+    python bench/bench_train.py all --methods dpo --peers trl
+        the ``dpo`` workload: ft's LoRA DPO step beside TRL's ``DPOTrainer`` + PEFT (``peer_train.py trl``,
+        run with this interpreter: TRL is in ft's development environment).
     python bench/bench_train.py peak {fp32,bf16}
         the measured matmul peak (2048^3, best of 5) that MFU is reported against.
 
@@ -28,6 +31,13 @@ layers' projections and the tied output projection; embedding lookups do no FLOP
 A = 2 x L x n_h x h_d x (T + 1) forward FLOPs per token (QK^T and PV):
 full 6N + 3A; LoRA/QLoRA 4N + 3A + 6 N_adapter (forward and input gradients; frozen weights get no weight
 gradient; NF4 dequantisation is not model FLOPs).
+
+``dpo``: the LoRA model above trained with the sigmoid DPO loss (beta 0.1) on the random pairs of
+``_pairs.py`` (``--batch`` pairs, each side a ``--seq``-token row, half prompt, half answer), collated by
+``ft_data.collate_preference`` as the recipe's loader does; each step computes the reference log-probs with
+the adapters disabled (``ft_peft.disable_adapters``, the recipe's ``dpo.reference: live``), then the
+policy's (``ft_recipes.training.sequence_logps``) and ``preference_loss``, backward, AdamW. Tokens/s counts
+both rows of each pair (2 x pairs x seq per step). No MFU line for it.
 """
 
 from __future__ import annotations
@@ -62,7 +72,10 @@ GOALS = {
     ("full", "bf16"): ("torchtune", 1.3),
     ("full", "fp32"): ("torchtune", 1.1),
     ("qlora", "bf16"): ("hf", 1.3),
+    ("dpo", "bf16"): ("trl", 1.5),
+    ("dpo", "fp32"): ("trl", 1.5),
 }
+METHODS = ("lora", "qlora", "full", "dpo")
 
 
 def flops_per_token(method: str, shape: str = SHAPE) -> tuple[float, str]:
@@ -131,6 +144,40 @@ def peak_rss_gib() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def _dpo_step(model: Any, optimizer: Any, pairs: int, seq: int, dev: torch.device) -> Any:
+    """One LoRA DPO step as the ``lora_dpo_single_device`` recipe runs it (module docstring, ``dpo``)."""
+    from _pairs import PAD_ID, random_pairs
+
+    import ft_peft
+    from ft_data import collate_preference
+    from ft_recipes.training import PreferenceLoss, preference_loss, sequence_logps
+
+    examples = []
+    for prompt, chosen, rejected in random_pairs(pairs, model.config.vocab_size, prompt_len=seq // 2,
+                                                 answer_len=seq - seq // 2):  # fmt: skip
+        row: dict[str, list[int]] = {}
+        for side, answer in (("chosen", chosen), ("rejected", rejected)):
+            row[f"{side}_input_ids"] = prompt + answer
+            # labels arrive shifted: position t is trained on token t + 1 where that token is the answer's
+            row[f"{side}_labels"] = [-100] * (len(prompt) - 1) + answer + [-100]
+        examples.append(row)
+    cpu_batch = collate_preference(examples, pad_id=PAD_ID)
+    cpu_batch["pair_index"] = torch.arange(pairs)
+    cfg = PreferenceLoss(loss_type=("sigmoid",), beta=0.1)
+
+    def step() -> float:
+        batch = {k: v.to(dev, non_blocking=True) for k, v in cpu_batch.items()}
+        with torch.no_grad(), ft_peft.disable_adapters(model):
+            reference = sequence_logps(model, batch).logps
+        loss, _ = preference_loss(cfg, sequence_logps(model, batch), reference, num_pairs=pairs)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    return step
+
+
 def run_ft(args: argparse.Namespace) -> dict[str, Any]:
     from ft_recipes.training import batch_loss, prepare_batch
 
@@ -159,6 +206,10 @@ def run_ft(args: argparse.Namespace) -> dict[str, Any]:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())  # a host sync: on CUDA the step is complete when it returns
+
+    if args.method == "dpo":  # rows are pairs: each step trains 2 x rows rows of seq tokens
+        step = _dpo_step(model, optimizer, rows, seq, dev)
+        rows = 2 * rows
 
     times = []
     loss = 0.0
@@ -190,7 +241,7 @@ def run_ft(args: argparse.Namespace) -> dict[str, Any]:
         "precision": precision,
         "torch": torch.__version__,
         "tokens_per_s": round(rows * seq / steady, 1),
-        "batch": f"{rows}x{seq}",
+        "batch": f"{args.batch} pairs x 2 x {seq}" if args.method == "dpo" else f"{rows}x{seq}",
         "step_s": round(steady, 4),
         "threads": torch.get_num_threads(),
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -250,6 +301,9 @@ def run_all(args: argparse.Namespace) -> None:
     ckpt = make_checkpoint(SHAPE, Path(args.ckpt) if args.ckpt else _default_ckpt())
     peers: dict[str, Path] = {}
     for name in args.peers.split(","):
+        if name == "trl":  # TRL is in ft's own development environment
+            peers[name] = Path(sys.executable)
+            continue
         try:
             peers[name] = peer_python(name)
         except PeerUnavailable as e:
@@ -267,6 +321,8 @@ def run_all(args: argparse.Namespace) -> None:
                     r = _sub(sys.executable, cmd + (["--compile"] if c else []))
                     _keep(results, r)
                 for name, python in peers.items():
+                    if (name == "trl") != (method == "dpo"):
+                        continue  # TRL runs the dpo workload, and only TRL does
                     if name == "torchtune" and method == "qlora" and not args.torchtune_qlora:
                         # torchtune 0.6.1's NF4 needs every dimension divisible by its scaler block;
                         # the 576x192 k/v projections are not (see PERFORMANCE.md).
@@ -292,7 +348,7 @@ def _keep(results: dict[str, dict[str, Any]], r: dict[str, Any] | None) -> None:
 def _report(method: str, dtype: str, results: dict[str, dict[str, Any]], peak: dict[str, Any] | None) -> None:
     fpt, formula = flops_per_token(method)
     for lib, r in results.items():
-        if peak:
+        if peak and method != "dpo":
             mfu = fpt * r["tokens_per_s"] / (peak["gflops"] * 1e9)
             print(
                 f"MFU train-{method} {dtype} {lib}: {mfu:.1%} of {peak['gflops']} GFLOP/s ({formula})",
@@ -300,7 +356,7 @@ def _report(method: str, dtype: str, results: dict[str, dict[str, Any]], peak: d
             )
     goal = GOALS.get((method, dtype))
     for lib in ("ft", "ft+compile"):
-        for peer in ("torchtune", "hf"):
+        for peer in ("torchtune", "hf", "trl"):
             if lib in results and peer in results:
                 ft, p = results[lib], results[peer]
                 ratio = ft["tokens_per_s"] / p["tokens_per_s"]
@@ -331,7 +387,7 @@ def main() -> None:
     ap.add_argument("--profile", default=None, help="ft: write a profiler table of one step here")
     ap.add_argument("--methods", default="lora,qlora,full")
     ap.add_argument("--dtypes", default="bf16,fp32")
-    ap.add_argument("--peers", default="torchtune,hf")
+    ap.add_argument("--peers", default="torchtune,hf", help="torchtune, hf; trl (the dpo workload)")
     ap.add_argument(
         "--threads", type=int, default=None, help="torch threads in every measurement (default: torch's)"
     )
@@ -349,8 +405,8 @@ def main() -> None:
             ap.error("peak needs a dtype: fp32 or bf16")
         print(json.dumps(run_peak(args.method)))  # `peak bf16`: the dtype is the first positional
         return
-    if args.method not in ("lora", "qlora", "full") or args.dtype not in DTYPES:
-        ap.error("ft needs a method (lora, qlora, full) and a dtype (fp32, bf16)")
+    if args.method not in METHODS or args.dtype not in DTYPES:
+        ap.error(f"ft needs a method ({', '.join(METHODS)}) and a dtype (fp32, bf16)")
     args.compile = args.compile == "on"
     print(json.dumps(run_ft(args)))
 

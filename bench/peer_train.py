@@ -1,8 +1,10 @@
-"""Training-step throughput of a peer library (torchtune 0.6.1, or transformers + PEFT); one JSON line.
+"""Training-step throughput of a peer library (torchtune 0.6.1, transformers + PEFT, or TRL); one JSON line.
 
-Runs inside the peer's own environment (see ``_peers.py``) and imports nothing from ft.
+Runs inside the peer's own environment (see ``_peers.py``; TRL: any environment with trl, peft and
+datasets, e.g. ft's development one) and imports nothing from ft.
 
 Usage: python bench/peer_train.py {torchtune,hf} {lora,qlora,full} {fp32,bf16} [--steps N] [--ckpt DIR]
+       python bench/peer_train.py trl dpo {fp32,bf16} [--steps N] [--gradient-checkpointing]
 
 Workload (../shared/PERFORMANCE.md, train-*): the SmolLM2-135M shape (Llama: 30 layers, d 576, 9 query /
 3 KV heads, FFN 1536, vocab 49,152, tied embeddings, RoPE base 100,000), random init, batch 4 x 256,
@@ -12,6 +14,16 @@ batch, loss = fp32 cross-entropy over the full ``[b, s, v]`` logits (what both p
 median step time after 2 warm-up steps. QLoRA: the frozen base in 4-bit NF4 (torchtune's own NF4; for
 transformers, bitsandbytes through ``BitsAndBytesConfig``, compute dtype = the dtype), loading ``--ckpt``
 (a transformers checkpoint of the shape; one is written to a temporary directory when not given).
+
+``trl dpo``: TRL's ``DPOTrainer`` (sigmoid loss, beta 0.1) with the same LoRA through ``peft_config`` (the
+reference is the model with its adapters disabled, computed every step: TRL's default), on the random pairs
+of ``_pairs.py`` (batch of 4 pairs, each side a 256-token row: 128 prompt + 128 answer tokens), the
+transformers model of the shape built in the dtype, ``bf16=True`` (autocast) for bf16 and ``bf16=False``
+for fp32, AdamW (TRL's default, fused) at lr 1e-4, no LR decay or gradient clipping (as the other side),
+``gradient_checkpointing=False`` unless ``--gradient-checkpointing`` (TRL's default is on; ft's recipes
+default to off). The step time is the wall time between consecutive ``on_step_end`` callbacks (the whole
+trainer step: collation, reference and policy forward, backward, optimizer); tokens/s counts both rows
+of each pair.
 """
 
 from __future__ import annotations
@@ -90,6 +102,87 @@ def _hf(
     return model, lambda x: model(input_ids=x).logits
 
 
+def _trl_dpo(args: argparse.Namespace, dtype: torch.dtype) -> dict:
+    """TRL DPOTrainer + PEFT LoRA on the shared random pairs; the result line (see the module docstring)."""
+    import trl
+    from _pairs import pair_texts, random_pairs, word_tokenizer
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
+
+    config = LlamaConfig(
+        vocab_size=V, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+        num_key_value_heads=3, max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=100000.0,
+        tie_word_embeddings=True, attn_implementation="sdpa", pad_token_id=0, eos_token_id=1, bos_token_id=1,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config).to(dtype)
+    pairs = random_pairs(args.batch * args.steps, V, answer_len=args.seq // 2, prompt_len=args.seq // 2)
+    tokenizer = word_tokenizer(V)
+    texts = pair_texts(pairs)
+    if tokenizer(texts["prompt"][0] + texts["chosen"][0])["input_ids"] != pairs[0][0] + pairs[0][1]:
+        raise SystemExit("the word tokenizer does not give back the pair's ids")
+    lora = LoraConfig(
+        r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "o_proj", *LORA_MLP]
+    )
+    cfg = trl.DPOConfig(
+        output_dir=tempfile.mkdtemp(),
+        per_device_train_batch_size=args.batch,
+        max_steps=args.steps,
+        learning_rate=1e-4,
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        beta=0.1,
+        loss_type=["sigmoid"],
+        bf16=dtype == torch.bfloat16,
+        gradient_checkpointing=args.gradient_checkpointing,
+        max_length=args.seq,
+        logging_steps=10**6,
+        save_strategy="no",
+        report_to="none",
+        dataloader_num_workers=0,
+        use_cpu=args.device == "cpu",
+        seed=0,
+    )
+    ends: list[float] = []
+
+    class StepClock(TrainerCallback):
+        def on_step_end(self, *a: object, **k: object) -> None:
+            ends.append(time.perf_counter())
+
+    trainer = trl.DPOTrainer(
+        model=model,
+        args=cfg,
+        train_dataset=Dataset.from_dict(texts),
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=[StepClock()],
+    )
+    setup_rss = _peak_rss_gib()
+    start = time.perf_counter()
+    out = trainer.train()
+    times = [b - a for a, b in zip([start, *ends], ends, strict=False)]
+    kept = times[2:] or times
+    steady = sorted(kept)[len(kept) // 2]
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    return {
+        "lib": "trl",
+        "method": "dpo",
+        "dtype": args.dtype,
+        "torch": torch.__version__,
+        "trl": trl.__version__,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "tokens_per_s": round(2 * args.batch * args.seq / steady, 1),
+        "pairs_per_s": round(args.batch / steady, 3),
+        "step_s": round(steady, 4),
+        "threads": torch.get_num_threads(),
+        "trainable": sum(p.numel() for p in params),
+        "loss": round(float(out.training_loss), 4),
+        "batch": f"{args.batch} pairs x 2 x {args.seq}",
+        "setup_rss_gib": round(setup_rss, 2),
+        "peak_rss_gib": round(_peak_rss_gib(), 2),
+    }
+
+
 def _peak_rss_gib() -> float:
     """Peak resident memory: ``VmHWM`` where /proc has it (``ru_maxrss`` also counts the forking
     parent's resident memory across ``exec`` on Linux), else ``ru_maxrss``."""
@@ -102,8 +195,8 @@ def _peak_rss_gib() -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("lib", choices=["torchtune", "hf"])
-    ap.add_argument("method", choices=["lora", "qlora", "full"])
+    ap.add_argument("lib", choices=["torchtune", "hf", "trl"])
+    ap.add_argument("method", choices=["lora", "qlora", "full", "dpo"])
     ap.add_argument("dtype", choices=["fp32", "bf16"])
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--batch", type=int, default=B, help="rows per step")
@@ -111,11 +204,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--ckpt", default=None, help="transformers checkpoint of the shape (hf qlora)")
     ap.add_argument("--device", default="cpu", help="hf: cpu | cuda")
+    ap.add_argument("--gradient-checkpointing", action="store_true", help="trl: TRL's default (off here)")
     args = ap.parse_args()
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if (args.lib == "trl") != (args.method == "dpo"):
+        ap.error("the dpo workload is TRL's (trl dpo), and TRL runs only it")
+    if args.lib == "trl":
+        print(json.dumps(_trl_dpo(args, dtype)))
+        return
     if args.lib == "torchtune":
         model, fwd = _torchtune(args.method, dtype)
     else:

@@ -4,8 +4,13 @@ Each measurement runs in its own subprocess (fresh memory, fresh threads); ft an
 run in the same invocation, on the same weights and the same torch build, and only their
 ratio is meaningful (machines here are shared and noisy).
 
-Usage: python bench/run.py [--only train,decode,llamacpp,lmeval,tokenize,cli,memory] [--shape smollm2-135m]
-       [--device cpu] [--dtypes fp32,bf16] [--threads N]
+Usage: python bench/run.py [--only train,decode,llamacpp,lmeval,tokenize,cli,memory,dpo] [--shape smollm2-135m]
+       [--device cpu] [--dtypes fp32,bf16] [--threads N] [--steps N]
+
+``dpo`` (not in the default set): a LoRA DPO step (4 pairs x 256 tokens each side) of ft beside TRL's
+``DPOTrainer`` + PEFT on the same random pairs (``bench_train.py all --methods dpo --peers trl``); prints
+tokens/s, peak RSS and the ratio (target ft >= 1.5x TRL's tokens/s, no more memory). ``--threads 1`` is
+the steadier setting on a shared machine.
 
 ``memory`` (not in the default set: it writes a 2.5 GB checkpoint): the peak resident memory of a QLoRA
 training step (NF4 base, batch 2 x 512) on the Llama-3.2-1B shape, ft beside transformers + PEFT +
@@ -83,8 +88,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument(
-        "--threads", type=int, default=None, help="threads for lmeval and llamacpp (1 on a busy machine)"
+        "--threads", type=int, default=None, help="threads for lmeval, llamacpp and dpo (1 on a busy machine)"
     )
+    ap.add_argument("--steps", type=int, default=5, help="dpo: steps per measurement (median after 2)")
     args = ap.parse_args()
     only = set(args.only.split(","))
     ckpt = make_checkpoint(args.shape, Path(tempfile.gettempdir()) / f"ft-bench-{args.shape}")
@@ -139,6 +145,10 @@ def main() -> None:
         _run(["bench/bench_cli.py"])
     if "memory" in only:
         qlora_memory()
+    if "dpo" in only:
+        cmd = [sys.executable, str(HERE / "bench_train.py"), "all", "--methods", "dpo", "--peers", "trl"]
+        cmd += ["--dtypes", args.dtypes, "--compile", "off", "--steps", str(args.steps)]
+        subprocess.run(cmd + (["--threads", str(args.threads)] if args.threads else []), check=False)
 
 
 if __name__ == "__main__":

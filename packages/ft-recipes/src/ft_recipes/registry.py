@@ -115,7 +115,7 @@ RECIPES: dict[str, RecipeInfo] = {
             module="ft_recipes.lora_dpo_single_device",
             summary="DPO / IPO / hinge / robust / SimPO on a LoRA or QLoRA adapter, one device, exact resume",
             distributed=False,
-            configs=("smollm2/135M_dpo",),
+            configs=("smollm2/135M_dpo_demo", "smollm2/135M_dpo"),
         ),
         RecipeInfo(
             name="full_finetune_single_device",
