@@ -23,7 +23,6 @@ tasks and ``include_path`` alone, and lm-eval's registry is read only for a name
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,27 +32,10 @@ __all__ = ["load_local_rows", "local_task_config", "resolve_task_names"]
 
 
 def _read_rows(path: Path, where: str) -> list[dict[str, Any]]:
-    from ft_recipes.errors import MissingFileError, UserError
+    from ft_recipes._jsonl import read_jsonl_objects
+    from ft_recipes.errors import UserError
 
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise MissingFileError(f"{where}: file not found") from None
-    except UnicodeDecodeError:
-        raise MissingFileError(f"{where}: not UTF-8 text") from None
-    except OSError as exc:
-        raise MissingFileError(f"{where}: cannot read it ({exc.strerror or exc})") from None
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{where}: line {n}: not JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{where}: line {n}: expected a JSON object, got {type(row).__name__}")
-        rows.append((n, row))
+    rows = read_jsonl_objects(path, where)
     if not rows:
         raise UserError(f"{where}: no rows")
     return [dict(row, _line=n) for n, row in rows]

@@ -68,26 +68,13 @@ def read_items(path: str | Path, key: str = "data") -> list[dict[str, str]]:
         MissingFileError: The file does not exist or cannot be read as UTF-8 text.
         UserError: A line that is not JSON or lacks ``prompt`` / ``answer``, or no item at all.
     """
-    from ft_recipes.errors import MissingFileError, UserError
+    from ft_recipes._jsonl import read_jsonl_objects
+    from ft_recipes.errors import UserError
 
     where = f"{key}: {path}"
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise MissingFileError(f"{where}: file not found") from None
-    except UnicodeDecodeError:
-        raise MissingFileError(f"{where}: not UTF-8 text") from None
-    except OSError as exc:
-        raise MissingFileError(f"{where}: cannot read it ({exc.strerror or exc})") from None
     items = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{where}: line {n}: not JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or "answer" not in row:
+    for n, row in read_jsonl_objects(path, where):
+        if not isinstance(row.get("prompt"), str) or "answer" not in row:
             raise UserError(f"{where}: line {n}: expected an object with 'prompt' and 'answer'")
         items.append({k: str(v) for k, v in row.items()})
     if not items:
