@@ -72,3 +72,20 @@ def test_missing_task_file_and_include_path(workdir: Path) -> None:
 
 def test_missing_model_path(workdir: Path) -> None:
     _run(workdir, "model.path=no_such_model", names=["model.path", "no_such_model"])
+
+
+@pytest.mark.slow  # a training process (torch, the real SmolLM2 tokenizer)
+def test_training_eval_task_file_refused_before_training(workdir: Path) -> None:
+    """A LoRA run's ``eval.local_tasks`` file is read with the data, before the model loads or trains."""
+    (workdir / "bad.jsonl").write_text('{"question": "a", "answer": "b"}\n')
+    (workdir / "train.jsonl").write_text(
+        json.dumps(
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+        )
+        + "\n"
+    )
+    assert_refused(
+        "run", "lora_finetune_single_device", "--config", "smollm2/135M_lora", "output_dir=fresh",
+        "dataset.source=train.jsonl", "device=cpu", "batch_size=1", "gradient_accumulation_steps=1", "eval.local_tasks=[{name: t, data: bad.jsonl}]",
+        cwd=workdir, names=["eval.local_tasks.0.data", "line 1", "'prompt'"],
+    )  # fmt: skip

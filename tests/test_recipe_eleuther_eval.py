@@ -150,3 +150,50 @@ def _scores(results: dict[str, Any], task: str) -> list[list[Any]]:
 
 def _worst(a: list[list[float]], b: list[list[float]]) -> float:
     return max(abs(x - y) for da, db in zip(a, b, strict=True) for x, y in zip(da, db, strict=True))
+
+
+def test_training_eval_runs_the_same_lm_eval_tasks(tmp_path: Path) -> None:
+    """A LoRA run's ``eval:`` with lm-eval tasks, before and after training, writes the results that
+    `tune run eleuther_eval` writes for the base model and for the saved adapter on it."""
+    model = make_model(tmp_path)  # also writes train.jsonl (make_tiny)
+    write_jsonl(tmp_path / "mc.jsonl", MC_ROWS)
+    write_jsonl(tmp_path / "gen.jsonl", GEN_ROWS)
+    tasks = [{"name": "mc", "data": "mc.jsonl"}, {"name": "gen", "data": "gen.jsonl", "max_gen_toks": 8}]
+    train = {
+        "recipe": "lora_finetune_single_device",
+        "model": {"_component_": "from_pretrained", "path": str(model)},
+        "tokenizer": {"_component_": "load_tokenizer", "path": str(model)},
+        "dataset": {"_component_": "build_dataset", "source": "train.jsonl", "use_cache": False},
+        "output_dir": "run",
+        "device": "cpu",
+        "precision": "fp32",
+        "batch_size": 2,
+        "max_seq_len": 64,
+        "max_steps": 3,
+        "optimizer": {"lr": 0.02},
+        "eval": {"local_tasks": tasks, "limit": 5, "batch_size": 3},
+    }
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(train))
+    done = _tune(tmp_path, "run", "lora_finetune_single_device", "--config", "train.yaml")
+    assert done.returncode == 0, done.stderr[-3000:]
+    during = {
+        name: _metrics(json.loads((tmp_path / "run" / f"lm_eval_{name}" / "results.json").read_text()))
+        for name in ("base", "tuned")
+    }
+    assert set(during["tuned"]) == {"mc", "gen"}
+    for name, adapter in (("base", None), ("tuned", "run/adapter")):
+        config = {
+            "model": {"_component_": "from_pretrained", "path": str(model)},
+            "tokenizer": {"_component_": "load_tokenizer", "path": "${model.path}"},
+            "output_dir": f"alone_{name}",
+            "adapter": adapter,
+            "local_tasks": tasks,
+            "limit": 5,
+            "batch_size": 3,
+            "device": "cpu",
+            "precision": "fp32",
+        }
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(config))
+        alone = _tune(tmp_path, "run", "eleuther_eval", "--config", f"{name}.yaml")
+        assert alone.returncode == 0, alone.stderr[-3000:]
+        assert _metrics(json.loads((tmp_path / f"alone_{name}" / "results.json").read_text())) == during[name]

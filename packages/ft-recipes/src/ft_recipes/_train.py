@@ -60,6 +60,7 @@ __all__ = [
     "optimizer_step",
     "peak_memory_mib",
     "release_optimizer",
+    "report_eval",
     "resume_checkpoint",
     "run_eval",
     "save_base_hf_dir",
@@ -466,32 +467,78 @@ def train(run: Any, window_step: WindowStep | None = None) -> None:
 
 
 def check_eval_data(cfg: Any) -> None:
-    """Read ``cfg.data`` (``cfg``: an ``EvalConfig`` or None) as eval items, so a missing or malformed
-    file stops the run before it starts instead of after training.
+    """Read ``cfg.data`` (``cfg``: an ``EvalConfig`` or None) as eval items and find its lm-eval tasks, so a
+    missing or malformed file, an unknown task or a missing lm-eval stops the run before it starts
+    instead of after training.
 
     Raises:
-        UserError: The file is missing, unreadable or not prompt/answer JSONL (the message names
-            ``eval.data``).
+        UserError: No data and no task, or the file is missing, unreadable or not prompt/answer JSONL,
+            or a task cannot be found or built (the message names the ``eval.`` key).
+        MissingExtraError: Tasks are named and lm-evaluation-harness is not installed.
     """
-    if cfg is not None:
+    if cfg is None:
+        return
+    if cfg.data is None and not cfg.tasks and not cfg.local_tasks:
+        raise UserError("eval: nothing to evaluate; give data (prompt/answer JSONL), tasks or local_tasks")
+    if cfg.data is not None:
         from ft_recipes.eval import read_items
 
         read_items(resolve_path(cfg.data), key="eval.data")
+    _lm_eval_tasks(cfg)
 
 
-def run_eval(model: Any, tokenizer: Any, cfg: Any, output_dir: str, name: str) -> float:
-    """Score the model on ``cfg.data`` (an ``EvalConfig``), print and write ``eval_{name}.jsonl``."""
-    from ft_recipes.eval import evaluate, read_items
+def _lm_eval_tasks(cfg: Any) -> Any:
+    """``cfg``'s lm-eval tasks, found and loaded (None when it names none)."""
+    if not cfg.tasks and not cfg.local_tasks:
+        return None
+    from ft_recipes.eleuther_eval import require_lm_eval, select_tasks
 
-    items = read_items(resolve_path(cfg.data), key="eval.data")
-    result = evaluate(
-        model,
-        tokenizer,
-        items,
-        metric=cfg.metric,
-        batch_size=cfg.batch_size,
-        max_new_tokens=cfg.max_new_tokens,
-    )
-    result.write(Path(output_dir) / f"eval_{name}.jsonl")
-    print(f"[eval] {name} {cfg.metric}: {result.score:.1f} ({len(items)} prompts)", flush=True)
-    return result.score
+    require_lm_eval("eval.tasks")
+    return select_tasks(cfg.tasks, cfg.local_tasks, cfg.include_path, key="eval.")
+
+
+def run_eval(model: Any, tokenizer: Any, cfg: Any, output_dir: str, name: str) -> float | None:
+    """Evaluate the model as ``cfg`` (an ``EvalConfig``) says; ``name`` is ``base`` or ``tuned``.
+
+    ``data``: greedy answers scored by ``cfg.metric``, printed and written to ``eval_{name}.jsonl``;
+    returns the score. lm-eval tasks: lm-eval's table printed and its results written to
+    ``lm_eval_{name}/results.json`` (what ``tune run eleuther_eval`` writes for a saved model).
+    Returns None when there is no ``data``.
+    """
+    score = None
+    if cfg.data is not None:
+        from ft_recipes.eval import evaluate, read_items
+
+        items = read_items(resolve_path(cfg.data), key="eval.data")
+        result = evaluate(
+            model,
+            tokenizer,
+            items,
+            metric=cfg.metric,
+            batch_size=cfg.batch_size,
+            max_new_tokens=cfg.max_new_tokens,
+        )
+        result.write(Path(output_dir) / f"eval_{name}.jsonl")
+        print(f"[eval] {name} {cfg.metric}: {result.score:.1f} ({len(items)} prompts)", flush=True)
+        score = result.score
+    selection = _lm_eval_tasks(cfg)
+    if selection is not None:
+        from ft_recipes.eleuther_eval import run_lm_eval
+
+        print(f"[eval] {name}: lm-eval tasks", flush=True)
+        run_lm_eval(
+            model,
+            tokenizer,
+            selection,
+            output_dir=Path(output_dir) / f"lm_eval_{name}",
+            limit=cfg.limit,
+            num_fewshot=cfg.num_fewshot,
+            batch_size=cfg.batch_size,
+        )
+    return score
+
+
+def report_eval(cfg: Any, base: float | None, tuned: float | None) -> None:
+    """Print the before/after line of the exact-match evaluation (when both were measured)."""
+    if base is not None and tuned is not None:
+        print(f"[eval] {cfg.metric}: base {base:.1f} -> tuned {tuned:.1f}", flush=True)

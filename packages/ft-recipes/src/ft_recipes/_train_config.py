@@ -21,6 +21,7 @@ __all__ = [
     "Beta",
     "CheckpointConfig",
     "EvalConfig",
+    "LocalTask",
     "LoggerName",
     "OptimizerConfig",
     "ScheduleConfig",
@@ -87,18 +88,42 @@ class CheckpointConfig:
 
 
 @dataclass
-class EvalConfig:
-    """Greedy evaluation (``ft_recipes.eval``) of prompt/answer JSONL items before and after training.
+class LocalTask:
+    """An lm-eval task from a JSONL file in ft's schema (see ``ft_recipes._lm_eval_tasks``).
 
-    ``batch_size`` and ``max_new_tokens`` are >= 1: an empty batch or an answer of no tokens scores
-    nothing. ``data`` must exist and hold items before the run starts (the recipe checks it).
+    Attributes:
+        name: The task's name in the results.
+        data: The JSONL file.
+        until: Generation rows: stop strings (the answer is the text before the first one).
+        max_gen_toks: Generation rows: most new tokens (>= 1).
     """
 
+    name: str
     data: str
+    until: list[str] = field(default_factory=lambda: ["\n"])
+    max_gen_toks: PositiveInt = 64
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation of the model being trained, before and after training: greedy exact match on
+    prompt/answer JSONL items (``data``, ``ft_recipes.eval``) and/or lm-evaluation-harness tasks
+    (``tasks``, ``local_tasks``, ``include_path``, as in ``eleuther_eval``; extra ``ft-recipes[lm-eval]``).
+
+    ``batch_size`` and ``max_new_tokens`` are >= 1: an empty batch or an answer of no tokens scores
+    nothing. ``data`` and the tasks must exist before the run starts (the recipe checks them).
+    """
+
+    data: str | None = None
     metric: str = "exact_match"
     batch_size: PositiveInt = 16
     max_new_tokens: PositiveInt = 32
     before: bool = True
+    tasks: list[str] = field(default_factory=list)
+    local_tasks: list[LocalTask] = field(default_factory=list)
+    include_path: str | None = None
+    limit: PositiveInt | None = None  # lm-eval documents per task (null: all)
+    num_fewshot: NonNegativeInt | None = None  # null: each task's own default
 
 
 @dataclass

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ft_recipes._train_config import AttentionName
+from ft_recipes._train_config import AttentionName, LocalTask
 from ft_recipes.config import Component, NonNegativeInt, PositiveInt, Seed
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "TaskSelection",
     "before_run",
     "main",
+    "require_lm_eval",
     "run_lm_eval",
     "select_tasks",
 ]
@@ -42,23 +43,6 @@ __all__ = [
 DISTRIBUTED = False
 PROVIDED = {"model": {"dtype", "device"}}
 FILE_KEYS = ("model.path", "tokenizer.path", "adapter", "include_path")
-
-
-@dataclass
-class LocalTask:
-    """A task from a JSONL file in ft's schema (see ``ft_recipes._lm_eval_tasks``).
-
-    Attributes:
-        name: The task's name in the results.
-        data: The JSONL file.
-        until: Generation rows: stop strings (the answer is the text before the first one).
-        max_gen_toks: Generation rows: most new tokens (>= 1).
-    """
-
-    name: str
-    data: str
-    until: list[str] = field(default_factory=lambda: ["\n"])
-    max_gen_toks: PositiveInt = 64
 
 
 @dataclass
@@ -106,10 +90,28 @@ def _load_error(where: str, name: str, exc: Exception) -> Exception:
     return cls(f"{where}: task {name!r} cannot be loaded ({type(exc).__name__}: {first})")
 
 
+def require_lm_eval(who: str) -> None:
+    """Stop with one line when lm-evaluation-harness (the extra ``ft-recipes[lm-eval]``) is missing.
+
+    Raises:
+        MissingExtraError: lm-eval cannot be imported.
+    """
+    from ft_recipes.errors import MissingExtraError
+
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        raise MissingExtraError(
+            f"{who} needs lm-evaluation-harness: pip install 'ft-recipes[lm-eval]'"
+        ) from None
+
+
 def select_tasks(
     tasks: Sequence[str] = (),
     local_tasks: Sequence[LocalTask] = (),
     include_path: str | Path | None = None,
+    *,
+    key: str = "",
 ) -> TaskSelection:
     """Find and load every task, so nothing about them fails after a model is loaded.
 
@@ -117,6 +119,7 @@ def select_tasks(
         tasks: lm-eval task, group or tag names (or task YAML paths).
         local_tasks: JSONL tasks in ft's schema.
         include_path: A directory of lm-eval task YAMLs.
+        key: What the config keys in messages start with (``eval.`` inside a training config).
 
     Raises:
         UserError: No task, an unknown name, a bad JSONL file or a task lm-eval cannot build.
@@ -127,17 +130,19 @@ def select_tasks(
     from ft_recipes.errors import UserError
 
     if not tasks and not local_tasks:
-        raise UserError("tasks: no task given (name lm-eval tasks in tasks or JSONL files in local_tasks)")
+        raise UserError(
+            f"{key}tasks: no task given (name lm-eval tasks in tasks or JSONL files in local_tasks)"
+        )
     names = [t.name for t in local_tasks]
     if len(set(names)) != len(names):
         raise UserError(
-            f"local_tasks: the task name {next(n for n in names if names.count(n) > 1)!r} is used twice"
+            f"{key}local_tasks: the task name {next(n for n in names if names.count(n) > 1)!r} is used twice"
         )
     configs = [
         local_task_config(
             t.name,
             resolve_path(t.data),
-            key=f"local_tasks.{i}.data",
+            key=f"{key}local_tasks.{i}.data",
             shown=t.data,
             until=t.until,
             max_gen_toks=t.max_gen_toks,
@@ -146,8 +151,8 @@ def select_tasks(
     ]
     manager = resolve_task_names(list(tasks), include_path)
     objects: list[Any] = []
-    specs: list[tuple[str, str, Any]] = [(f"tasks.{i}", n, n) for i, n in enumerate(tasks)]
-    specs += [(f"local_tasks.{i}", c["task"], c) for i, c in enumerate(configs)]
+    specs: list[tuple[str, str, Any]] = [(f"{key}tasks.{i}", n, n) for i, n in enumerate(tasks)]
+    specs += [(f"{key}local_tasks.{i}", c["task"], c) for i, c in enumerate(configs)]
     for where, name, spec in specs:
         try:
             loaded = manager.load([spec])
@@ -260,15 +265,9 @@ def before_run(cfg: Config) -> None:
 def main(cfg: Config) -> None:
     """Find and load the tasks, then the model; evaluate, write ``results.json``, print the table."""
     from ft_recipes._setup import load_model_and_tokenizer, pick_device
-    from ft_recipes.errors import MissingExtraError
     from ft_recipes.training import apply_attention, resolve_inference_precision
 
-    try:
-        import lm_eval  # noqa: F401
-    except ImportError:
-        raise MissingExtraError(
-            "eleuther_eval needs lm-evaluation-harness: pip install 'ft-recipes[lm-eval]'"
-        ) from None
+    require_lm_eval("eleuther_eval")
     selection = select_tasks(cfg.tasks, cfg.local_tasks, cfg.include_path)
     device = pick_device(cfg.device)
     precision = resolve_inference_precision(cfg.precision, device)

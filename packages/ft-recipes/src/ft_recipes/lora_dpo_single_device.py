@@ -175,14 +175,14 @@ def main(cfg: Config) -> None:
     from ft_recipes import _distributed, _train, lora_finetune_single_device
 
     run = setup(cfg)
+    base = None
     if cfg.eval is not None and cfg.eval.before:
         base = _train.run_eval(run.model, run.tokenizer, cfg.eval, cfg.output_dir, "base")
     with _distributed.together():  # one rank's failure ends every rank, naming it
         train(run)
     if cfg.eval is not None:
         tuned = _train.run_eval(run.model, run.tokenizer, cfg.eval, cfg.output_dir, "tuned")
-        if cfg.eval.before:
-            print(f"[eval] {cfg.eval.metric}: base {base:.1f} -> tuned {tuned:.1f}", flush=True)
+        _train.report_eval(cfg.eval, base, tuned)
     with _distributed.together():
         lora_finetune_single_device.save(run)  # type: ignore[arg-type]
     del run

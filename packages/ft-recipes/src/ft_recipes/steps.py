@@ -5,7 +5,7 @@ Setup (``setup_training``, the one setup of every training recipe, returning a `
 ``pick_device``, ``load_model_and_tokenizer``, ``stop_token_ids``: EOS plus ft-data's end-of-turn
 markers) and the training steps in their loop order (``load_tokenizer``, ``load_model``,
 ``build_loader``, ``micro_batches``, ``forward_backward``, ``optimizer_step``, ``end_step``,
-``save_checkpoint`` / ``resume_checkpoint``, ``run_eval``, then the outputs: ``release_optimizer``,
+``save_checkpoint`` / ``resume_checkpoint``, ``run_eval`` / ``report_eval``, then the outputs: ``release_optimizer``,
 ``save_hf_dir``, ``save_merged_hf_dir``, ``save_base_hf_dir``; ``train`` is the whole loop, the same at
 every world size, around a window step: ``sft_window`` or ``preference_window``, a ``WindowStep``;
 ``global_sum`` adds a step's figures over the ranks).
@@ -49,6 +49,7 @@ from ft_recipes._train import (
     peak_memory_mib,
     release_optimizer,
     resume_checkpoint,
+    report_eval,
     run_eval,
     save_base_hf_dir,
     save_checkpoint,
@@ -91,6 +92,7 @@ __all__ = [
     "preference_window",
     "release_optimizer",
     "resume_checkpoint",
+    "report_eval",
     "run_eval",
     "save_base_hf_dir",
     "save_checkpoint",
