@@ -55,7 +55,7 @@ import ctypes, gc, json, pathlib, shutil, sys
 import torch
 import ft_models, ft_peft
 from ft_recipes import full_finetune_single_device as full, lora_finetune_single_device as lora, steps
-from ft_recipes._run import prepare
+from ft_recipes.runner import prepare
 from ft_recipes.training import apply_precision, resolve_precision
 
 torch.set_num_threads(1)
