@@ -168,7 +168,17 @@ def validate_cmd(
     click.echo(f"{config}: valid")
 
 
-_DIST_FLAGS = ("nproc_per_node", "nnodes", "node_rank", "rdzv_backend", "rdzv_endpoint", "rdzv_id")
+_DIST_FLAGS = (
+    "nproc_per_node",
+    "nnodes",
+    "node_rank",
+    "rdzv_backend",
+    "rdzv_endpoint",
+    "rdzv_id",
+    "master_addr",
+    "master_port",
+    "max_restarts",
+)
 
 
 @main.command("run", epilog=_OVERRIDES_HELP, context_settings={"ignore_unknown_options": False})
@@ -181,6 +191,11 @@ _DIST_FLAGS = ("nproc_per_node", "nnodes", "node_rank", "rdzv_backend", "rdzv_en
 @click.option("--rdzv-backend", default=None, help="Rendezvous backend, e.g. c10d (torchrun).")
 @click.option("--rdzv-endpoint", default=None, help="Rendezvous HOST:PORT (torchrun).")
 @click.option("--rdzv-id", default=None, help="Rendezvous job id (torchrun).")
+@click.option("--master-addr", default=None, help="Rank 0's host, static rendezvous (torchrun).")
+@click.option("--master-port", default=None, type=int, help="Rank 0's port, static rendezvous (torchrun).")
+@click.option(
+    "--max-restarts", default=None, type=int, help="Restart the workers this often on a failure (torchrun)."
+)
 @_allow_any
 def run_cmd(
     recipe: str, config: str, overrides: tuple[str, ...], allow_any_component: bool, **dist: Any
@@ -210,16 +225,20 @@ def run_cmd(
 def _torchrun(
     recipe: str, config: str, overrides: tuple[str, ...], flags: dict[str, Any], allow_any: bool
 ) -> NoReturn:
-    """Re-run this command under ``torch.distributed.run`` with the same recipe, config and overrides."""
-    import subprocess
+    """Replace this process with torchrun (``ft_recipes._launcher``) running the same command per rank.
 
-    args = [sys.executable, "-m", "torch.distributed.run"]
+    ``exec`` rather than a child process: a signal for the job (Ctrl-C, SLURM's SIGTERM at a time
+    limit) reaches torchrun's agent directly, which stops its workers, so no rank outlives the job.
+    """
+    args = [sys.executable, "-m", "ft_recipes._launcher"]
     for k, v in flags.items():
         args += [f"--{k.replace('_', '-')}", str(v)]
     args += ["-m", "ft_tune.cli", "run", recipe, "--config", config, *overrides]
     if allow_any:
         args.append("--allow-any-component")
-    sys.exit(subprocess.call(args, env={**os.environ, "FT_TUNE_WORKER": "1"}))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, args, {**os.environ, "FT_TUNE_WORKER": "1"})
 
 
 @main.command("download")
