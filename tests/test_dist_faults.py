@@ -1,0 +1,140 @@
+"""Faults and launches of a real 2-rank `tune run` (gloo on CPU, the tiny model of the distributed tests).
+
+One rank is SIGKILLed after the run logged its fifth step (so checkpoint step_4 is complete): every
+process of the job must be gone within ``dist_timeout_s`` + 30 s, the launch exits non-zero with one
+``error:`` line naming rank 1 and no traceback; then ``resume=auto`` at the same world size finishes
+with final weights byte-identical to an uninterrupted run's. A deliberately wrong variant (a resume
+that ignores the loader's saved position) is shown to end with other weights, so the
+byte comparison can see a resume that lost its place in the data. Two torchrun launches on localhost acting
+as two nodes (static rendezvous, 2 nodes x 1 process) reach the same final weights as one 2-process launch.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from test_recipe_support import make_tiny
+
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+
+TIMEOUT_S = 20  # the run's dist_timeout_s
+TUNE = str(Path(sys.executable).parent / "tune")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+# The distributed recipe with a resume that restarts the data from the beginning.
+WRONG_RESUME = """
+import ft_data
+
+ft_data.Loader.load_state_dict = lambda self, state: None
+
+from ft_recipes.full_finetune_single_device import *  # noqa: E402,F403
+from ft_recipes.full_finetune_single_device import Config, main, before_run, PROVIDED, FILE_KEYS  # noqa: E402
+
+DISTRIBUTED = True
+"""
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("faults")
+    model, data = make_tiny(root)
+    # 8 rows, 2 ranks x batch 1: 4 steps an epoch; 24 steps take ~6 s, time to kill a rank mid-run.
+    (root / "run.yaml").write_text(
+        f"model: {{_component_: from_pretrained, path: {model}}}\n"
+        f"tokenizer: {{_component_: load_tokenizer, path: {model}}}\n"
+        f"dataset: {{_component_: build_dataset, source: {data}, use_cache: false}}\n"
+        "output_dir: out\noptimizer: {lr: 0.01}\nlr_schedule: {kind: constant}\n"
+        "checkpoint: {every_n_steps: 2, keep_last: 2}\n"
+        "device: cpu\nprecision: fp32\nbatch_size: 1\nmax_seq_len: 128\npacked: false\nshuffle: true\n"
+        f"gradient_accumulation_steps: 1\nepochs: 100\nmax_steps: 24\nseed: 3\ndist_timeout_s: {TIMEOUT_S}\n"
+    )
+    (root / "wrong_resume.py").write_text(WRONG_RESUME)
+    return root
+
+
+def _command(launch: list[str], *overrides: str, recipe: str = "full_finetune_distributed") -> list[str]:
+    return [TUNE, "run", *launch, recipe, "--config", "run.yaml", *overrides]
+
+
+def _run(
+    root: Path,
+    *overrides: str,
+    launch: tuple[str, ...] = ("--nproc-per-node", "2"),
+    recipe: str = "full_finetune_distributed",
+) -> None:
+    cmd = _command(list(launch), *overrides, recipe=recipe)
+    done = subprocess.run(cmd, cwd=root, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _weights(root: Path, out: str) -> bytes:
+    return (root / out / "model" / "model.safetensors").read_bytes()
+
+
+def _logged_steps(out: Path) -> int:
+    metrics = out / "metrics.jsonl"
+    return len(metrics.read_text().splitlines()) if metrics.exists() else 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_killed_rank_ends_the_job_and_resume_is_bit_exact(root: Path) -> None:
+    _run(root, "output_dir=whole")
+    reference = _weights(root, "whole")
+
+    stderr = (root / "killed.err").open("w")
+    job = subprocess.Popen(
+        _command(["--nproc-per-node", "2"], "output_dir=killed"),
+        cwd=root,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+    )
+    deadline = time.monotonic() + 240
+    while _logged_steps(root / "killed") < 5:
+        assert job.poll() is None, (root / "killed.err").read_text()[-3000:]
+        assert time.monotonic() < deadline, "the run never logged 5 steps"
+        time.sleep(0.02)
+    processes = [psutil.Process(job.pid), *psutil.Process(job.pid).children(recursive=True)]
+    ranks = {p.environ().get("RANK"): p for p in processes if p.environ().get("RANK") is not None}
+    assert sorted(ranks) == ["0", "1"], [p.cmdline() for p in processes]
+    killed_at = time.monotonic()
+    ranks["1"].send_signal(signal.SIGKILL)
+    bound = TIMEOUT_S + 30
+    code = job.wait(timeout=bound)
+    _, alive = psutil.wait_procs(processes, timeout=max(0.0, bound - (time.monotonic() - killed_at)))
+    elapsed = time.monotonic() - killed_at
+    stderr.close()
+    assert not alive, f"orphans: {[p.pid for p in alive]}"
+    assert elapsed < bound, elapsed
+    assert code != 0
+    assert _logged_steps(root / "killed") < 24, "the run finished before the kill"
+    assert not (root / "killed/model").exists()  # no rank went on to write the final model
+    err = (root / "killed.err").read_text()
+    assert "Traceback" not in err, err[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err[-3000:]
+    assert "rank 1 of 2" in errors[0], errors
+    assert "SIGKILL" in errors[0], errors
+
+    # The wrong variant first, in a copy: a resume that loses its place in the data (the recipe with
+    # the loader's saved position ignored) ends with other bytes, so the comparison below can see one.
+    shutil.copytree(root / "killed", root / "wrong")
+    _run(root, "output_dir=wrong", "resume=auto", recipe="wrong_resume.py")
+    assert _weights(root, "wrong") != reference
+    # resume=auto continues from the newest complete checkpoint: byte-identical final weights.
+    _run(root, "output_dir=killed", "resume=auto")
+    assert _weights(root, "killed") == reference
