@@ -5,8 +5,9 @@ process of the job must be gone within ``dist_timeout_s`` + 30 s, the launch exi
 ``error:`` line naming rank 1 and no traceback; then ``resume=auto`` at the same world size finishes
 with final weights byte-identical to an uninterrupted run's. A deliberately wrong variant (a resume
 that ignores the loader's saved position) is shown to end with other weights, so the
-byte comparison can see a resume that lost its place in the data. Two torchrun launches on localhost acting
-as two nodes (static rendezvous, 2 nodes x 1 process) reach the same final weights as one 2-process launch.
+byte comparison can see a resume that lost its place in the data. Two torchrun launches on localhost
+acting as two nodes (static rendezvous, 2 nodes x 1 process, the same FSDP mesh) write the final weights
+of one 2-process launch byte for byte; the same two nodes with node 1 on another shuffle seed do not.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from pathlib import Path
 
 import psutil
 import pytest
+from safetensors.torch import load_file
 from test_recipe_support import make_tiny
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
+TOL = 1e-5
 TIMEOUT_S = 20  # the run's dist_timeout_s
 TUNE = str(Path(sys.executable).parent / "tune")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -91,9 +94,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_killed_rank_ends_the_job_and_resume_is_bit_exact(root: Path) -> None:
+@pytest.fixture(scope="module")
+def reference(root: Path) -> bytes:
+    """The final weights of an uninterrupted 2-process launch."""
     _run(root, "output_dir=whole")
-    reference = _weights(root, "whole")
+    return _weights(root, "whole")
+
+
+def test_killed_rank_ends_the_job_and_resume_is_bit_exact(root: Path, reference: bytes) -> None:
 
     stderr = (root / "killed.err").open("w")
     job = subprocess.Popen(
@@ -138,3 +146,46 @@ def test_killed_rank_ends_the_job_and_resume_is_bit_exact(root: Path) -> None:
     # resume=auto continues from the newest complete checkpoint: byte-identical final weights.
     _run(root, "output_dir=killed", "resume=auto")
     assert _weights(root, "killed") == reference
+
+
+def _two_nodes(root: Path, out: str, *node1: str) -> None:
+    """Two torchrun launches on localhost as nodes 0 and 1 (static rendezvous, 1 process each).
+
+    The mesh is given (``dp_shard=2``): by default two nodes of one process would replicate across
+    the nodes (HSDP 2 x 1), which reduces in another order than one node's FSDP 1 x 2.
+    """
+    port = str(_free_port())
+    jobs = []
+    for node in ("0", "1"):
+        launch = ["--nproc-per-node", "1", "--nnodes", "2", "--node-rank", node]
+        launch += ["--master-addr", "127.0.0.1", "--master-port", port]
+        extra = node1 if node == "1" else ()
+        jobs.append(
+            subprocess.Popen(
+                _command(launch, f"output_dir={out}", "dp_shard=2", "dp_replicate=1", *extra),
+                cwd=root,
+                env=ENV,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    for job in jobs:
+        _, err = job.communicate(timeout=300)
+        assert job.returncode == 0, err[-3000:]
+
+
+def _max_diff(a: Path, b: Path) -> float:
+    x, y = load_file(a), load_file(b)
+    assert x.keys() == y.keys()
+    return max(float((x[k].float() - y[k].float()).abs().max()) for k in x)
+
+
+def test_two_nodes_equal_one_two_process_launch(root: Path, reference: bytes) -> None:
+    """2 nodes x 1 process end byte for byte where 1 node x 2 processes ends (the same FSDP mesh)."""
+    _two_nodes(root, "nodes")
+    assert _weights(root, "nodes") == reference
+    whole = root / "whole/model/model.safetensors"
+    # Wrong: node 1 with another shuffle seed reads other rows than one launch's rank 1.
+    _two_nodes(root, "nodes_wrong", "seed=4")
+    assert _max_diff(root / "nodes_wrong/model/model.safetensors", whole) > 100 * TOL
