@@ -5,13 +5,15 @@ process of the job must be gone within ``dist_timeout_s`` + 30 s, the launch exi
 ``error:`` line naming rank 1 and no traceback; then ``resume=auto`` at the same world size finishes
 with final weights byte-identical to an uninterrupted run's. A deliberately wrong variant (a resume
 that ignores the loader's saved position) is shown to end with other weights, so the
-byte comparison can see a resume that lost its place in the data. Two torchrun launches on localhost
+byte comparison can see a resume that lost its place in the data. With ``--max-restarts 1`` and
+``resume=auto``, the same kill ends in torchrun restarting the workers, which finish with the same bytes. Two torchrun launches on localhost
 acting as two nodes (static rendezvous, 2 nodes x 1 process, the same FSDP mesh) write the final weights
 of one 2-process launch byte for byte; the same two nodes with node 1 on another shuffle seed do not.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -101,31 +103,40 @@ def reference(root: Path) -> bytes:
     return _weights(root, "whole")
 
 
-def test_killed_rank_ends_the_job_and_resume_is_bit_exact(root: Path, reference: bytes) -> None:
+def _kill_rank_1(
+    root: Path, out: str, *launch: str
+) -> tuple[subprocess.Popen[bytes], list[psutil.Process], float]:
+    """Start a 2-rank run into ``out`` (stderr to ``out.err``), SIGKILL rank 1 once step 5 is logged.
 
-    stderr = (root / "killed.err").open("w")
-    job = subprocess.Popen(
-        _command(["--nproc-per-node", "2"], "output_dir=killed"),
-        cwd=root,
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=stderr,
-    )
+    Returns the ``tune`` process (torchrun's agent: ``tune run`` execs it), every process of the job
+    and when the kill was sent. Step 5 logged means checkpoint step_4 is complete.
+    """
+    with (root / f"{out}.err").open("w") as stderr:
+        job = subprocess.Popen(
+            _command(["--nproc-per-node", "2", *launch], f"output_dir={out}", "resume=auto"),
+            cwd=root,
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     deadline = time.monotonic() + 240
-    while _logged_steps(root / "killed") < 5:
-        assert job.poll() is None, (root / "killed.err").read_text()[-3000:]
+    while _logged_steps(root / out) < 5:
+        assert job.poll() is None, (root / f"{out}.err").read_text()[-3000:]
         assert time.monotonic() < deadline, "the run never logged 5 steps"
         time.sleep(0.02)
     processes = [psutil.Process(job.pid), *psutil.Process(job.pid).children(recursive=True)]
     ranks = {p.environ().get("RANK"): p for p in processes if p.environ().get("RANK") is not None}
     assert sorted(ranks) == ["0", "1"], [p.cmdline() for p in processes]
-    killed_at = time.monotonic()
     ranks["1"].send_signal(signal.SIGKILL)
+    return job, processes, time.monotonic()
+
+
+def test_killed_rank_ends_the_job_and_resume_is_bit_exact(root: Path, reference: bytes) -> None:
+    job, processes, killed_at = _kill_rank_1(root, "killed")
     bound = TIMEOUT_S + 30
     code = job.wait(timeout=bound)
     _, alive = psutil.wait_procs(processes, timeout=max(0.0, bound - (time.monotonic() - killed_at)))
     elapsed = time.monotonic() - killed_at
-    stderr.close()
     assert not alive, f"orphans: {[p.pid for p in alive]}"
     assert elapsed < bound, elapsed
     assert code != 0
@@ -189,3 +200,12 @@ def test_two_nodes_equal_one_two_process_launch(root: Path, reference: bytes) ->
     # Wrong: node 1 with another shuffle seed reads other rows than one launch's rank 1.
     _two_nodes(root, "nodes_wrong", "seed=4")
     assert _max_diff(root / "nodes_wrong/model/model.safetensors", whole) > 100 * TOL
+
+
+def test_max_restarts_with_resume_auto_finishes_a_killed_job(root: Path, reference: bytes) -> None:
+    """torchrun restarts the workers after the kill; resume=auto continues from checkpoint step_4."""
+    job, _, _ = _kill_rank_1(root, "restarted", "--max-restarts", "1")
+    assert job.wait(timeout=300) == 0, (root / "restarted.err").read_text()[-3000:]
+    assert _weights(root, "restarted") == reference
+    steps = [json.loads(line)["step"] for line in (root / "restarted/metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 25))  # the steps after step_4 logged once, by the restarted workers
