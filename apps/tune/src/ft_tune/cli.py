@@ -43,8 +43,29 @@ def _exit_code(exc: BaseException) -> int | None:
 
 def _fail(exc: BaseException, code: int) -> NoReturn:
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    click.echo(f"error: {message}", err=True)
+    if not _to_launcher(message):
+        click.echo(f"error: {message}", err=True)
     sys.exit(code)
+
+
+def _to_launcher(message: str) -> bool:
+    """Under ``tune run --nproc-per-node``, hand the error line to the launcher; False elsewhere.
+
+    Every rank usually meets the same bad input (or the same ``RankFailedError``): printed by each,
+    the one problem would fill N lines. The rank writes it to torchrun's per-worker error file instead,
+    and the launcher prints the first failing rank's line once.
+    """
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if os.environ.get("FT_TUNE_WORKER") != "1" or not error_file:
+        return False
+    import json
+    import time
+
+    try:
+        Path(error_file).write_text(json.dumps({"message": message, "timestamp": int(time.time())}))
+    except OSError:
+        return False
+    return True
 
 
 class _Group(click.Group):

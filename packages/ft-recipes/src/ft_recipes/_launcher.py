@@ -3,9 +3,11 @@
 ``tune run --nproc-per-node N`` hands a run to this module rather than to ``torch.distributed.run``
 itself. It parses the same arguments and launches through the same elastic agent (restarts,
 rendezvous, multi-node), but when a worker fails, torchrun prints a Python traceback and a framed
-report of every rank. A rank that raised has already printed its own ``error:`` line (ft_dist's
-``abort_on_failure`` names the first failing rank on every rank), so the launcher adds nothing and
-exits with that rank's code; a rank killed outright (SIGKILL, the OOM killer) printed nothing, so the
+report of every rank. A rank that met an error ``tune`` reports in one line (bad input, ft_dist's
+``RankFailedError`` naming the first failing rank) writes that line to torchrun's per-worker error
+file rather than to stderr, so that N ranks meeting one problem do not print it N times: the launcher
+prints the first failing rank's line once and exits with that rank's code (a bug's traceback is
+printed by the rank itself). A rank killed outright (SIGKILL, the OOM killer) wrote nothing, so the
 launcher prints one line naming it and the signal. The agent's own per-process error log lines are
 silenced; its warnings (restarts) stay.
 """
@@ -13,6 +15,7 @@ silenced; its warnings (restarts) stay.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import sys
 
@@ -47,7 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
         if failure.exitcode > 0:
-            return failure.exitcode  # the rank printed its own error line
+            message = failure.error_file_data.get("message") if os.path.isfile(failure.error_file) else None
+            if isinstance(message, str):  # the rank's error line (``tune``'s ``_fail``), printed once
+                print(f"error: {message}", file=sys.stderr, flush=True)
+            return failure.exitcode  # else the rank printed its own traceback
         world = _world_size(args)
         line = describe_failure(rank, world, failure.exitcode, failure.signal_name(), socket.gethostname())
         print(f"error: {line}", file=sys.stderr, flush=True)
