@@ -43,8 +43,29 @@ def _exit_code(exc: BaseException) -> int | None:
 
 def _fail(exc: BaseException, code: int) -> NoReturn:
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    click.echo(f"error: {message}", err=True)
+    if not _to_launcher(message):
+        click.echo(f"error: {message}", err=True)
     sys.exit(code)
+
+
+def _to_launcher(message: str) -> bool:
+    """Under ``tune run --nproc-per-node``, hand the error line to the launcher; False elsewhere.
+
+    Every rank usually meets the same bad input (or the same ``RankFailedError``): printed by each,
+    the one problem would fill N lines. The rank writes it to torchrun's per-worker error file instead,
+    and the launcher prints the first failing rank's line once.
+    """
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if os.environ.get("FT_TUNE_WORKER") != "1" or not error_file:
+        return False
+    import json
+    import time
+
+    try:
+        Path(error_file).write_text(json.dumps({"message": message, "timestamp": int(time.time())}))
+    except OSError:
+        return False
+    return True
 
 
 class _Group(click.Group):
@@ -168,7 +189,17 @@ def validate_cmd(
     click.echo(f"{config}: valid")
 
 
-_DIST_FLAGS = ("nproc_per_node", "nnodes", "node_rank", "rdzv_backend", "rdzv_endpoint", "rdzv_id")
+_DIST_FLAGS = (
+    "nproc_per_node",
+    "nnodes",
+    "node_rank",
+    "rdzv_backend",
+    "rdzv_endpoint",
+    "rdzv_id",
+    "master_addr",
+    "master_port",
+    "max_restarts",
+)
 
 
 @main.command("run", epilog=_OVERRIDES_HELP, context_settings={"ignore_unknown_options": False})
@@ -181,6 +212,11 @@ _DIST_FLAGS = ("nproc_per_node", "nnodes", "node_rank", "rdzv_backend", "rdzv_en
 @click.option("--rdzv-backend", default=None, help="Rendezvous backend, e.g. c10d (torchrun).")
 @click.option("--rdzv-endpoint", default=None, help="Rendezvous HOST:PORT (torchrun).")
 @click.option("--rdzv-id", default=None, help="Rendezvous job id (torchrun).")
+@click.option("--master-addr", default=None, help="Rank 0's host, static rendezvous (torchrun).")
+@click.option("--master-port", default=None, type=int, help="Rank 0's port, static rendezvous (torchrun).")
+@click.option(
+    "--max-restarts", default=None, type=int, help="Restart the workers this often on a failure (torchrun)."
+)
 @_allow_any
 def run_cmd(
     recipe: str, config: str, overrides: tuple[str, ...], allow_any_component: bool, **dist: Any
@@ -210,16 +246,20 @@ def run_cmd(
 def _torchrun(
     recipe: str, config: str, overrides: tuple[str, ...], flags: dict[str, Any], allow_any: bool
 ) -> NoReturn:
-    """Re-run this command under ``torch.distributed.run`` with the same recipe, config and overrides."""
-    import subprocess
+    """Replace this process with torchrun (``ft_recipes._launcher``) running the same command per rank.
 
-    args = [sys.executable, "-m", "torch.distributed.run"]
+    ``exec`` rather than a child process: a signal for the job (Ctrl-C, SLURM's SIGTERM at a time
+    limit) reaches torchrun's agent directly, which stops its workers, so no rank outlives the job.
+    """
+    args = [sys.executable, "-m", "ft_recipes._launcher"]
     for k, v in flags.items():
         args += [f"--{k.replace('_', '-')}", str(v)]
     args += ["-m", "ft_tune.cli", "run", recipe, "--config", config, *overrides]
     if allow_any:
         args.append("--allow-any-component")
-    sys.exit(subprocess.call(args, env={**os.environ, "FT_TUNE_WORKER": "1"}))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, args, {**os.environ, "FT_TUNE_WORKER": "1"})
 
 
 @main.command("download")

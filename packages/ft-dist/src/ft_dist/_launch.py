@@ -137,8 +137,27 @@ def init_distributed(
         timeout=timedelta(seconds=timeout_s),
         rank=launch.rank,
         world_size=launch.world_size,
+        store=_attempt_store(launch, timeout_s),
     )
     return launch
+
+
+def _attempt_store(launch: Launch, timeout_s: float) -> dist.Store | None:
+    """torchrun's store under a prefix of this attempt, after a restart (None: the default ``env://``).
+
+    Workers that torchrun restarts (``--max-restarts``) meet in the same store as the attempt before
+    them; gloo's keys (each rank's address) from the dead attempt are still there, and a new rank may
+    read a dead peer's address and fail to connect. A per-attempt prefix keeps the attempts apart.
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if attempt == "0":
+        return None
+    from torch.distributed.rendezvous import rendezvous
+
+    store, _, _ = next(
+        rendezvous("env://", launch.rank, launch.world_size, timeout=timedelta(seconds=timeout_s))
+    )
+    return dist.PrefixStore(f"ft_attempt_{attempt}/", store)
 
 
 def global_count(count: int | torch.Tensor, *, group: dist.ProcessGroup | None = None) -> int:
