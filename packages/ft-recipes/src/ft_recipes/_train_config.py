@@ -17,6 +17,8 @@ from ft_recipes.config import (
 )
 
 __all__ = [
+    "TRAINING_FILE_KEYS",
+    "TRAINING_PROVIDED",
     "AttentionName",
     "Beta",
     "CheckpointConfig",
@@ -29,6 +31,15 @@ __all__ = [
     "ValidationConfig",
     "WandbConfig",
 ]
+
+# What the shared training setup (``_training_setup``) passes to the config's components itself, and the
+# keys holding paths that `tune run` checks before anything starts: the same for every training recipe.
+TRAINING_PROVIDED = {
+    "model": {"dtype", "device", "prepare", "placement"},
+    "dataset": {"tokenizer", "max_seq_len"},
+    "validation.dataset": {"tokenizer", "max_seq_len"},
+}
+TRAINING_FILE_KEYS = ("model.path", "tokenizer.path", "dataset.source", "validation.dataset.source")
 
 LoggerName = Literal["jsonl", "tensorboard", "wandb"]
 # The attention kernels a recipe may name (ft_models.ATTENTION_KERNELS, spelled here so that reading a schema

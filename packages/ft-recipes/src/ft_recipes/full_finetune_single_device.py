@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ft_recipes._train_config import (
+    TRAINING_FILE_KEYS,
+    TRAINING_PROVIDED,
     TrainingConfig,
 )
 from ft_recipes._training_setup import TrainingState
@@ -28,13 +30,8 @@ from ft_recipes._training_setup import TrainingState
 __all__ = ["FILE_KEYS", "PROVIDED", "Config", "before_run", "main", "setup"]
 
 DISTRIBUTED = True  # registered as full_finetune_distributed too
-# The recipe passes these keywords itself.
-PROVIDED = {
-    "model": {"dtype", "device", "prepare", "placement"},
-    "dataset": {"tokenizer", "max_seq_len"},
-    "validation.dataset": {"tokenizer", "max_seq_len"},
-}
-FILE_KEYS = ("model.path", "tokenizer.path", "dataset.source", "validation.dataset.source")
+PROVIDED = TRAINING_PROVIDED  # the keywords the shared setup passes itself
+FILE_KEYS = TRAINING_FILE_KEYS
 
 
 @dataclass

@@ -23,6 +23,8 @@ from typing import Annotated, Any, Literal
 
 from ft_recipes import lora_finetune_single_device
 from ft_recipes._train_config import (
+    TRAINING_FILE_KEYS,
+    TRAINING_PROVIDED,
     EvalConfig,
     TrainingConfig,
 )
@@ -39,12 +41,8 @@ from ft_recipes.lora_finetune_single_device import LoraConfig
 __all__ = ["FILE_KEYS", "PROVIDED", "Config", "PreferenceConfig", "before_run", "main", "setup"]
 
 DISTRIBUTED = True  # registered as lora_dpo_distributed too
-PROVIDED = {
-    "model": {"dtype", "device", "prepare", "placement"},
-    "dataset": {"tokenizer", "max_seq_len"},
-    "validation.dataset": {"tokenizer", "max_seq_len"},
-}
-FILE_KEYS = ("model.path", "tokenizer.path", "dataset.source", "validation.dataset.source")
+PROVIDED = TRAINING_PROVIDED  # the keywords the shared setup passes itself
+FILE_KEYS = TRAINING_FILE_KEYS
 
 
 @dataclass

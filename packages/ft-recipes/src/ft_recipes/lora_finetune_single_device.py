@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from ft_recipes._train_config import (
+    TRAINING_FILE_KEYS,
+    TRAINING_PROVIDED,
     EvalConfig,
     TrainingConfig,
 )
@@ -34,13 +36,8 @@ from ft_recipes.config import Interval, PositiveFloat, PositiveInt
 __all__ = ["FILE_KEYS", "PROVIDED", "Config", "LoraConfig", "before_run", "main", "setup"]
 
 DISTRIBUTED = True  # registered as lora_finetune_distributed too
-# The recipe passes these keywords itself.
-PROVIDED = {
-    "model": {"dtype", "device", "prepare", "placement"},
-    "dataset": {"tokenizer", "max_seq_len"},
-    "validation.dataset": {"tokenizer", "max_seq_len"},
-}
-FILE_KEYS = ("model.path", "tokenizer.path", "dataset.source", "validation.dataset.source")
+PROVIDED = TRAINING_PROVIDED  # the keywords the shared setup passes itself
+FILE_KEYS = TRAINING_FILE_KEYS
 
 
 @dataclass
