@@ -31,6 +31,7 @@ from ft_recipes._assets import resolve_path
 from ft_recipes._export import release_optimizer, save_base_hf_dir, save_hf_dir, save_merged_hf_dir
 from ft_recipes._memory import peak_memory_mib, reset_peak_memory
 from ft_recipes._metrics import METRICS, MetricsLog
+from ft_recipes._progress import is_main_process, progress
 from ft_recipes._setup import load_model
 from ft_recipes._validation import (
     build_validation_loader,
@@ -126,7 +127,7 @@ def build_loader(
     dataset = instantiate(
         dataset_node, key="dataset", allow_any=True, tokenizer=tokenizer, max_seq_len=max_seq_len
     )
-    print(f"[data] {dataset.report}", file=sys.stderr)
+    progress(f"[data] {dataset.report}")
     check_trained_tokens(dataset, "dataset")
     loader = ft_data.Loader(
         dataset,
@@ -424,7 +425,6 @@ def train(run: Any, window_step: WindowStep | None = None) -> None:
     setup_peak = peak_memory_mib(run.device)
     reset_peak_memory(run.device)
     batches = micro_batches(run.loader, cfg.num_workers)
-    world = getattr(run, "world", None)
     log: MetricsLog | _Quiet = (
         MetricsLog(
             cfg.output_dir,
@@ -435,7 +435,7 @@ def train(run: Any, window_step: WindowStep | None = None) -> None:
             wandb_name=cfg.wandb.name,
             config=asdict(cfg),
         )
-        if world is None or world.is_main
+        if is_main_process()
         else _Quiet()
     )
     try:
@@ -519,13 +519,13 @@ def run_eval(model: Any, tokenizer: Any, cfg: Any, output_dir: str, name: str) -
             max_new_tokens=cfg.max_new_tokens,
         )
         result.write(Path(output_dir) / f"eval_{name}.jsonl")
-        print(f"[eval] {name} {cfg.metric}: {result.score:.1f} ({len(items)} prompts)", flush=True)
+        progress(f"[eval] {name} {cfg.metric}: {result.score:.1f} ({len(items)} prompts)", file=sys.stdout)
         score = result.score
     selection = _lm_eval_tasks(cfg)
     if selection is not None:
         from ft_recipes.eleuther_eval import run_lm_eval
 
-        print(f"[eval] {name}: lm-eval tasks", flush=True)
+        progress(f"[eval] {name}: lm-eval tasks", file=sys.stdout)
         run_lm_eval(
             model,
             tokenizer,
@@ -541,4 +541,4 @@ def run_eval(model: Any, tokenizer: Any, cfg: Any, output_dir: str, name: str) -
 def report_eval(cfg: Any, base: float | None, tuned: float | None) -> None:
     """Print the before/after line of the exact-match evaluation (when both were measured)."""
     if base is not None and tuned is not None:
-        print(f"[eval] {cfg.metric}: base {base:.1f} -> tuned {tuned:.1f}", flush=True)
+        progress(f"[eval] {cfg.metric}: base {base:.1f} -> tuned {tuned:.1f}", file=sys.stdout)
