@@ -3,9 +3,10 @@
 One process reading batches of 2 and two ranks reading batches of 1 see the same global batches
 (rank r reads rows r of each global step), so their final weights agree within fp32 summation order.
 A deliberately wrong variant, each rank dividing its loss by its own trained tokens, is shown to
-differ by far more. A two-rank run resumed from its intermediate (sharded) checkpoint ends with
-bit-identical weights, and its export equals byte for byte what one process writes from the same
-weights (its checkpoint loaded at world size 1). Each torch process costs seconds to start here: the checks share launches.
+differ by far more. A two-rank run resumed from its intermediate (sharded) checkpoint, writing its
+checkpoints in the background (``checkpoint.async_save``), ends with bit-identical weights, and its
+export equals byte for byte what one process writes from the same weights (its checkpoint loaded at
+world size 1). Each torch process costs seconds to start here: the checks share launches.
 """
 
 from __future__ import annotations
@@ -138,8 +139,23 @@ def test_full_two_ranks_equal_one_process_and_resume_bit_exact(root: Path) -> No
     shutil.rmtree(root / "two/checkpoints/step_3")
     saved = (root / "two/model/model.safetensors").read_bytes()
     shutil.rmtree(root / "two/model")
-    _tune(root, "full_finetune_distributed", "base.yaml", "output_dir=two", "resume=auto", nproc=2)
+    # The resumed run writes its checkpoints in the background (checkpoint.async_save): the same bytes,
+    # and its last checkpoint published, sharded, before the export.
+    _tune(
+        root,
+        "full_finetune_distributed",
+        "base.yaml",
+        "output_dir=two",
+        "resume=auto",
+        "checkpoint.async_save=true",
+        nproc=2,
+    )
     assert (root / "two/model/model.safetensors").read_bytes() == saved
+    assert sorted(p.name for p in (root / "two/checkpoints/step_3").glob("*.distcp")) == [
+        "__0_0.distcp",
+        "__1_0.distcp",
+    ]
+    assert not list((root / "two/checkpoints").glob(".tmp-*"))
 
 
 def test_lora_two_ranks_equal_one_process(root: Path) -> None:
