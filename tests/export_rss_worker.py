@@ -3,7 +3,9 @@
 ``python export_rss_worker.py MODE ROOT`` spawns 2 ranks (``torch.multiprocessing``). Each builds the
 same model (about 200 MB in fp32, largest tensor the 20 MB embedding, tied to the output), shards it
 with FSDP2, and then every rank exports it: ``MODE`` ``streamed`` is the recipes' own export
-(``ft_recipes._export.save_hf_dir``: one parameter gathered at a time, rank 0 writes), ``whole`` the
+(``ft_recipes._export.save_hf_dir``: one parameter gathered at a time, rank 0 writes), ``merged``
+the same model with LoRA adapters exported merged (``save_merged_hf_dir``: one adapted layer gathered
+and merged at a time), ``whole`` the
 wrong variant that gathers the whole state dict first (DCP's ``full_state_dict``) and then writes it.
 Rank 0 measures its peak resident memory over the export alone: the peak is reset
 (``/proc/self/clear_refs`` <- 5) right before it and read (``VmHWM``) after; growth = peak - resident
@@ -28,6 +30,7 @@ import torch.multiprocessing as mp
 import ft_data
 import ft_dist
 import ft_models
+import ft_peft
 
 MIB = 2**20
 
@@ -72,10 +75,13 @@ def run(rank: int, mode: str, root: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{root}/rendezvous_{mode}", rank=rank, world_size=2)
     try:
-        from ft_recipes._export import save_hf_dir
+        from ft_recipes._export import save_hf_dir, save_merged_hf_dir
 
         tokenizer = ft_data.load_tokenizer(ft_models.smollm2_gguf_path())
         model = build()
+        if mode == "merged":  # LoRA on the attention and MLP projections, merged as it is written
+            ft_peft.apply_lora(model, ["q_proj", "v_proj", "down_proj"], rank=8, alpha=16)
+            ft_peft.set_trainable(model)
         sizes = {k: v.numel() * v.element_size() for k, v in model.state_dict().items()}
         ft_dist.shard_model(model, ft_dist.build_mesh(device_type="cpu"))
         directory = Path(root) / f"export_{mode}"
@@ -85,6 +91,8 @@ def run(rank: int, mode: str, root: str) -> None:
         before = _status("VmRSS")
         if mode == "streamed":
             save_hf_dir(model, tokenizer, directory)
+        elif mode == "merged":
+            save_merged_hf_dir(model, tokenizer, directory)
         else:
             _export_whole(model, tokenizer, directory)
         growth = _status("VmHWM") - before

@@ -1,7 +1,8 @@
 """Rank 0's peak memory while a 2-rank run writes its final model: near one parameter, not the model.
 
 Two gloo processes (``export_rss_worker.py``) shard a wide model (about 200 MB in fp32; its largest
-tensor, the embedding, 20 MB) and export it with the recipes' own ``save_hf_dir``. Rank 0's resident
+tensor, the embedding, 20 MB) and export it with the recipes' own ``save_hf_dir`` (and, with LoRA
+adapters, ``save_merged_hf_dir``). Rank 0's resident
 memory may grow over the export by at most a few copies of the largest parameter (the gathered tensor,
 its gather buffer, the writer's copy) plus a little, far below the whole model. The wrong variant,
 gathering the whole state dict to rank 0 first, is shown to exceed the bound by a margin.
@@ -49,6 +50,9 @@ def test_rank0_peak_memory_during_a_sharded_export_stays_near_one_parameter(tmp_
     bound = 3 * largest + 16 * MIB
     assert bound < whole / 2
     assert streamed["growth"] <= bound, (streamed["growth"] / MIB, bound / MIB)
+    merged = _export(tmp_path, "merged")  # LoRA merged layer by layer as it is written
+    assert merged["written"] >= whole
+    assert merged["growth"] <= bound, (merged["growth"] / MIB, bound / MIB)
     wrong = _export(tmp_path, "whole")
     assert wrong["written"] >= whole
     assert wrong["growth"] > bound + 2 * largest, (wrong["growth"] / MIB, bound / MIB)
