@@ -3,9 +3,10 @@
 One process reading batches of 2 and two ranks reading batches of 1 see the same global batches
 (rank r reads rows r of each global step), so their final weights agree within fp32 summation order.
 A deliberately wrong variant, each rank dividing its loss by its own trained tokens, is shown to
-differ by far more. A two-rank run resumed from its intermediate (sharded) checkpoint ends with
-bit-identical weights, and its export equals byte for byte what one process writes from the same
-weights (its checkpoint loaded at world size 1). Each torch process costs seconds to start here: the checks share launches.
+differ by far more. A two-rank run resumed from its intermediate (sharded) checkpoint, writing its
+checkpoints in the background (``checkpoint.async_save``), ends with bit-identical weights, and its
+export equals byte for byte what one process writes from the same weights (its checkpoint loaded at
+world size 1). Each torch process costs seconds to start here: the checks share launches.
 """
 
 from __future__ import annotations
@@ -76,12 +77,23 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _tune(root: Path, recipe: str, config: str, *overrides: str, nproc: int = 1) -> None:
+def _tune(root: Path, recipe: str, config: str, *overrides: str, nproc: int = 1) -> str:
     launch = ["--nproc-per-node", str(nproc)] if nproc > 1 else []
     cmd = [str(Path(sys.executable).parent / "tune"), "run", *launch, recipe, "--config", str(root / config)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([*cmd, *overrides], cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    return done.stderr
+
+
+def _assert_said_once(stderr: str, *tags: str) -> None:
+    """Every progress line (``[data] ...``, ``[full] ...``) of a run is printed by rank 0 alone: each
+    appears exactly once, and the setup's own lines are among them."""
+    lines = [line.strip() for line in stderr.splitlines() if line.startswith("[")]
+    for tag in tags:
+        assert any(line.startswith(f"[{tag}]") for line in lines), (tag, stderr[-3000:])
+    repeated = {line for line in lines if lines.count(line) > 1}
+    assert not repeated, repeated
 
 
 def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -91,7 +103,9 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 def test_full_two_ranks_equal_one_process_and_resume_bit_exact(root: Path) -> None:
     _tune(root, "full_finetune_single_device", "base.yaml", "output_dir=one", "batch_size=2")
-    _tune(root, "full_finetune_distributed", "base.yaml", "output_dir=two", nproc=2)
+    said = _tune(root, "full_finetune_distributed", "base.yaml", "output_dir=two", nproc=2)
+    _assert_said_once(said, "data", "full")
+    assert sum("[full] device=" in line for line in said.splitlines()) == 1
     one = load_file(root / "one/model/model.safetensors")
     two = load_file(root / "two/model/model.safetensors")
     base = load_file(root / "model/model.safetensors")
@@ -125,13 +139,30 @@ def test_full_two_ranks_equal_one_process_and_resume_bit_exact(root: Path) -> No
     shutil.rmtree(root / "two/checkpoints/step_3")
     saved = (root / "two/model/model.safetensors").read_bytes()
     shutil.rmtree(root / "two/model")
-    _tune(root, "full_finetune_distributed", "base.yaml", "output_dir=two", "resume=auto", nproc=2)
+    # The resumed run writes its checkpoints in the background (checkpoint.async_save): the same bytes,
+    # and its last checkpoint published, sharded, before the export.
+    _tune(
+        root,
+        "full_finetune_distributed",
+        "base.yaml",
+        "output_dir=two",
+        "resume=auto",
+        "checkpoint.async_save=true",
+        nproc=2,
+    )
     assert (root / "two/model/model.safetensors").read_bytes() == saved
+    assert sorted(p.name for p in (root / "two/checkpoints/step_3").glob("*.distcp")) == [
+        "__0_0.distcp",
+        "__1_0.distcp",
+    ]
+    assert not list((root / "two/checkpoints").glob(".tmp-*"))
 
 
 def test_lora_two_ranks_equal_one_process(root: Path) -> None:
     _tune(root, "lora_finetune_single_device", "lora.yaml", "output_dir=lone", "batch_size=2")
-    _tune(root, "lora_finetune_distributed", "lora.yaml", "output_dir=ltwo", nproc=2)
+    said = _tune(root, "lora_finetune_distributed", "lora.yaml", "output_dir=ltwo", nproc=2)
+    _assert_said_once(said, "data", "lora")
+    assert sum("[lora] adapter:" in line for line in said.splitlines()) == 1
     for name in ("adapter/adapter_model.safetensors", "merged/model.safetensors"):
         one, two = load_file(root / "lone" / name), load_file(root / "ltwo" / name)
         assert _max_diff(one, two) < TOL, name
@@ -156,7 +187,8 @@ def test_dpo_pairs_normalised_over_ranks(root: Path) -> None:
         "batch_size=2",
         "gradient_accumulation_steps=2",
     )
-    _tune(root, "lora_dpo_distributed", "dpo.yaml", "output_dir=dr2", "batch_size=2", nproc=2)
+    said = _tune(root, "lora_dpo_distributed", "dpo.yaml", "output_dir=dr2", "batch_size=2", nproc=2)
+    _assert_said_once(said, "data", "lora")
     reference = _losses(root / "d41")
     assert len(reference) == 3
     for out in ("d22", "dr2"):

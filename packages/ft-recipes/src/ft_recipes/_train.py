@@ -28,9 +28,11 @@ import ft_data
 import ft_dist
 import ft_models
 from ft_recipes._assets import resolve_path
+from ft_recipes._checkpoint_saver import CHECKPOINTS, CheckpointSaver, save_checkpoint
 from ft_recipes._export import release_optimizer, save_base_hf_dir, save_hf_dir, save_merged_hf_dir
 from ft_recipes._memory import peak_memory_mib, reset_peak_memory
 from ft_recipes._metrics import METRICS, MetricsLog
+from ft_recipes._progress import is_main_process, progress
 from ft_recipes._setup import load_model
 from ft_recipes._validation import (
     build_validation_loader,
@@ -39,12 +41,13 @@ from ft_recipes._validation import (
     validation_loss,
 )
 from ft_recipes.config import instantiate
-from ft_recipes.errors import CheckpointLoadError, CheckpointSaveError, UserError
+from ft_recipes.errors import CheckpointLoadError, UserError
 from ft_recipes.training import IGNORE_INDEX, batch_loss, clip_grad_norm, prepare_batch
 from ft_recipes.training.errors import TrainingDivergedError
 
 __all__ = [
     "METRICS",
+    "CheckpointSaver",
     "MetricsLog",
     "WindowStep",
     "build_loader",
@@ -74,7 +77,6 @@ __all__ = [
     "validation_loss",
 ]
 
-CHECKPOINTS = "checkpoints"
 # The resolved config a run writes at the end of its setup: a directory holding nothing else (a run that
 # stopped before its first checkpoint or output) may be started again without `resume`.
 _OWN_FILES = {"config.yaml"}
@@ -126,7 +128,7 @@ def build_loader(
     dataset = instantiate(
         dataset_node, key="dataset", allow_any=True, tokenizer=tokenizer, max_seq_len=max_seq_len
     )
-    print(f"[data] {dataset.report}", file=sys.stderr)
+    progress(f"[data] {dataset.report}")
     check_trained_tokens(dataset, "dataset")
     loader = ft_data.Loader(
         dataset,
@@ -299,24 +301,6 @@ def app_state(
     return state
 
 
-def save_checkpoint(output_dir: str, step: int, state: dict[str, Any], keep_last: int) -> Path:
-    """Write ``output_dir/checkpoints/step_{step}`` atomically (with this rank's RNG), then prune and tidy.
-
-    Raises:
-        CheckpointSaveError: The write failed (disk full, permissions); the newest complete checkpoint
-            is untouched and named in the message, and nothing is pruned.
-    """
-    root = Path(output_dir) / CHECKPOINTS
-    rng = ft_dist.rng_state()
-    try:
-        path = ft_dist.save_checkpoint(root, step, app_state=state, rank_state=rng, keep_last=keep_last)
-    except (ft_dist.CheckpointError, OSError) as e:
-        last = ft_dist.latest_checkpoint(root)
-        kept = f"the last complete checkpoint {last} is kept" if last else "no earlier checkpoint exists"
-        raise CheckpointSaveError(f"checkpoint: {e}; {kept}") from e
-    return path
-
-
 def resume_checkpoint(
     output_dir: str, resume: str | None, state: dict[str, Any], keep_last: int | None = None
 ) -> Path | None:
@@ -355,9 +339,12 @@ def resume_checkpoint(
     return path
 
 
-def end_step(run: Any, log: Any, step: int, metrics: dict[str, Any]) -> None:
-    """Everything after an optimizer step, the same in every recipe, in this order: the metrics record
-    (with peak memory), validation when due (its loss joins the record), the log, a checkpoint when due.
+def end_step(
+    run: Any, log: Any, step: int, metrics: dict[str, Any], saver: CheckpointSaver | None = None
+) -> None:
+    """Everything after an optimizer step, the same in every recipe, in this order: a background
+    checkpoint published if its write finished, the metrics record (with peak memory), validation when
+    due (its loss joins the record), the log, a checkpoint when due.
 
     Args:
         run: The recipe's ``Run`` (``cfg``, ``loader``, ``device``, ``model``, ``val_loader``,
@@ -368,8 +355,15 @@ def end_step(run: Any, log: Any, step: int, metrics: dict[str, Any]) -> None:
         metrics: The step's own figures (``loss``, ``lr``, ``grad_norm``, ``trained_tokens``,
             ``tokens_per_s``, ``setup_peak_memory_mib``); the record adds ``peak_memory_mib``, the peak
             since the loop started (``ft_recipes._memory``).
+        saver: The loop's checkpoint writer (``checkpoint.async_save``: the save in flight is published
+            here once written, and the next save waits for it); None: a blocking save.
+
+    Raises:
+        CheckpointSaveError: A checkpoint write failed (this step's, or the one in flight).
     """
     cfg = run.cfg
+    if saver is not None:
+        saver.poll()
     record = {
         "step": step,
         "epoch": run.loader.epoch,
@@ -387,7 +381,10 @@ def end_step(run: Any, log: Any, step: int, metrics: dict[str, Any]) -> None:
     log.log(record)
     every = cfg.checkpoint.every_n_steps
     if (every and step % every == 0) or step == run.total_steps:
-        save_checkpoint(cfg.output_dir, step, run.state, cfg.checkpoint.keep_last)
+        if saver is None:
+            save_checkpoint(cfg.output_dir, step, run.state, cfg.checkpoint.keep_last)
+        else:
+            saver.save(step, run.state)
 
 
 class _Quiet:
@@ -408,7 +405,9 @@ def train(run: Any, window_step: WindowStep | None = None) -> None:
     """The training loop of every training recipe at every world size: one optimizer step per
     accumulation window until ``total_steps``, then :func:`end_step` (metrics, validation, checkpoint)
     after each. With several ranks every figure is global and rank 0 alone logs; the step runs inside
-    ``ft_dist.abort_on_failure`` (by the recipe's ``main``), so one rank's error ends every rank.
+    ``ft_dist.abort_on_failure`` (by the recipe's ``main``), so one rank's error ends every rank. With
+    ``checkpoint.async_save`` checkpoints are written in the background (``CheckpointSaver``, at most
+    one in flight); the loop returns once the last one is complete.
 
     Peak memory is measured from here on (``ft_recipes._memory``): the setup's own peak is read first and
     logged as ``setup_peak_memory_mib`` beside every step's ``peak_memory_mib``.
@@ -424,7 +423,6 @@ def train(run: Any, window_step: WindowStep | None = None) -> None:
     setup_peak = peak_memory_mib(run.device)
     reset_peak_memory(run.device)
     batches = micro_batches(run.loader, cfg.num_workers)
-    world = getattr(run, "world", None)
     log: MetricsLog | _Quiet = (
         MetricsLog(
             cfg.output_dir,
@@ -435,9 +433,11 @@ def train(run: Any, window_step: WindowStep | None = None) -> None:
             wandb_name=cfg.wandb.name,
             config=asdict(cfg),
         )
-        if world is None or world.is_main
+        if is_main_process()
         else _Quiet()
     )
+    c = cfg.checkpoint
+    saver = CheckpointSaver(cfg.output_dir, c.keep_last, async_save=c.async_save)
     try:
         while counters["step"] < run.total_steps:
             start = time.perf_counter()
@@ -461,7 +461,11 @@ def train(run: Any, window_step: WindowStep | None = None) -> None:
             elapsed = time.perf_counter() - start
             metrics = {"loss": loss, "lr": lr, "grad_norm": norm, **figures}
             metrics.update(tokens_per_s=real / elapsed, setup_peak_memory_mib=setup_peak)
-            end_step(run, log, step, metrics)
+            end_step(run, log, step, metrics, saver)
+        saver.wait()  # the last checkpoint is complete before the outputs are written
+    except BaseException:
+        saver.abandon()
+        raise
     finally:
         log.close()
 
@@ -519,13 +523,13 @@ def run_eval(model: Any, tokenizer: Any, cfg: Any, output_dir: str, name: str) -
             max_new_tokens=cfg.max_new_tokens,
         )
         result.write(Path(output_dir) / f"eval_{name}.jsonl")
-        print(f"[eval] {name} {cfg.metric}: {result.score:.1f} ({len(items)} prompts)", flush=True)
+        progress(f"[eval] {name} {cfg.metric}: {result.score:.1f} ({len(items)} prompts)", file=sys.stdout)
         score = result.score
     selection = _lm_eval_tasks(cfg)
     if selection is not None:
         from ft_recipes.eleuther_eval import run_lm_eval
 
-        print(f"[eval] {name}: lm-eval tasks", flush=True)
+        progress(f"[eval] {name}: lm-eval tasks", file=sys.stdout)
         run_lm_eval(
             model,
             tokenizer,
@@ -541,4 +545,4 @@ def run_eval(model: Any, tokenizer: Any, cfg: Any, output_dir: str, name: str) -
 def report_eval(cfg: Any, base: float | None, tuned: float | None) -> None:
     """Print the before/after line of the exact-match evaluation (when both were measured)."""
     if base is not None and tuned is not None:
-        print(f"[eval] {cfg.metric}: base {base:.1f} -> tuned {tuned:.1f}", flush=True)
+        progress(f"[eval] {cfg.metric}: base {base:.1f} -> tuned {tuned:.1f}", file=sys.stdout)

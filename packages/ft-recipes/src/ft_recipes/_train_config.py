@@ -92,10 +92,17 @@ class CheckpointConfig:
 
     Both are >= 1: an interval of zero steps means nothing (null: only the final checkpoint), and
     keeping zero checkpoints would delete the one just written, leaving nothing to resume from.
+
+    ``async_save``: write each checkpoint in the background (``ft_dist.save_checkpoint_async``): the
+    state is copied to host memory, then training goes on while a thread writes the files; the
+    checkpoint is complete (marked, named ``step_N``) only once every rank's write finished. At most one
+    save is in flight: the next save and the end of training wait for it, and a failed write stops the
+    run there with the last complete checkpoint kept. Costs one extra host copy of what is saved.
     """
 
     every_n_steps: PositiveInt | None = None
     keep_last: PositiveInt = 2
+    async_save: bool = False
 
 
 @dataclass

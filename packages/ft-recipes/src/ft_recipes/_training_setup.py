@@ -14,11 +14,12 @@ stays cheap).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ft_recipes._progress import progress
 
 __all__ = ["TrainingState", "setup_training"]
 
@@ -102,7 +103,7 @@ def setup_training(
     policy = resolve_precision(cfg.precision, device)
     _distributed.check_precision(world, policy.name)
     tf32 = apply_tf32(cfg.tf32, device)
-    print(f"[{tag}] device={device} precision={policy.name} ({policy.reason}); {tf32}", file=sys.stderr)
+    progress(f"[{tag}] device={device} precision={policy.name} ({policy.reason}); {tf32}")
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     tokenizer = _train.load_tokenizer(cfg.tokenizer)
     loader, total = _train.build_loader(
@@ -145,7 +146,7 @@ def setup_training(
             training=True,
             max_seq_len=cfg.max_seq_len,
         )
-        print(f"[{tag}] attention={attention}", file=sys.stderr)
+        progress(f"[{tag}] attention={attention}")
         if cfg.activation_checkpointing:
             ft_dist.apply_activation_checkpointing(model)
         if cfg.compile:
@@ -172,7 +173,7 @@ def setup_training(
             cfg.output_dir, cfg.resume, state, keep_last=cfg.checkpoint.keep_last
         )
         if resumed is not None:
-            print(f"[{tag}] resumed from {resumed} at step {counters['step']}", file=sys.stderr)
+            progress(f"[{tag}] resumed from {resumed} at step {counters['step']}")
     except BaseException:
         if undo is not None:
             undo()

@@ -8,13 +8,13 @@ the tokens of short batches more, and differ from the training loss's definition
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import torch
 
 import ft_data
 import ft_models
+from ft_recipes._progress import progress
 from ft_recipes.config import instantiate
 from ft_recipes.errors import UserError
 from ft_recipes.training import IGNORE_INDEX, batch_loss, prepare_batch
@@ -63,7 +63,7 @@ def build_validation_loader(
         tokenizer=tokenizer,
         max_seq_len=max_seq_len,
     )
-    print(f"[data] validation: {dataset.report}", file=sys.stderr)
+    progress(f"[data] validation: {dataset.report}")
     check_trained_tokens(dataset, "validation.dataset")
     return ft_data.Loader(
         dataset,

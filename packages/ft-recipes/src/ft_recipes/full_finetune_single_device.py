@@ -13,11 +13,11 @@ Copy it with ``tune cp full_finetune_single_device ./my_full.py`` and change wha
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ft_recipes._progress import progress
 from ft_recipes._train_config import (
     TRAINING_FILE_KEYS,
     TRAINING_PROVIDED,
@@ -83,7 +83,7 @@ def save(run: TrainingState) -> None:
     _train.release_optimizer(run)
     path = _train.save_hf_dir(run.model, run.tokenizer, Path(run.cfg.output_dir) / "model")
     if path is not None:
-        print(f"[full] model: {path}", file=sys.stderr)
+        progress(f"[full] model: {path}")
 
 
 def main(cfg: Config) -> None:

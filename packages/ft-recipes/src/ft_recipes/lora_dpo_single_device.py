@@ -17,11 +17,11 @@ Copy it with ``tune cp lora_dpo_single_device ./my_dpo.py`` and change what you 
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field, fields
 from typing import Annotated, Any, Literal
 
 from ft_recipes import lora_finetune_single_device
+from ft_recipes._progress import progress
 from ft_recipes._train_config import (
     TRAINING_FILE_KEYS,
     TRAINING_PROVIDED,
@@ -130,10 +130,9 @@ class Run(lora_finetune_single_device.Run):
         result = preference_validation(
             self.model, self.val_loader, self.loss, self.val_reference, self.device, v.max_batches
         )
-        print(
+        progress(
             f"[val] loss {result['loss']:.4f}, reward accuracy {result['rewards/accuracies']:.3f}, "
-            f"margin {result['rewards/margins']:.4f} over {int(result['pairs'])} pairs",
-            file=sys.stderr,
+            f"margin {result['rewards/margins']:.4f} over {int(result['pairs'])} pairs"
         )
         return {f"val_{k}": value for k, value in result.items()}
 
@@ -156,7 +155,7 @@ def setup(cfg: Config) -> Run:
         if run.val_loader is not None:
             table = steps.precompute_reference(live, run.val_loader, run.device, size)
             run.val_reference = steps.table_reference(table)
-        print(f"[dpo] reference log-probs precomputed for {len(run.loader.dataset)} pairs", file=sys.stderr)
+        progress(f"[dpo] reference log-probs precomputed for {len(run.loader.dataset)} pairs")
     return run
 
 

@@ -15,13 +15,12 @@ Copy it with ``tune cp lora_finetune_single_device ./my_lora.py`` and change wha
 
 from __future__ import annotations
 
-import os
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from ft_recipes._progress import is_main_process, progress
 from ft_recipes._train_config import (
     TRAINING_FILE_KEYS,
     TRAINING_PROVIDED,
@@ -147,7 +146,7 @@ def setup(cfg: Config) -> Run:
         # PEFT needs an HF base: rank 0 writes it beside the adapter, once.
         base_dir = Path(cfg.output_dir) / "base"
         written = None
-        if not (base_dir / "config.json").is_file() and os.environ.get("RANK", "0") == "0":
+        if not (base_dir / "config.json").is_file() and is_main_process():
             _train.save_base_hf_dir(base_path, tokenizer, base_dir)
             written = base_dir
         _barrier()  # the other ranks read it after rank 0 wrote it
@@ -186,9 +185,9 @@ def save(run: Run) -> None:
     _train.release_optimizer(run)
     out = Path(run.cfg.output_dir)
     if _export.save_adapter(run.model, out / "adapter", run.base_path) is not None:
-        print(f"[lora] adapter: {out / 'adapter'} (base {run.base_path})", file=sys.stderr)
+        progress(f"[lora] adapter: {out / 'adapter'} (base {run.base_path})")
     if run.cfg.merge and _train.save_merged_hf_dir(run.model, run.tokenizer, out / "merged") is not None:
-        print(f"[lora] merged model: {out / 'merged'}", file=sys.stderr)
+        progress(f"[lora] merged model: {out / 'merged'}")
 
 
 def main(cfg: Config) -> None:

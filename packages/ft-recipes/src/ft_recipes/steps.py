@@ -5,7 +5,7 @@ Setup (``setup_training``, the one setup of every training recipe, returning a `
 ``pick_device``, ``load_model_and_tokenizer``, ``stop_token_ids``: EOS plus ft-data's end-of-turn
 markers) and the training steps in their loop order (``load_tokenizer``, ``load_model``,
 ``build_loader``, ``micro_batches``, ``forward_backward``, ``optimizer_step``, ``end_step``,
-``save_checkpoint`` / ``resume_checkpoint``, ``run_eval`` / ``report_eval``, then the outputs: ``release_optimizer``,
+``save_checkpoint`` / ``resume_checkpoint`` (``CheckpointSaver``: blocking or background saves, one in flight), ``run_eval`` / ``report_eval``, then the outputs: ``release_optimizer``,
 ``save_hf_dir``, ``save_merged_hf_dir``, ``save_base_hf_dir``; ``train`` is the whole loop, the same at
 every world size, around a window step: ``sft_window`` or ``preference_window``, a ``WindowStep``;
 ``global_sum`` adds a step's figures over the ranks).
@@ -33,6 +33,7 @@ from ft_recipes._preference_steps import (
 from ft_recipes._setup import load_model_and_tokenizer, pick_device, stop_token_ids
 from ft_recipes._train import (
     METRICS,
+    CheckpointSaver,
     MetricsLog,
     WindowStep,
     build_loader,
@@ -65,6 +66,7 @@ from ft_recipes._training_setup import TrainingState, setup_training
 
 __all__ = [
     "METRICS",
+    "CheckpointSaver",
     "MetricsLog",
     "Reference",
     "TrainingState",
