@@ -75,7 +75,7 @@ def run(rank: int, mode: str, root: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{root}/rendezvous_{mode}", rank=rank, world_size=2)
     try:
-        from ft_recipes._export import save_hf_dir, save_merged_hf_dir
+        from ft_recipes.steps import save_hf_dir, save_merged_hf_dir
 
         tokenizer = ft_data.load_tokenizer(ft_models.smollm2_gguf_path())
         model = build()
