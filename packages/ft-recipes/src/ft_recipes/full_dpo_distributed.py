@@ -60,12 +60,48 @@ class Config(TrainingConfig):
 
 
 def before_run(cfg: Config) -> None:
-    """Called by ``tune run`` before it writes or loads anything: the loss settings, then the full
-    recipe's checks (output dir, loggers)."""
+    """Called by ``tune run`` before it writes or loads anything: the loss settings, the reference
+    settings (:func:`check_reference`), then the full recipe's checks (output dir, loggers)."""
     from ft_recipes import full_finetune_single_device
 
-    build_loss(cfg.dpo)
+    loss = build_loss(cfg.dpo)
+    if not loss.reference_free:
+        check_reference(cfg)
     full_finetune_single_device.before_run(cfg)  # type: ignore[arg-type]
+
+
+def check_reference(cfg: Config) -> None:
+    """Refuse, before anything loads, what the reference mode cannot do: ``precompute_batch_size`` with
+    ``live`` (nothing is precomputed), and a ``precomputed`` resume from a checkpoint without the table
+    (a ``live`` run's, or another recipe's): the table must come from the weights before the first
+    step, which are gone by then.
+
+    Raises:
+        UserError: Naming the key or the checkpoint.
+    """
+    import ft_dist
+    from ft_recipes.errors import CheckpointLoadError, UserError
+
+    d = cfg.dpo
+    if d.reference == "live":
+        if d.precompute_batch_size is not None:
+            raise UserError(
+                "dpo.precompute_batch_size: only dpo.reference=precomputed precomputes; remove it or "
+                "set dpo.reference=precomputed"
+            )
+        return
+    path = _resumed_from(cfg)
+    if path is None or not ft_dist.is_checkpoint(path):
+        return  # a fresh start (or a resume path the setup refuses itself)
+    try:
+        keys = ft_dist.read_metadata(str(path / ".metadata")).state_dict_metadata
+    except ft_dist.CheckpointError:
+        return  # the setup's resume names the damaged checkpoint
+    if f"{TABLE_KEY}.train" not in keys:
+        raise CheckpointLoadError(
+            f"resume: {path} holds no precomputed reference log-probs (saved by a dpo.reference=live "
+            "run or another recipe); resume it with dpo.reference=live"
+        )
 
 
 @dataclass
@@ -158,10 +194,9 @@ def reference_tables(run: Run) -> dict[str, Any]:
     path = _resumed_from(cfg)
     try:
         ft_dist.load_checkpoint(str(path), app_state={TABLE_KEY: tables})
-    except ft_dist.CheckpointError as e:
+    except ft_dist.CheckpointError as e:  # its pairs differ from this run's (check_reference saw the key)
         raise CheckpointLoadError(
-            f"resume: {path} holds no precomputed reference log-probs for these pairs ({e}); "
-            "resume it with dpo.reference=live or start a new run"
+            f"resume: {path}: no precomputed reference log-probs for these pairs ({e})"
         ) from e
     if run.world.is_main:
         print(f"[dpo] reference log-probs read from {path}", file=sys.stderr)
