@@ -3,7 +3,7 @@
 The two reference modes compute the same run: ``live`` (a frozen copy built through the policy's setup
 path) and ``precomputed`` (the policy's own log-probs once before the first step) both start at the
 reference (first-step sigmoid loss = ln 2, rewards 0) and end with the same weights within fp32
-tolerance. The frozen copy never changes while the policy trains, and is frozen in the policy's storage
+tolerance, on the training and the validation pairs. The frozen copy never changes while the policy trains, and is frozen in the policy's storage
 dtypes. Wrong variant: a table recomputed from trained weights (what a resume that recomputed it would
 use) starts away from ln 2 and ends elsewhere.
 """
@@ -21,6 +21,7 @@ from dpo_support import make_tiny_dpo
 
 from ft_recipes import full_dpo_distributed as recipe
 from ft_recipes import steps
+from ft_recipes.errors import CheckpointLoadError
 from ft_recipes.runner import prepare
 
 
@@ -40,6 +41,8 @@ def _setup(files: tuple[Path, Path], out: Path, *overrides: str) -> recipe.Run:
         "dpo: {loss_type: [sigmoid], beta: 0.2}\noptimizer: {lr: 0.002}\nlr_schedule: {kind: constant}\n"
         "device: cpu\nprecision: fp32\nbatch_size: 2\nmax_seq_len: 96\nshuffle: true\nnum_workers: 0\n"
         "epochs: 2\nmax_steps: 3\nseed: 7\n"
+        f"validation: {{dataset: {{_component_: build_preference_dataset, source: {pairs}, use_cache: false}}, "
+        "every_n_steps: 3}\n"
     )
     return recipe.setup(prepare(recipe, str(path), overrides).config)
 
@@ -89,17 +92,34 @@ def test_live_and_precomputed_reference_train_the_same_model(
     assert _max_diff(_weights(pre), trained) < 1e-6
     ours, theirs = _records(tmp_path / "pre"), _records(tmp_path / "live")
     for a, b in zip(ours, theirs, strict=True):
-        for key in ("loss", "rewards/chosen", "rewards/margins", "logps/chosen", "grad_norm"):
+        keys = ["loss", "rewards/chosen", "rewards/margins", "logps/chosen", "grad_norm"]
+        for key in keys + ["val_loss", "val_rewards/margins"] * (a["step"] == 3):
             assert abs(a[key] - b[key]) <= 1e-5 * max(1.0, abs(b[key])), (a["step"], key, a[key], b[key])
 
     # Wrong variant: the table recomputed from the trained policy (a resume that recomputed it).
-    wrong = _setup(files, tmp_path / "wrong", "dpo.reference=precomputed")
+    wrong = _setup(files, tmp_path / "wrong", "dpo.reference=precomputed", "~validation")
     table = steps.precompute_reference(steps.policy_reference(live.model), wrong.loader, wrong.device, 2)
     assert (table - pre.state["reference"]["train"]).abs().max() > 1e-2
     wrong.reference = steps.table_reference(table)
     recipe.train(wrong)
     assert abs(_records(tmp_path / "wrong")[0]["loss"] - math.log(2)) > 1e-3
     assert _max_diff(_weights(wrong), trained) > 100 * 1e-6
+
+    # A precomputed resume needs the tables of the weights before step 1: refused before anything loads
+    # from a live run's checkpoint, and from one without the validation table when the run validates.
+    for out, names in (("live", "no precomputed reference log-probs"), ("wrong", "validation pairs")):
+        resume = f"resume={tmp_path / out / 'checkpoints/step_3'}"
+        cfg = prepare(
+            recipe, str(tmp_path / "pre.yaml"), [resume, "max_steps=4", "dpo.reference=precomputed"]
+        ).config
+        with pytest.raises(CheckpointLoadError, match=names):
+            recipe.check_reference(cfg)
+    cfg = prepare(
+        recipe,
+        str(tmp_path / "pre.yaml"),
+        [f"resume={tmp_path / 'pre/checkpoints/step_3'}", "dpo.reference=precomputed"],
+    ).config
+    recipe.check_reference(cfg)  # the precomputed run's own checkpoint holds both tables
 
 
 def test_frozen_copy_takes_the_policys_frozen_storage_dtype(files: tuple[Path, Path], tmp_path: Path) -> None:

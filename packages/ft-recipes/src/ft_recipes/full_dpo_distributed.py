@@ -73,8 +73,8 @@ def before_run(cfg: Config) -> None:
 def check_reference(cfg: Config) -> None:
     """Refuse, before anything loads, what the reference mode cannot do: ``precompute_batch_size`` with
     ``live`` (nothing is precomputed), and a ``precomputed`` resume from a checkpoint without the table
-    (a ``live`` run's, or another recipe's): the table must come from the weights before the first
-    step, which are gone by then.
+    (a ``live`` run's, or another recipe's; or without the validation table when the resumed run
+    validates): the table must come from the weights before the first step, which are gone by then.
 
     Raises:
         UserError: Naming the key or the checkpoint.
@@ -101,6 +101,11 @@ def check_reference(cfg: Config) -> None:
         raise CheckpointLoadError(
             f"resume: {path} holds no precomputed reference log-probs (saved by a dpo.reference=live "
             "run or another recipe); resume it with dpo.reference=live"
+        )
+    if cfg.validation is not None and f"{TABLE_KEY}.val" not in keys:
+        raise CheckpointLoadError(
+            f"resume: {path} holds no precomputed reference log-probs for validation pairs (saved by a "
+            "run without validation); resume without validation or with dpo.reference=live"
         )
 
 
