@@ -12,6 +12,7 @@ world size 1). Each torch process costs seconds to start here: the checks share 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -61,6 +62,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     (root / "wrong_full.py").write_text(WRONG.format(module="full_finetune_single_device"))
     (root / "wrong_dpo.py").write_text(WRONG.format(module="lora_dpo_single_device"))
+    (root / "wrong_full_dpo.py").write_text(WRONG.format(module="full_dpo_distributed"))
     _, pairs = make_tiny_dpo(root / "dpo")
     rows = [json.loads(line) for line in pairs.read_text().splitlines()]
     more = [{**r, "prompt": f"{r['prompt']} (variant {k})"} for k in range(1) for r in rows]
@@ -73,6 +75,14 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "output_dir: out\nlora: {target_modules: [q_proj, v_proj, up_proj], rank: 4, alpha: 8}\n"
         "dpo: {loss_type: [sigmoid], beta: 0.2}\noptimizer: {lr: 0.02}\nlr_schedule: {kind: constant}\n"
         "device: cpu\nprecision: fp32\nmax_seq_len: 96\nshuffle: true\nepochs: 3\nmax_steps: 3\nseed: 5\n"
+    )
+    (root / "full_dpo.yaml").write_text(
+        f"model: {{_component_: from_pretrained, path: {model}}}\n"
+        f"tokenizer: {{_component_: load_tokenizer, path: {model}}}\n"
+        f"dataset: {{_component_: build_preference_dataset, source: {root / 'pairs.jsonl'}, use_cache: false}}\n"
+        "output_dir: out\ndpo: {loss_type: [sigmoid], beta: 0.2}\noptimizer: {lr: 0.002}\n"
+        "lr_schedule: {kind: constant}\ndevice: cpu\nprecision: fp32\nmax_seq_len: 96\nshuffle: true\n"
+        "num_workers: 0\nepochs: 3\nmax_steps: 3\nseed: 5\n"
     )
     return root
 
@@ -199,3 +209,35 @@ def test_dpo_pairs_normalised_over_ranks(root: Path) -> None:
     assert max(float(v.abs().max()) for k, v in one.items() if "lora_B" in k) > 100 * TOL  # it trained
     _tune(root, "wrong_dpo.py", "dpo.yaml", "output_dir=dwrong", "batch_size=2", nproc=2)
     assert abs(_losses(root / "dwrong")[0] - reference[0]) > 0.1 * abs(reference[0])
+
+
+def test_full_dpo_two_ranks_equal_one_process(root: Path) -> None:
+    """Full DPO, 2 ranks x 1 pair (sharded policy; the precomputed table dealt out over the ranks and
+    summed) = 1 process x 2 pairs with a live frozen copy (in this process): the same losses and
+    weights within 1e-5. Each rank dividing by its own pairs (with a sharded live copy) logs another
+    loss from step 1 on, while its rewards still start at 0 (the sharded copy is the policy at step 0)."""
+    from ft_recipes import full_dpo_distributed
+    from ft_recipes.runner import prepare, run
+
+    overrides = ["output_dir=" + str(root / "fd1"), "batch_size=2", "dpo.reference=live"]
+    run(prepare(full_dpo_distributed, str(root / "full_dpo.yaml"), overrides))
+    _tune(
+        root,
+        "full_dpo_distributed",
+        "full_dpo.yaml",
+        "output_dir=fd2",
+        "batch_size=1",
+        "dpo.reference=precomputed",
+        nproc=2,
+    )
+    reference = _losses(root / "fd1")
+    assert abs(reference[0] - math.log(2)) < 1e-6
+    assert max(abs(a - b) for a, b in zip(_losses(root / "fd2"), reference, strict=True)) < 1e-5
+    one = load_file(root / "fd1/model/model.safetensors")
+    assert _max_diff(one, load_file(root / "fd2/model/model.safetensors")) < 1e-5
+    base = load_file(root / "dpo/model/model.safetensors")
+    assert _max_diff(one, {k: base[k] for k in one}) > 100 * 1e-5  # it trained
+    _tune(root, "wrong_full_dpo.py", "full_dpo.yaml", "output_dir=fdw", "batch_size=1", nproc=2)
+    assert abs(_losses(root / "fdw")[0] - reference[0]) > 0.1 * abs(reference[0])
+    first = json.loads((root / "fdw/metrics.jsonl").read_text().splitlines()[0])
+    assert first["rewards/margins"] == 0.0

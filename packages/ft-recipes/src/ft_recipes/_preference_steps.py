@@ -7,8 +7,10 @@ The reference is a callable from a collated batch to its summed log-probs ``[2n]
   second copy of the weights;
 * ``frozen``: a frozen copy (full fine-tuning);
 * ``precomputed``: a table of every pair's reference log-probs computed once before training
-  (:func:`precompute_reference`) and looked up by the batch's ``pair_index``, so the reference costs
-  nothing per step (and no memory for full fine-tuning).
+  (:func:`precompute_reference`; with several ranks each computes its share and the table is summed)
+  and looked up by the batch's ``pair_index``, so the reference costs nothing per step (and no memory
+  for full fine-tuning, where the policy itself before its first step is the reference:
+  :func:`policy_reference`).
 
 The window's loss is every micro-batch's summed per-pair loss divided by the window's pair count (all
 ranks when distributed: pass ``num_pairs``), so 4 x 1, 2 x 2 and 1 x 4 give the same gradients.
@@ -29,12 +31,14 @@ __all__ = [
     "Reference",
     "adapters_off_reference",
     "frozen_reference",
+    "policy_reference",
     "precompute_reference",
     "preference_forward_backward",
     "preference_train",
     "preference_validation",
     "preference_window",
     "table_reference",
+    "validate_preference_run",
 ]
 
 Reference = Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
@@ -63,6 +67,22 @@ def frozen_reference(frozen: torch.nn.Module) -> Reference:
     return reference
 
 
+def policy_reference(model: torch.nn.Module) -> Reference:
+    """The trained model itself, without gradients or dropout: the reference of full fine-tuning when it
+    is read before the first step (``precomputed``), so no second model is ever built."""
+
+    def reference(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return sequence_logps(model, batch).logps
+        finally:
+            model.train(was_training)
+
+    return reference
+
+
 def table_reference(table: torch.Tensor) -> Reference:
     """Precomputed log-probs ``[N, 2]`` (chosen, rejected per pair) looked up by ``pair_index``."""
 
@@ -80,10 +100,23 @@ def _pair_batches(loader: Any, batch_size: int) -> Iterator[dict[str, torch.Tens
         yield loader.batch([[i] for i in range(start, min(start + batch_size, n))])
 
 
+def _rank_world() -> tuple[int, int]:
+    d = torch.distributed
+    if d.is_available() and d.is_initialized():
+        return d.get_rank(), d.get_world_size()
+    return 0, 1
+
+
 def precompute_reference(
     reference: Reference, loader: Any, device: torch.device, batch_size: int
 ) -> torch.Tensor:
     """Every pair's reference log-probs ``[N, 2]`` (fp32, on CPU), computed once before training.
+
+    With several ranks the dataset's batches are dealt out in turn (batch ``k`` to rank ``k mod world``)
+    and the tables are summed over the ranks: each pair is computed once, by one rank, and the sum adds
+    only zeros to it (exact). Every rank runs the same number of forwards, since a sharded model's
+    forward needs every rank: a rank left without a batch in the last round repeats the first one and
+    discards it.
 
     Args:
         reference: The live reference (e.g. :func:`adapters_off_reference` before any step).
@@ -91,11 +124,21 @@ def precompute_reference(
         device: Where to compute.
         batch_size: Pairs per forward.
     """
-    table = torch.zeros(len(loader.dataset), 2, dtype=torch.float32)
-    for batch in _pair_batches(loader, batch_size):
-        b = {k: v.to(device) for k, v in batch.items()}
-        logps = reference(b).float().cpu()
-        table[batch["pair_index"]] = torch.stack(logps.chunk(2), dim=1)
+    n = len(loader.dataset)
+    rank, world = _rank_world()
+    starts = list(range(0, n, batch_size))
+    table = torch.zeros(n, 2, dtype=torch.float32)
+    for k in range(rank, -(-len(starts) // world) * world, world):
+        mine = k < len(starts)
+        start = starts[k] if mine else 0
+        batch = loader.batch([[i] for i in range(start, min(start + batch_size, n))])
+        logps = reference({key: v.to(device) for key, v in batch.items()}).float().cpu()
+        if mine:
+            table[batch["pair_index"]] = torch.stack(logps.chunk(2), dim=1)
+    if world > 1:
+        summed = table.to(ft_dist.collective_device())
+        torch.distributed.all_reduce(summed, op=torch.distributed.ReduceOp.SUM)
+        table = summed.cpu()
     return table
 
 
@@ -171,6 +214,28 @@ def preference_validation(
         model.train(was_training)
     pairs = stats.metrics_pairs()
     return {"loss": total / max(pairs, 1), **stats.metrics(), "pairs": float(pairs)}
+
+
+def validate_preference_run(run: Any) -> dict[str, float]:
+    """A preference run's validation (its ``validate``): loss and TRL's metrics on the validation pairs,
+    printed on one line (rank 0), returned ``val_``-prefixed for the step's record.
+
+    Args:
+        run: The recipe's ``Run`` (``cfg``, ``model``, ``val_loader``, ``loss``, ``val_reference``,
+            ``device``; ``world`` when it may run on several ranks).
+    """
+    from ft_recipes._progress import progress
+
+    v = run.cfg.validation
+    assert v is not None
+    result = preference_validation(
+        run.model, run.val_loader, run.loss, run.val_reference, run.device, v.max_batches
+    )
+    progress(
+        f"[val] loss {result['loss']:.4f}, reward accuracy {result['rewards/accuracies']:.3f}, "
+        f"margin {result['rewards/margins']:.4f} over {int(result['pairs'])} pairs"
+    )
+    return {f"val_{k}": value for k, value in result.items()}
 
 
 def preference_window(

@@ -18,21 +18,16 @@ Copy it with ``tune cp lora_dpo_single_device ./my_dpo.py`` and change what you 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Annotated, Any, Literal
+from typing import Any
 
 from ft_recipes import lora_finetune_single_device
+from ft_recipes._preference_config import PreferenceConfig, build_loss
 from ft_recipes._progress import progress
 from ft_recipes._train_config import (
     TRAINING_FILE_KEYS,
     TRAINING_PROVIDED,
     EvalConfig,
     TrainingConfig,
-)
-from ft_recipes.config import (
-    Interval,
-    NonNegativeFloat,
-    PositiveFloat,
-    PositiveInt,
 )
 from ft_recipes.lora_finetune_single_device import LoraConfig
 
@@ -46,36 +41,10 @@ FILE_KEYS = TRAINING_FILE_KEYS
 
 
 @dataclass
-class PreferenceConfig:
-    """The preference loss (TRL's names) and where the reference log-probs come from.
-
-    Attributes:
-        loss_type: One or several of ``sigmoid`` (DPO), ``hinge``, ``ipo``, ``robust``, ``simpo``
-            (reference-free, alone only), summed with ``loss_weights`` (default 1 each).
-        beta: > 0, the strength of the pull towards the reference (IPO's tau, SimPO's beta).
-        loss_weights: Each >= 0 (a negative weight would train that loss backwards; 0 turns it off).
-        label_smoothing: In [0, 0.5): the assumed probability of a flipped label (``robust``, ``simpo``).
-        simpo_gamma: SimPO's target reward margin, >= 0.
-        reference: ``live`` (adapters disabled every step) or ``precomputed`` (once before training;
-            identical numbers, one forward per micro-batch instead of two).
-        precompute_batch_size: Pairs per forward when precomputing (null: ``batch_size``).
-    """
-
-    loss_type: list[Literal["sigmoid", "hinge", "ipo", "robust", "simpo"]] = field(
-        default_factory=lambda: ["sigmoid"]
-    )
-    loss_weights: list[NonNegativeFloat] | None = None
-    beta: PositiveFloat = 0.1
-    label_smoothing: Annotated[float, Interval(0, 0.5, high_open=True)] = 0.0
-    simpo_gamma: NonNegativeFloat = 0.5
-    reference: Literal["live", "precomputed"] = "live"
-    precompute_batch_size: PositiveInt | None = None
-
-
-@dataclass
 class Config(TrainingConfig):
     """Schema of a ``lora_dpo_single_device`` config: the LoRA recipe's keys (without ``packed``: pairs are
-    never packed) plus ``dpo``. Every number carries its bound, as in the LoRA recipe."""
+    never packed) plus ``dpo`` (``_preference_config.PreferenceConfig``, shared with
+    ``full_dpo_distributed``). Every number carries its bound, as in the LoRA recipe."""
 
     lora: LoraConfig = field(default_factory=LoraConfig)
     dpo: PreferenceConfig = field(default_factory=PreferenceConfig)
@@ -89,20 +58,7 @@ class Config(TrainingConfig):
 
 
 def _loss(cfg: Config) -> Any:
-    from ft_recipes.errors import UserError
-    from ft_recipes.training import LossError, PreferenceLoss
-
-    d = cfg.dpo
-    try:
-        return PreferenceLoss(
-            loss_type=tuple(d.loss_type),
-            loss_weights=None if d.loss_weights is None else tuple(d.loss_weights),
-            beta=d.beta,
-            label_smoothing=d.label_smoothing,
-            simpo_gamma=d.simpo_gamma,
-        )
-    except LossError as e:
-        raise UserError(f"dpo.{e}") from e
+    return build_loss(cfg.dpo)
 
 
 def before_run(cfg: Config) -> None:
@@ -123,18 +79,9 @@ class Run(lora_finetune_single_device.Run):
 
     def validate(self) -> dict[str, float]:
         """Loss and TRL's metrics on the validation pairs (``val_``-prefixed), printed on one line."""
-        from ft_recipes._preference_steps import preference_validation
+        from ft_recipes._preference_steps import validate_preference_run
 
-        v = self.cfg.validation
-        assert v is not None
-        result = preference_validation(
-            self.model, self.val_loader, self.loss, self.val_reference, self.device, v.max_batches
-        )
-        progress(
-            f"[val] loss {result['loss']:.4f}, reward accuracy {result['rewards/accuracies']:.3f}, "
-            f"margin {result['rewards/margins']:.4f} over {int(result['pairs'])} pairs"
-        )
-        return {f"val_{k}": value for k, value in result.items()}
+        return validate_preference_run(self)
 
 
 def setup(cfg: Config) -> Run:

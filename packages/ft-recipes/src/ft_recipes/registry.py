@@ -168,6 +168,13 @@ RECIPES: dict[str, RecipeInfo] = {
             distributed=True,
             configs=("llama3_1/8B_lora_dpo",),
         ),
+        RecipeInfo(
+            name="full_dpo_distributed",
+            module="ft_recipes.full_dpo_distributed",
+            summary="DPO / IPO / hinge / robust / SimPO of every parameter, sharded or on one device",
+            distributed=True,
+            configs=("llama3_1/8B_full_dpo", "smollm2/135M_full_dpo"),
+        ),
     )
 }
 

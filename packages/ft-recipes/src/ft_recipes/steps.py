@@ -10,8 +10,10 @@ markers) and the training steps in their loop order (``load_tokenizer``, ``load_
 every world size, around a window step: ``sft_window`` or ``preference_window``, a ``WindowStep``;
 ``global_sum`` adds a step's figures over the ranks).
 The preference (DPO) steps: ``preference_forward_backward``, the reference log-prob sources
-(``adapters_off_reference``, ``frozen_reference``, ``precompute_reference``, ``table_reference``),
-``preference_train`` and ``preference_validation``.
+(``adapters_off_reference``, ``frozen_reference``, ``policy_reference``, ``precompute_reference``,
+``table_reference``),
+``preference_train``, ``preference_validation`` and ``validate_preference_run`` (a run's printed
+validation).
 They are implemented once, in ``ft_recipes._setup``, ``ft_recipes._training_setup``,
 ``ft_recipes._train`` and ``ft_recipes._preference_steps``, and every shipped recipe
 calls them, so a feature cannot differ between recipes; this module only names them publicly.
@@ -23,12 +25,14 @@ from ft_recipes._preference_steps import (
     Reference,
     adapters_off_reference,
     frozen_reference,
+    policy_reference,
     precompute_reference,
     preference_forward_backward,
     preference_train,
     preference_validation,
     preference_window,
     table_reference,
+    validate_preference_run,
 )
 from ft_recipes._setup import load_model_and_tokenizer, pick_device, stop_token_ids
 from ft_recipes._train import (
@@ -87,6 +91,7 @@ __all__ = [
     "optimizer_step",
     "peak_memory_mib",
     "pick_device",
+    "policy_reference",
     "precompute_reference",
     "preference_forward_backward",
     "preference_train",
@@ -106,6 +111,7 @@ __all__ = [
     "stop_token_ids",
     "table_reference",
     "train",
+    "validate_preference_run",
     "validation_due",
     "validation_loss",
 ]
