@@ -129,3 +129,24 @@ def test_frozen_copy_takes_the_policys_frozen_storage_dtype(files: tuple[Path, P
     frozen = run.reference.__closure__[0].cell_contents
     assert {p.dtype for p in run.model.parameters()} == {run.policy.master_dtype} == {torch.float32}
     assert {p.dtype for p in frozen.parameters()} == {run.policy.frozen_dtype} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("kernel_fix", [True, False], ids=["training_kernel", "wrong_per_call_kernel"])
+def test_bf16_cpu_reference_runs_the_policys_attention_kernel(
+    files: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel_fix: bool
+) -> None:
+    """On a CPU in bf16, ``attention: auto`` runs the grouped products for calls with gradients and SDPA
+    without: the gradient-free reference must still compute the policy's numbers (step 0 at ln 2). The
+    wrong variant leaves the per-call choice, and the first step's rewards are not 0."""
+    if not kernel_fix:
+        monkeypatch.setattr("ft_recipes._preference_steps.training_kernel_everywhere", lambda *models: None)
+    out = tmp_path / ("fixed" if kernel_fix else "wrong")
+    run = _setup(
+        files, out, "dpo.reference=precomputed", "precision=bf16-mixed", "attention=auto", "max_steps=1"
+    )
+    recipe.train(run)
+    first = _records(out)[0]
+    if kernel_fix:
+        _starts_at_the_reference(out)
+    else:
+        assert abs(first["rewards/margins"]) > 1e-4, first

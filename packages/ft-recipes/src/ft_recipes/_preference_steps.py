@@ -38,6 +38,7 @@ __all__ = [
     "preference_validation",
     "preference_window",
     "table_reference",
+    "training_kernel_everywhere",
     "validate_preference_run",
 ]
 
@@ -81,6 +82,26 @@ def policy_reference(model: torch.nn.Module) -> Reference:
             model.train(was_training)
 
     return reference
+
+
+def training_kernel_everywhere(*models: torch.nn.Module) -> None:
+    """Make every attention call of ``models`` pick its kernel as a training call does.
+
+    Under ``attention: auto`` the kernel is chosen per call, and on a CPU in bf16 a call with gradients
+    runs the grouped products while one without runs SDPA (``ft_models.auto_attention_kernel``). The
+    reference's log-probs are computed without gradients but must equal what the policy's training
+    forward computes from the same weights (at step 0 every reward is 0 and the sigmoid loss ln 2), so
+    the preference recipes give the policy and its reference ``AutoKernel(grad=True)``: one rule for
+    every call, validation included. Other settings name one kernel already and are left as they are.
+    """
+    import ft_models
+
+    for model in models:
+        for module in model.modules():
+            if isinstance(module, ft_models.GroupedQueryAttention) and isinstance(
+                module.kernel, ft_models.AutoKernel
+            ):
+                module.kernel = ft_models.AutoKernel(grad=True)
 
 
 def table_reference(table: torch.Tensor) -> Reference:

@@ -130,6 +130,7 @@ def frozen_copy(run: TrainingState) -> Any:
     sharding) but frozen, so its storage dtypes are the policy's for frozen weights and a sharded run
     holds only this rank's shards of it. Activation checkpointing is left out: it never runs backward."""
     from ft_recipes import _distributed, _train
+    from ft_recipes._preference_steps import training_kernel_everywhere
     from ft_recipes.training import apply_attention, apply_precision, compile_blocks
 
     cfg, world, policy = run.cfg, run.world, run.policy
@@ -150,6 +151,7 @@ def frozen_copy(run: TrainingState) -> Any:
         training=True,  # the policy's kernels: the same numbers at step 0
         max_seq_len=cfg.max_seq_len,
     )
+    training_kernel_everywhere(model)
     if cfg.compile:
         compile_blocks(model)
     _distributed.shard(model, world, policy.fsdp_param_dtype, cfg.fsdp_offload)
@@ -216,6 +218,7 @@ def setup(cfg: Config) -> Run:
     run = Run(**{f.name: getattr(base, f.name) for f in fields(base)}, loss=loss)
     if loss.reference_free:
         return run
+    steps.training_kernel_everywhere(run.model)
     if cfg.dpo.reference == "live":
         run.reference = run.val_reference = steps.frozen_reference(frozen_copy(run))
         return run

@@ -94,6 +94,7 @@ def setup(cfg: Config) -> Run:
     run = Run(**{f.name: getattr(base, f.name) for f in fields(base)}, loss=loss)  # type: ignore[arg-type]
     if loss.reference_free:
         return run
+    steps.training_kernel_everywhere(run.model)
     live = steps.adapters_off_reference(run.model)
     run.reference = run.val_reference = live
     if cfg.dpo.reference == "precomputed":

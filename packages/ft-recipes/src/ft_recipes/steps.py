@@ -32,6 +32,7 @@ from ft_recipes._preference_steps import (
     preference_validation,
     preference_window,
     table_reference,
+    training_kernel_everywhere,
     validate_preference_run,
 )
 from ft_recipes._setup import load_model_and_tokenizer, pick_device, stop_token_ids
@@ -111,6 +112,7 @@ __all__ = [
     "stop_token_ids",
     "table_reference",
     "train",
+    "training_kernel_everywhere",
     "validate_preference_run",
     "validation_due",
     "validation_loss",
