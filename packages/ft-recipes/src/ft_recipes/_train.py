@@ -44,7 +44,6 @@ from ft_recipes.training import IGNORE_INDEX, batch_loss, clip_grad_norm, prepar
 from ft_recipes.training.errors import TrainingDivergedError
 
 __all__ = [
-    "GLOBAL_BATCH",
     "METRICS",
     "MetricsLog",
     "WindowStep",
@@ -52,7 +51,6 @@ __all__ = [
     "build_validation_loader",
     "check_eval_data",
     "check_output_dir",
-    "check_position",
     "end_step",
     "forward_backward",
     "global_sum",
@@ -61,11 +59,9 @@ __all__ = [
     "micro_batches",
     "optimizer_step",
     "peak_memory_mib",
-    "rank_rng_state",
     "release_optimizer",
     "report_eval",
     "resume_checkpoint",
-    "resumed_line",
     "run_eval",
     "save_base_hf_dir",
     "save_checkpoint",
