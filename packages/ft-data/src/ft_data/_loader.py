@@ -201,7 +201,7 @@ class Loader:
         Raises:
             ValueError: An epoch holds no complete global batch (there would be nothing to yield, ever),
                 or the position (a loaded one) is not a whole number of this loader's global batches
-                (``batch_size * world_size`` rows): no other rows than the saved run's would be read.
+                (``batch_size * world_size`` rows): reading from it would shift every later global batch.
         """
         while True:
             epoch = _EpochBatches(self, self.epoch)
