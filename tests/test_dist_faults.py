@@ -4,11 +4,11 @@ One rank is SIGKILLed after the run logged its fifth step (so checkpoint step_4 
 process of the job must be gone within ``dist_timeout_s`` + 30 s, the launch exits non-zero with one
 ``error:`` line naming rank 1 and no traceback; then ``resume=auto`` at the same world size finishes
 with final weights byte-identical to an uninterrupted run's. A deliberately wrong variant (a resume
-that ignores the loader's saved position) is shown to end with other weights, so the
-byte comparison can see a resume that lost its place in the data. With ``--max-restarts 1`` and
-``resume=auto``, the same kill ends in torchrun restarting the workers, which finish with the same bytes. Two torchrun launches on localhost
-acting as two nodes (static rendezvous, 2 nodes x 1 process, the same FSDP mesh) write the final weights
-of one 2-process launch byte for byte; the same two nodes with node 1 on another shuffle seed do not.
+that ignores the loader's saved position) is shown to end with other weights, so the byte comparison
+can see a resume that lost its place in the data; a copy of the killed run resumed on 1 process (batch
+2: the same global batch) ends within fp32 tolerance (``RESIZED_TOL``) of it, where the wrong resume
+does not. With ``--max-restarts 1`` and ``resume=auto``, the same kill ends in torchrun restarting the
+workers, which finish with the same bytes. (Two nodes of 2 processes each: ``test_dist_world_sizes``.)
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ from test_recipe_support import make_tiny
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 TOL = 1e-5
+# 1 process vs 2 ranks over the ~20 AdamW steps (lr 0.01) after the resume: fp32 summation order,
+# amplified where Adam divides small gradients by their own size (observed 8.3e-5; the wrong resume 0.26).
+RESIZED_TOL = 5e-4
 TIMEOUT_S = 20  # the run's dist_timeout_s
 TUNE = str(Path(sys.executable).parent / "tune")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -81,8 +84,11 @@ def _run(
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+WEIGHTS = "model/model.safetensors"
+
+
 def _weights(root: Path, out: str) -> bytes:
-    return (root / out / "model" / "model.safetensors").read_bytes()
+    return (root / out / WEIGHTS).read_bytes()
 
 
 def _logged_steps(out: Path) -> int:
@@ -152,54 +158,24 @@ def test_killed_rank_ends_the_job_and_resume_is_bit_exact(root: Path, reference:
     # The wrong variant first, in a copy: a resume that loses its place in the data (the recipe with
     # the loader's saved position ignored) ends with other bytes, so the comparison below can see one.
     shutil.copytree(root / "killed", root / "wrong")
+    shutil.copytree(root / "killed", root / "killed_one")
     _run(root, "output_dir=wrong", "resume=auto", recipe="wrong_resume.py")
     assert _weights(root, "wrong") != reference
+    # Another copy resumed at another world size: 1 process reading batches of 2 (the same global
+    # batch) ends within fp32 summation order of the 2-rank run; the wrong resume is far off.
+    _run(root, "output_dir=killed_one", "resume=auto", "batch_size=2", launch=())
+    whole = root / "whole" / WEIGHTS
+    assert _max_diff(root / "killed_one" / WEIGHTS, whole) < RESIZED_TOL
+    assert _max_diff(root / "wrong" / WEIGHTS, whole) > 100 * RESIZED_TOL
     # resume=auto continues from the newest complete checkpoint: byte-identical final weights.
     _run(root, "output_dir=killed", "resume=auto")
     assert _weights(root, "killed") == reference
-
-
-def _two_nodes(root: Path, out: str, *node1: str) -> None:
-    """Two torchrun launches on localhost as nodes 0 and 1 (static rendezvous, 1 process each).
-
-    The mesh is given (``dp_shard=2``): by default two nodes of one process would replicate across
-    the nodes (HSDP 2 x 1), which reduces in another order than one node's FSDP 1 x 2.
-    """
-    port = str(_free_port())
-    jobs = []
-    for node in ("0", "1"):
-        launch = ["--nproc-per-node", "1", "--nnodes", "2", "--node-rank", node]
-        launch += ["--master-addr", "127.0.0.1", "--master-port", port]
-        extra = node1 if node == "1" else ()
-        jobs.append(
-            subprocess.Popen(
-                _command(launch, f"output_dir={out}", "dp_shard=2", "dp_replicate=1", *extra),
-                cwd=root,
-                env=ENV,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    for job in jobs:
-        _, err = job.communicate(timeout=300)
-        assert job.returncode == 0, err[-3000:]
 
 
 def _max_diff(a: Path, b: Path) -> float:
     x, y = load_file(a), load_file(b)
     assert x.keys() == y.keys()
     return max(float((x[k].float() - y[k].float()).abs().max()) for k in x)
-
-
-def test_two_nodes_equal_one_two_process_launch(root: Path, reference: bytes) -> None:
-    """2 nodes x 1 process end byte for byte where 1 node x 2 processes ends (the same FSDP mesh)."""
-    _two_nodes(root, "nodes")
-    assert _weights(root, "nodes") == reference
-    whole = root / "whole/model/model.safetensors"
-    # Wrong: node 1 with another shuffle seed reads other rows than one launch's rank 1.
-    _two_nodes(root, "nodes_wrong", "seed=4")
-    assert _max_diff(root / "nodes_wrong/model/model.safetensors", whole) > 100 * TOL
 
 
 def test_max_restarts_with_resume_auto_finishes_a_killed_job(root: Path, reference: bytes) -> None:

@@ -182,9 +182,16 @@ def test_batches_cross_epochs_and_resume_at_the_position_handed_out(num_workers:
     tail = [row for _ in range(2) for s in streams for row in _rows_of(next(s))]
     flat = [row for b in want for row in b]
     assert [row for b in head for row in b] + tail == flat[: k * 3 + 12]
-    # Wrong variant: a position counted in batches of this rank (k) instead of global rows skips rows.
+    # Wrong variant: a position counted in batches of this rank (k) instead of global rows is not a
+    # whole number of global batches: refused rather than read from the middle of a batch.
     wrong = ft_data.Loader(data, **kw)
     wrong.load_state_dict({**state, "rows_consumed": k})
+    with pytest.raises(
+        ValueError, match="position 4 rows into epoch 0 is not a whole number of global batches"
+    ):
+        next(wrong.batches())
+    # A whole but wrong position (one batch in instead of k) reads other rows.
+    wrong.load_state_dict({**state, "rows_consumed": 3})
     assert _rows_of(next(wrong.batches())) != want[k]
 
 

@@ -199,7 +199,9 @@ class Loader:
             however many the workers prefetched.
 
         Raises:
-            ValueError: An epoch holds no complete global batch (there would be nothing to yield, ever).
+            ValueError: An epoch holds no complete global batch (there would be nothing to yield, ever),
+                or the position (a loaded one) is not a whole number of this loader's global batches
+                (``batch_size * world_size`` rows): reading from it would shift every later global batch.
         """
         while True:
             epoch = _EpochBatches(self, self.epoch)
@@ -207,6 +209,11 @@ class Loader:
                 raise ValueError(
                     f"{len(self.dataset)} examples give no complete batch of {self.batch_size} rows x "
                     f"{self.world_size} ranks"
+                )
+            if self.rows_consumed % epoch.per_step:
+                raise ValueError(
+                    f"position {self.rows_consumed} rows into epoch {self.epoch} is not a whole number of "
+                    f"global batches of {self.batch_size} rows x {self.world_size} ranks"
                 )
             start = self.rows_consumed // epoch.per_step
             if start >= len(epoch):  # a position saved at an epoch's end
@@ -231,7 +238,9 @@ class Loader:
         return {"epoch": self.epoch, "rows_consumed": self.rows_consumed, "seed": self.seed}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Resume at a saved position (saved with any world size and batch size)."""
+        """Resume at a saved position (saved with any world size and batch size); it must be a whole
+        number of this loader's global batches (``batch_size * world_size`` rows) for :meth:`batches`
+        to continue the same global order from it (checked there)."""
         if int(state["seed"]) != self.seed:
             raise ValueError(f"loader state has seed {state['seed']}, this loader seed {self.seed}")
         self.epoch = int(state["epoch"])

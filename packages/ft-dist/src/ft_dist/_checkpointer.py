@@ -295,7 +295,8 @@ def load_checkpoint(
 
     ``app_state`` has the same names as at save time, holding freshly built objects (Statefuls are
     loaded through ``load_state_dict``; plain dicts are filled in place). The world size may differ
-    from the saving run's; a rank that had no sidecar gets None (and a warning).
+    from the saving run's (DCP reshards); a rank that had no sidecar gets None (logged at INFO level) and
+    its caller decides what it restores (:func:`read_rank_state` reads another rank's).
 
     Raises:
         CheckpointError: the directory is missing, incomplete (no marker) or does not fit ``app_state``.
@@ -323,8 +324,6 @@ def load_checkpoint(
         raise CheckpointError(f"{path}: loading failed ({first[:300]})") from e
     rank, _world = _rank_world()
     state = read_rank_state(path, rank)
-    if state is None:
-        log.warning(
-            "%s: no rank state for rank %d (saved with world size %s)", path, rank, info["world_size"]
-        )
+    if state is None:  # saved on fewer ranks: the caller picks this rank's state (ft_recipes: rank 0's)
+        log.info("%s: no rank state for rank %d (saved with world size %s)", path, rank, info["world_size"])
     return state

@@ -77,6 +77,8 @@ __all__ = [
     "validation_loss",
 ]
 
+# The counter recording a run's global batch in rows (batch_size x ranks x accumulation), checked on resume.
+GLOBAL_BATCH = "global_batch"
 # The resolved config a run writes at the end of its setup: a directory holding nothing else (a run that
 # stopped before its first checkpoint or output) may be started again without `resume`.
 _OWN_FILES = {"config.yaml"}
@@ -306,6 +308,11 @@ def resume_checkpoint(
 ) -> Path | None:
     """Load ``resume`` (``auto``: the newest complete checkpoint, none is a fresh start) into ``state``.
 
+    The checkpoint may come from another world size (4 -> 2 -> 1 ranks, HSDP -> FSDP): DCP reshards the
+    weights and the optimizer state onto this run's mesh, and the loader's position is a count of global
+    rows, which this launch continues from (:func:`check_position` says when it cannot). A rank the
+    saved run did not have takes rank 0's RNG state (:func:`rank_rng_state`).
+
     Then the run's checkpoint root is tidied (``ft_dist.clean_checkpoints``): what a killed save or prune
     left is removed, and complete checkpoints beyond ``keep_last`` are pruned, never the one resumed from.
     ``keep_last=None`` uses the value recorded by the save that wrote the checkpoint resumed from (so a
@@ -313,7 +320,9 @@ def resume_checkpoint(
 
     Raises:
         UserError: ``resume`` names a directory that is not a complete checkpoint.
-        CheckpointLoadError: The checkpoint is incomplete, truncated or does not fit this run.
+        CheckpointLoadError: The checkpoint is incomplete, truncated or does not fit this run (its data
+            position is not a whole number of this launch's global batches, among others); nothing is
+            pruned then.
     """
     if resume is None:
         return None
@@ -327,16 +336,80 @@ def resume_checkpoint(
         path = Path(resume).expanduser()
         if not ft_dist.is_checkpoint(path):
             raise UserError(f"resume: {resume}: not a complete ft checkpoint (no {ft_dist.MARKER})")
+    counters = state.get("counters", {})
+    global_batch = counters.get(GLOBAL_BATCH)  # this launch's; the load replaces it by the saved one
     try:
+        if global_batch is not None and f"counters.{GLOBAL_BATCH}" not in _saved_keys(path):
+            del counters[GLOBAL_BATCH]  # an older checkpoint: its global batch is unknown, taken as unchanged
         rank_state = ft_dist.load_checkpoint(path, app_state=state)
     except ft_dist.CheckpointError as e:
         raise CheckpointLoadError(f"resume: {e}") from e
+    saved_batch = counters.get(GLOBAL_BATCH)
+    if global_batch is not None:
+        counters[GLOBAL_BATCH] = global_batch
+        check_position(path, state["loader"], global_batch, saved_batch)
+    rank_state = rank_state if rank_state is not None else rank_rng_state(path)
     if rank_state is not None:
         ft_dist.set_rng_state(rank_state)
     if keep_last is None:
         keep_last = (ft_dist.checkpoint_info(path) or {}).get("keep_last")
     ft_dist.clean_checkpoints(root, keep_last=keep_last, keep=path)
     return path
+
+
+def _saved_keys(path: Path) -> set[str]:
+    """The flattened keys a checkpoint holds (``counters.step``, ...), from its metadata."""
+    return set(ft_dist.read_metadata(str(path / ".metadata")).state_dict_metadata)
+
+
+def check_position(path: Path, loader: Any, global_batch: int, saved_batch: int | None) -> None:
+    """Refuse a saved data position this launch cannot continue from, in one line naming the keys.
+
+    The position is the global rows consumed in the current epoch (``ft_data.Loader``), so any world
+    size continues the same global order from it as long as it is a whole number of this launch's
+    micro-batches (``batch_size`` x ranks). When the global batch (``batch_size`` x ranks x
+    ``gradient_accumulation_steps``) differs from the saved run's, the position must also be a whole
+    number of the new global batch, so every later optimizer step reads whole new global batches; the
+    step counter and the LR schedule go on counting optimizer steps (of the new size). An unchanged
+    global batch is always accepted (a window may then straddle an epoch's end exactly as before).
+
+    Raises:
+        CheckpointLoadError: The position is not a whole number of this launch's (global) batches.
+    """
+    ranks = loader.world_size
+    micro = loader.batch_size * ranks
+    rows, epoch = loader.rows_consumed, loader.epoch
+    whole = rows % micro == 0 and (saved_batch in (None, global_batch) or rows % global_batch == 0)
+    if whole:
+        return
+    raise CheckpointLoadError(
+        f"resume: {path} stopped {rows} rows into epoch {epoch}, not a whole number of this launch's global "
+        f"batches of {global_batch} rows (batch_size={loader.batch_size} x {ranks} ranks x "
+        f"gradient_accumulation_steps={global_batch // micro}; saved: {saved_batch} rows); change "
+        "batch_size, gradient_accumulation_steps or the number of processes"
+    )
+
+
+def rank_rng_state(path: Path) -> dict[str, torch.Tensor] | None:
+    """The RNG state for a rank the saved run did not have (it ran on fewer ranks): rank 0's.
+
+    Every rank of a run starts from the same seeded state (:func:`seed_everything`), so a new rank
+    taking rank 0's continues like a rank of a fresh run would; the draws of the uninterrupted run
+    (dropout masks over another split of the batch) cannot be repeated at another world size anyway.
+    """
+    try:
+        return ft_dist.read_rank_state(path, 0)
+    except ft_dist.CheckpointError as e:
+        raise CheckpointLoadError(f"resume: {e}") from e
+
+
+def resumed_line(tag: str, path: Path, step: int, world_size: int) -> str:
+    """The line a resumed run prints: where it resumed, and the saved world size when it differs."""
+    saved = (ft_dist.checkpoint_info(path) or {}).get("world_size")
+    where = f"[{tag}] resumed from {path} at step {step}"
+    if saved in (None, world_size):
+        return where
+    return f"{where} (saved on {saved} rank{'s' * (saved != 1)}, now {world_size})"
 
 
 def end_step(

@@ -165,7 +165,8 @@ def setup_training(
             min_lr_ratio=s.min_lr_ratio,
         )
         scaler = policy.make_grad_scaler(device)  # fp16 only; checkpointed with the rest
-        counters = {"step": 0, "tokens": 0}
+        rows = cfg.batch_size * world.launch.world_size * cfg.gradient_accumulation_steps
+        counters = {"step": 0, "tokens": 0, _train.GLOBAL_BATCH: rows}  # the global batch: checked on resume
         state = _train.app_state(
             model, optimizer, scheduler, loader, counters, lora=trainable_only, scaler=scaler
         )
@@ -173,7 +174,7 @@ def setup_training(
             cfg.output_dir, cfg.resume, state, keep_last=cfg.checkpoint.keep_last
         )
         if resumed is not None:
-            progress(f"[{tag}] resumed from {resumed} at step {counters['step']}")
+            progress(_train.resumed_line(tag, resumed, counters["step"], world.launch.world_size))
     except BaseException:
         if undo is not None:
             undo()
