@@ -280,7 +280,7 @@ def run_checkpoint(args: argparse.Namespace) -> None:
         print(f"SKIP torchtune: it trains in one dtype (fp32 or bf16), not {args.precision}", flush=True)
         return
     tt_rows: list[dict[str, Any]] = []
-    for shim in ([], ["--shim-cpu-memory-stats"]):
+    for shim in ([], ["--shim-cpu"]):
         tt_out = root / "ckpt-torchtune"
         shutil.rmtree(tt_out, ignore_errors=True)
         cmd = [str(python), str(HERE / "peer_dist_torchtune.py"), "--model", str(model), "--out", str(tt_out)]

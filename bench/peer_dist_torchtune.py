@@ -16,11 +16,13 @@ rank 0, written as HF safetensors + ``recipe_state.pt``) and epoch 2's its final
 Batches are random token rows (the save does not depend on them), through torchtune's
 ``padded_collate_sft``. Prints one JSON line per save, or ``CANNOT run on CPU: <reason>`` (what the recipe raised).
 
-torchtune 0.6.1's recipe does not run on CPU as shipped: ``_setup_model`` ends with
+torchtune 0.6.1's recipe does not run on CPU as shipped, for two reasons: ``_setup_model`` ends with
 ``training.get_memory_stats(device)`` on rank 0 unconditionally (``log_peak_memory_stats: false`` does not
-skip it), and that raises ``ValueError: Logging memory stats is not supported on CPU devices``.
-``--shim-cpu-memory-stats`` replaces that one function with one returning zeros on CPU, so that the rest
-of the recipe (its FSDP2 sharding, loop and checkpointer, unchanged) can be measured; its lines say so.
+skip it), which raises ``ValueError: Logging memory stats is not supported on CPU devices``; and
+``train`` starts with ``training.cleanup_before_training()``, which calls ``torch.cpu.empty_cache()``
+(``AttributeError: module 'torch.cpu' has no attribute 'empty_cache'``). ``--shim-cpu`` replaces those two
+functions on CPU (zeros for the stats, ``gc.collect()`` alone for the cleanup), so that the rest of the
+recipe (its FSDP2 sharding, loop and checkpointer, unchanged) can be measured; its lines say so.
 """
 
 from __future__ import annotations
@@ -63,20 +65,30 @@ def _status_mib(key: str) -> float:
         return int(next(line for line in f if line.startswith(key + ":")).split()[1]) / 1024
 
 
-def _shim_cpu_memory_stats() -> None:
-    """Let the recipe past its one CPU blocker: ``_setup_model`` calls ``training.get_memory_stats`` on
-    rank 0 whatever ``log_peak_memory_stats`` says, and that function raises on a CPU device. The shim
-    returns zeros there (what it would log); nothing else in the recipe changes."""
+def _shim_cpu() -> None:
+    """Let the recipe past its two CPU blockers (module docstring), changing nothing else: rank 0's
+    ``training.get_memory_stats`` returns zeros on CPU, and ``training.cleanup_before_training`` does its
+    ``gc.collect()`` without the device cache calls ``torch.cpu`` lacks."""
+    import gc
+
+    import torch
     from torchtune import training
 
-    real = training.get_memory_stats
+    real_stats, real_cleanup = training.get_memory_stats, training.cleanup_before_training
 
     def get_memory_stats(device: Any, reset_stats: bool = True) -> dict[str, float]:
         if device.type == "cpu":
             return {"peak_memory_active": 0.0, "peak_memory_alloc": 0.0, "peak_memory_reserved": 0.0}
-        return real(device, reset_stats=reset_stats)
+        return real_stats(device, reset_stats=reset_stats)
+
+    def cleanup_before_training() -> None:
+        if torch.cuda.is_available():
+            real_cleanup()
+        else:
+            gc.collect()
 
     training.get_memory_stats = get_memory_stats
+    training.cleanup_before_training = cleanup_before_training
 
 
 def worker(config: str, out: str, shim: bool) -> None:
@@ -122,12 +134,12 @@ def worker(config: str, out: str, shim: bool) -> None:
 
     CheckpointClient.save_checkpoint = timed  # type: ignore[method-assign]
     if shim:
-        _shim_cpu_memory_stats()
+        _shim_cpu()
     sys.argv = [sys.argv[0], "--config", config]
     rank = int(os.environ.get("RANK", "0"))
     try:
         recipe.recipe_main()
-    except BaseException as e:  # the recipe's own failure: the reason it cannot run here
+    except Exception as e:  # the recipe's own failure: the reason it cannot run here
         Path(out, f"bench-error-rank{rank}.txt").write_text(f"{type(e).__name__}: {e}".splitlines()[0])
         raise
     finally:
@@ -182,14 +194,14 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--dtype", default="fp32")
     ap.add_argument(
-        "--shim-cpu-memory-stats",
+        "--shim-cpu",
         action="store_true",
-        help="make training.get_memory_stats return zeros on CPU (the recipe's one CPU blocker)",
+        help="replace the two functions that stop the recipe on CPU (module docstring)",
     )
     ap.add_argument("--worker", default=None, help="(internal) the config a rank runs")
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker, args.out, args.shim_cpu_memory_stats)
+        worker(args.worker, args.out, args.shim_cpu)
         return
     import torch
 
@@ -198,7 +210,7 @@ def main() -> None:
     env = dict(os.environ, PYTHONPATH=here, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     cmd += [__file__, "--out", args.out, "--worker", str(config)]
-    cmd += ["--shim-cpu-memory-stats"] if args.shim_cpu_memory_stats else []
+    cmd += ["--shim-cpu"] if args.shim_cpu else []
     log = Path(args.out, "torchrun.log")
     with open(log, "w") as fh:  # the recipe's own log, readable while it runs
         proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, text=True, env=env)
@@ -209,11 +221,15 @@ def main() -> None:
             reason = errors[0].read_text()
             print(f"CANNOT run on CPU: torchtune 0.6.1 full_finetune_distributed: {reason}", flush=True)
         sys.exit(1)
-    size = sum(p.stat().st_size for p in Path(args.out).rglob("*.safetensors")) / 2**20
+    out = Path(args.out)
+
+    def mib(*dirs: str) -> int:
+        return round(sum(f.stat().st_size for d in dirs for f in (out / d).rglob("*") if f.is_file()) / 2**20)
+
     for r in json.loads(Path(args.out, "bench-rank0.json").read_text()):
         line = {
             "bench": "checkpoint",
-            "lib": "torchtune (shim: get_memory_stats on CPU)" if args.shim_cpu_memory_stats else "torchtune",
+            "lib": "torchtune (CPU shim)" if args.shim_cpu else "torchtune",
             "what": "intermediate (model + optimizer gathered to rank 0, HF safetensors + recipe_state.pt)"
             if r["intermediate"]
             else "final (model gathered to rank 0, HF safetensors)",
@@ -224,7 +240,7 @@ def main() -> None:
             "rank0_rss_before_mib": round(r["rss_before_mib"]),
             "rank0_peak_mib": round(r["peak_mib"]),
             "rank0_peak_over_before_mib": round(r["peak_mib"] - r["rss_before_mib"]),
-            "safetensors_written_mib": round(size),
+            "written_mib": mib("epoch_0", "recipe_state") if r["intermediate"] else mib("epoch_1"),
             "torch": torch.__version__,
         }
         print(json.dumps(line), flush=True)
