@@ -1,7 +1,7 @@
 """Distributed training on CPU: FSDP2 throughput against one process, and checkpoint saves against torchtune.
 
 Usage:
-    python bench/bench_dist.py train [--methods lora,full] [--steps 6] [--precision bf16-mixed]
+    python bench/bench_dist.py train [--methods lora,full] [--steps 6] [--precision bf16-mixed] [--setups ...]
         ``train-fsdp``: the same global batch (4 x 256 packed tokens) trained three ways, each a real
         ``tune run`` of the recipe (``lora_finetune_*`` / ``full_finetune_*``) reading its own
         ``metrics.jsonl``:
@@ -13,7 +13,9 @@ Usage:
         RATIO 2p x 1t / 1p x 2t (target >= 0.8x) and COMM lines: the communication overhead measured two
         ways, (a) the step time of ``2p x 1t`` less that of ``2 x 1p1t`` (what sharding adds: collectives
         and FSDP's copies), and (b) from ``torch.profiler`` on one steady step of the ``2p x 1t`` run, the
-        self time of the collectives (``gloo:*`` / ``c10d::*`` events) and of FSDP's copy-in/out.
+        self time of the collectives (``gloo:*`` / ``c10d::*`` events) and of FSDP2's regions
+        (``FSDP::*``); (c) the ops whose self time differs most between that step and the same step of
+        one of the ``2 x 1p1t`` processes. ``--setups 2p1t,solo`` skips the single-device run.
     python bench/bench_dist.py checkpoint [--steps 2]
         ``checkpoint``: full fine-tuning on 2 ranks (gloo), the save time and rank 0's peak memory of the
         intermediate checkpoint (ft: sharded DCP, each rank writes its shards) and of the final export (ft:
@@ -158,27 +160,31 @@ def run_train(args: argparse.Namespace) -> None:
         config = write_config(root, method, args.precision, args.steps)
         tag = f"{method} {SHAPE} {args.precision} b{B}x{T}"
         result: dict[str, float] = {}
-        # 1 process x 2 threads, batch 4: the single-device recipe
-        p = _launch(root, method, config, f"{method}-1p2t", nproc=1, threads=2, batch=B)
-        if _wait(p, f"{tag} 1p x 2t"):
-            result["1p x 2t"] = _steady(_step_times(root, f"{method}-1p2t"))
-        # 2 ranks x 1 thread, batch 2 per rank: FSDP2 over gloo, one step profiled
-        p = _launch(
-            root, method, config, f"{method}-2p1t", nproc=2, threads=1, batch=B // 2, profile=args.steps - 1
-        )
+        setups = args.setups.split(",")
+        at = args.steps - 1  # the profiled step
+        if "1p2t" in setups:  # 1 process x 2 threads, batch 4: the single-device recipe
+            p = _launch(root, method, config, f"{method}-1p2t", nproc=1, threads=2, batch=B)
+            if _wait(p, f"{tag} 1p x 2t"):
+                result["1p x 2t"] = _steady(_step_times(root, f"{method}-1p2t"))
         profiles: list[dict[str, Any]] = []
-        if _wait(p, f"{tag} 2p x 1t"):
-            result["2p x 1t"] = _steady(_step_times(root, f"{method}-2p1t"))
-            for rank in (0, 1):
-                profiles += [r for r in _records(root, f"{method}-2p1t", rank) if r["what"] == "profile"]
-        # two independent 1-thread processes of batch 2 at once: the same compute, no collective
-        pair = [
-            _launch(root, method, config, f"{method}-solo{i}", nproc=1, threads=1, batch=B // 2)
-            for i in (0, 1)
-        ]
-        if all([_wait(q, f"{tag} 2 x 1p1t") for q in pair]):
-            both = [_steady(_step_times(root, f"{method}-solo{i}")) for i in (0, 1)]
-            result["2 x 1p1t"] = max(both)  # the global batch is done when the slower half is
+        if "2p1t" in setups:  # 2 ranks x 1 thread, batch 2 per rank: FSDP2 over gloo, one step profiled
+            p = _launch(root, method, config, f"{method}-2p1t", nproc=2, threads=1, batch=B // 2, profile=at)
+            if _wait(p, f"{tag} 2p x 1t"):
+                result["2p x 1t"] = _steady(_step_times(root, f"{method}-2p1t"))
+                for rank in (0, 1):
+                    profiles += [r for r in _records(root, f"{method}-2p1t", rank) if r["what"] == "profile"]
+        solo: list[dict[str, Any]] = []
+        if "solo" in setups:  # two independent 1-thread processes of batch 2 at once: no collective
+            pair = [
+                _launch(
+                    root, method, config, f"{method}-solo{i}", nproc=1, threads=1, batch=B // 2, profile=at
+                )
+                for i in (0, 1)
+            ]
+            if all([_wait(q, f"{tag} 2 x 1p1t") for q in pair]):
+                both = [_steady(_step_times(root, f"{method}-solo{i}")) for i in (0, 1)]
+                result["2 x 1p1t"] = max(both)  # the global batch is done when the slower half is
+                solo = [r for r in _records(root, f"{method}-solo0") if r["what"] == "profile"]
         for name, step_s in result.items():
             line = {
                 "bench": "train-fsdp",
@@ -207,16 +213,37 @@ def run_train(args: argparse.Namespace) -> None:
             )
         for prof in profiles:
             _report_profile(tag, prof, args.top)
+        if profiles and solo:
+            _compare_profiles(tag, profiles[0], solo[0], args.top)
+
+
+def _grouped(prof: dict[str, Any]) -> dict[str, float]:
+    grouped: dict[str, float] = {}
+    for name, seconds in prof["events"].items():
+        key = name.split(" (")[0]  # FSDP regions carry the module names: sum them
+        grouped[key] = grouped.get(key, 0.0) + seconds
+    return grouped
+
+
+def _compare_profiles(tag: str, sharded: dict[str, Any], alone: dict[str, Any], top: int) -> None:
+    """Where the sharded step's extra time goes: per op, rank 0's self time less that of one of the two
+    independent processes (the same batch of 2 rows, one thread, no sharding), both profiled steps."""
+    a, b = _grouped(sharded), _grouped(alone)
+    print(
+        f"COMM train-fsdp {tag} (c) profiled step: rank 0 of 2p x 1t {sharded['seconds']:.3f} s vs one of "
+        f"2 x 1p1t {alone['seconds']:.3f} s; largest differences in self time (sharded - alone):",
+        flush=True,
+    )
+    diff = {k: a.get(k, 0.0) - b.get(k, 0.0) for k in a.keys() | b.keys()}
+    for name, seconds in sorted(diff.items(), key=lambda kv: -abs(kv[1]))[:top]:
+        print(f"  {seconds:+8.3f} s  {name} ({a.get(name, 0.0):.3f} vs {b.get(name, 0.0):.3f})", flush=True)
 
 
 def _report_profile(tag: str, prof: dict[str, Any], top: int) -> None:
     """One rank's profiled step: the self time of the collectives (``c10d::*`` / ``gloo:*``, the calls
     into the process group) and of FSDP's own regions (``FSDP::*``: all-gather copy-in, waiting for and
     copying out the gathered parameters, the reduce-scatter's bookkeeping), summed over modules."""
-    grouped: dict[str, float] = {}
-    for name, seconds in prof["events"].items():
-        key = name.split(" (")[0]  # FSDP regions carry the module names: sum them
-        grouped[key] = grouped.get(key, 0.0) + seconds
+    grouped = _grouped(prof)
     comm = {k: v for k, v in grouped.items() if k.startswith(COLLECTIVE)}
     fsdp = {k: v for k, v in grouped.items() if k.startswith("FSDP::")}
     wall = prof["seconds"]
@@ -326,6 +353,7 @@ def main() -> None:
         default=None,
         help="ft's precision (train: bf16-mixed; checkpoint: fp32, torchtune's dtype)",
     )
+    ap.add_argument("--setups", default="1p2t,2p1t,solo", help="train: which of the three to run")
     ap.add_argument("--top", type=int, default=8, help="train: profiler events listed per rank")
     ap.add_argument("--root", default=str(Path(tempfile.gettempdir()) / "ft-bench-dist"))
     args = ap.parse_args()
