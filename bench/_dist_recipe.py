@@ -10,6 +10,9 @@ own objects, imported, not copied. What this module adds only observes them:
   the wall time from a barrier before the save to a barrier after it (the slowest rank's save);
   ``peak_mib`` is the process's ``VmHWM`` after the save, with the high-water mark reset
   (``/proc/self/clear_refs`` = 5) just before it, so it is the save's own peak, not training's.
+* ``$FT_BENCH_RESHARD_AFTER_FORWARD=0``: ``ft_dist.shard_model`` is called with
+  ``reshard_after_forward=False`` (its ZeRO-2 option, which the recipes do not expose): each layer keeps
+  its gathered parameters from its forward to its backward, one all-gather per step instead of two.
 * ``$FT_BENCH_PROFILE_STEP`` (an optimizer step, >= 2): that step runs under ``torch.profiler`` (CPU
   activities); each rank adds ``profile`` to its record: the step's wall time, and the self time of the
   profiler's events per name, so that ``bench_dist.py`` can sum the collectives' (``gloo:*``, ``c10d::*``,
@@ -109,6 +112,12 @@ def main(cfg: Any) -> None:
 
     _train.save_checkpoint = _timed_save("checkpoint", _train.save_checkpoint)
     _train.save_hf_dir = _timed_save("export", _train.save_hf_dir)
+    if os.environ.get("FT_BENCH_RESHARD_AFTER_FORWARD") == "0":
+        import functools
+
+        import ft_dist
+
+        ft_dist.shard_model = functools.partial(ft_dist.shard_model, reshard_after_forward=False)
     at = int(os.environ.get("FT_BENCH_PROFILE_STEP", "0"))
     if at >= 2:
         _train.end_step = _profiled_end_step(_train.end_step, at)

@@ -110,6 +110,7 @@ def _launch(
     batch: int,
     profile: int = 0,
     every: int | None = None,
+    reshard: bool = True,
 ) -> subprocess.Popen[str]:
     shutil.rmtree(root / out, ignore_errors=True)
     launch = ["--nproc-per-node", str(nproc)] if nproc > 1 else []
@@ -122,6 +123,7 @@ def _launch(
         FT_BENCH_RECIPE=RECIPES[method],
         FT_BENCH_OUT=str(root / out / "bench"),
         FT_BENCH_PROFILE_STEP=str(profile),
+        FT_BENCH_RESHARD_AFTER_FORWARD="1" if reshard else "0",
     )
     return subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -159,6 +161,8 @@ def run_train(args: argparse.Namespace) -> None:
     for method in args.methods.split(","):
         config = write_config(root, method, args.precision, args.steps)
         tag = f"{method} {SHAPE} {args.precision} b{B}x{T}"
+        if args.reshard_after_forward == "false":
+            tag += " reshard_after_forward=False"
         result: dict[str, float] = {}
         setups = args.setups.split(",")
         at = args.steps - 1  # the profiled step
@@ -168,7 +172,18 @@ def run_train(args: argparse.Namespace) -> None:
                 result["1p x 2t"] = _steady(_step_times(root, f"{method}-1p2t"))
         profiles: list[dict[str, Any]] = []
         if "2p1t" in setups:  # 2 ranks x 1 thread, batch 2 per rank: FSDP2 over gloo, one step profiled
-            p = _launch(root, method, config, f"{method}-2p1t", nproc=2, threads=1, batch=B // 2, profile=at)
+            reshard = args.reshard_after_forward == "true"
+            p = _launch(
+                root,
+                method,
+                config,
+                f"{method}-2p1t",
+                nproc=2,
+                threads=1,
+                batch=B // 2,
+                profile=at,
+                reshard=reshard,
+            )
             if _wait(p, f"{tag} 2p x 1t"):
                 result["2p x 1t"] = _steady(_step_times(root, f"{method}-2p1t"))
                 for rank in (0, 1):
@@ -352,6 +367,12 @@ def main() -> None:
         "--precision",
         default=None,
         help="ft's precision (train: bf16-mixed; checkpoint: fp32, torchtune's dtype)",
+    )
+    ap.add_argument(
+        "--reshard-after-forward",
+        choices=["true", "false"],
+        default="true",
+        help="train: false runs 2p x 1t with ft_dist.shard_model(reshard_after_forward=False) (ZeRO-2)",
     )
     ap.add_argument("--setups", default="1p2t,2p1t,solo", help="train: which of the three to run")
     ap.add_argument("--top", type=int, default=8, help="train: profiler events listed per rank")
