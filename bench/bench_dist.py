@@ -20,8 +20,9 @@ Usage:
         ``checkpoint``: full fine-tuning on 2 ranks (gloo), the save time and rank 0's peak memory of the
         intermediate checkpoint (ft: sharded DCP, each rank writes its shards) and of the final export (ft:
         HF safetensors, gathered one parameter at a time); then torchtune 0.6.1's ``full_finetune_distributed``
-        on the same shape and data, in its own environment (``peer_dist_torchtune.py``), or a line saying
-        why it cannot run.
+        on the same shape, in its own environment (``peer_dist_torchtune.py``): first as shipped, which
+        prints ``CANNOT run on CPU: <what it raised>``, then with ``--shim-cpu`` (its two CPU blockers
+        replaced; the lines say so), and RATIO lines ft / torchtune.
 
 Every run drives the recipe's own setup and loop: ``tune run`` of ``_dist_recipe.py``, which imports the
 recipe and only wraps its savers with timers and one step with the profiler. The model is the
