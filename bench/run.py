@@ -4,7 +4,8 @@ Each measurement runs in its own subprocess (fresh memory, fresh threads); ft an
 run in the same invocation, on the same weights and the same torch build, and only their
 ratio is meaningful (machines here are shared and noisy).
 
-Usage: python bench/run.py [--only train,decode,llamacpp,lmeval,tokenize,cli,memory,dpo] [--shape smollm2-135m]
+Usage: python bench/run.py [--only train,decode,llamacpp,lmeval,tokenize,cli,memory,dpo,dist,checkpoint]
+       [--shape smollm2-135m]
        [--device cpu] [--dtypes fp32,bf16] [--threads N] [--steps N]
 
 ``dpo`` (not in the default set): a LoRA DPO step (4 pairs x 256 tokens each side) of ft beside TRL's
@@ -15,6 +16,16 @@ the steadier setting on a shared machine.
 ``memory`` (not in the default set: it writes a 2.5 GB checkpoint): the peak resident memory of a QLoRA
 training step (NF4 base, batch 2 x 512) on the Llama-3.2-1B shape, ft beside transformers + PEFT +
 bitsandbytes, from one random bf16 checkpoint; prints the ratio (target ft <= 0.8x).
+
+``dist`` (not in the default set: several minutes of real ``tune run`` launches): ``train-fsdp``, LoRA and
+full fine-tuning of the SmolLM2-135M shape on 2 processes x 1 thread (FSDP2, gloo) against 1 process x 2
+threads on the same global batch, and against two independent 1-thread processes (the same compute with
+no collective); prints tokens/s, the ratio (target >= 0.8x) and the communication overhead
+(``bench_dist.py train``).
+
+``checkpoint`` (not in the default set): full fine-tuning on 2 ranks, the save time and rank 0's peak
+memory of the intermediate (sharded DCP) checkpoint and of the final HF export, ft beside torchtune 0.6.1's
+``full_finetune_distributed`` on CPU (``bench_dist.py checkpoint``).
 """
 
 from __future__ import annotations
@@ -90,7 +101,7 @@ def main() -> None:
     ap.add_argument(
         "--threads", type=int, default=None, help="threads for lmeval, llamacpp and dpo (1 on a busy machine)"
     )
-    ap.add_argument("--steps", type=int, default=5, help="dpo: steps per measurement (median after 2)")
+    ap.add_argument("--steps", type=int, default=5, help="dpo, dist: steps per measurement (median after 2)")
     args = ap.parse_args()
     only = set(args.only.split(","))
     ckpt = make_checkpoint(args.shape, Path(tempfile.gettempdir()) / f"ft-bench-{args.shape}")
@@ -145,6 +156,11 @@ def main() -> None:
         _run(["bench/bench_cli.py"])
     if "memory" in only:
         qlora_memory()
+    if "dist" in only:
+        cmd = [sys.executable, str(HERE / "bench_dist.py"), "train", "--steps", str(args.steps)]
+        subprocess.run(cmd, check=False)
+    if "checkpoint" in only:
+        subprocess.run([sys.executable, str(HERE / "bench_dist.py"), "checkpoint"], check=False)
     if "dpo" in only:
         cmd = [sys.executable, str(HERE / "bench_train.py"), "all", "--methods", "dpo", "--peers", "trl"]
         cmd += ["--dtypes", args.dtypes, "--compile", "off", "--steps", str(args.steps)]
