@@ -68,7 +68,7 @@ def _starts_at_the_reference(out: Path) -> None:
 
 
 def test_live_and_precomputed_reference_train_the_same_model(
-    files: tuple[Path, Path], tmp_path: Path
+    files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     live = _setup(files, tmp_path / "live", "dpo.reference=live")
     frozen = live.reference.__closure__[0].cell_contents  # the frozen copy inside frozen_reference
@@ -80,6 +80,13 @@ def test_live_and_precomputed_reference_train_the_same_model(
     assert _max_diff(before, start) == 0.0  # the same starting weights
     recipe.train(live)
     _starts_at_the_reference(tmp_path / "live")
+    # The validation figures of the starting point print first: the policy is the reference.
+    printed = [
+        line for line in capsys.readouterr().err.splitlines() if line.startswith("[val] before training:")
+    ]
+    assert printed == [
+        "[val] before training: loss 0.6931, reward accuracy 0.000, margin 0.0000 over 6 pairs"
+    ]
     assert _max_diff(before, frozen.state_dict()) == 0.0  # the frozen copy never changed
     trained = _weights(live)
     assert _max_diff(trained, start) > 1e-3  # while the policy trained

@@ -39,6 +39,9 @@ def test_dpo_demo_prefers_the_right_dates_on_held_out_pairs(tmp_path: Path) -> N
     accuracies = re.findall(r"\[val\] loss [\d.]+, reward accuracy ([\d.]+)", done.stderr)
     assert accuracies, done.stderr[-2000:]
     assert float(accuracies[-1]) >= 0.9, accuracies
+    # Before training the policy is the reference: every reward 0, no pair ranked right.
+    before = re.findall(r"\[val\] before training: loss ([\d.]+), reward accuracy ([\d.]+)", done.stderr)
+    assert before == [("0.6931", "0.000")], done.stderr[-2000:]
     found = re.search(r"\[eval\] exact_match: base ([\d.]+) -> tuned ([\d.]+)", done.stdout)
     assert found, done.stdout
     base, tuned = float(found[1]), float(found[2])

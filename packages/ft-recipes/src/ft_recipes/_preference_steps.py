@@ -237,13 +237,14 @@ def preference_validation(
     return {"loss": total / max(pairs, 1), **stats.metrics(), "pairs": float(pairs)}
 
 
-def validate_preference_run(run: Any) -> dict[str, float]:
+def validate_preference_run(run: Any, when: str = "") -> dict[str, float]:
     """A preference run's validation (its ``validate``): loss and TRL's metrics on the validation pairs,
     printed on one line (rank 0), returned ``val_``-prefixed for the step's record.
 
     Args:
         run: The recipe's ``Run`` (``cfg``, ``model``, ``val_loader``, ``loss``, ``val_reference``,
             ``device``; ``world`` when it may run on several ranks).
+        when: Printed after ``[val]`` (``"before training: "`` for the figures the run starts from).
     """
     from ft_recipes._progress import progress
 
@@ -253,7 +254,7 @@ def validate_preference_run(run: Any) -> dict[str, float]:
         run.model, run.val_loader, run.loss, run.val_reference, run.device, v.max_batches
     )
     progress(
-        f"[val] loss {result['loss']:.4f}, reward accuracy {result['rewards/accuracies']:.3f}, "
+        f"[val] {when}loss {result['loss']:.4f}, reward accuracy {result['rewards/accuracies']:.3f}, "
         f"margin {result['rewards/margins']:.4f} over {int(result['pairs'])} pairs"
     )
     return {f"val_{k}": value for k, value in result.items()}
@@ -289,7 +290,11 @@ def preference_window(
 def preference_train(run: Any) -> None:
     """The loop of the preference recipes: SFT's one loop (``_train.train``: optimizer step, metrics,
     validation, checkpoints, resume, rank-0 logging) around the pair-normalised window
-    (:func:`preference_window`)."""
+    (:func:`preference_window`). A run that validates and starts at step 0 first prints the validation
+    figures of its starting point (policy = reference: every reward 0), so the held-out reward accuracy
+    reads before and after."""
     from ft_recipes._train import train
 
+    if run.val_loader is not None and run.counters["step"] == 0:
+        validate_preference_run(run, "before training: ")  # where the policy starts: the reference
     train(run, preference_window(run))
