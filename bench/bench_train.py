@@ -186,6 +186,8 @@ def run_ft(args: argparse.Namespace) -> dict[str, Any]:
     model, optimizer, precision = build_ft(
         args.method, args.dtype, ckpt, args.precision, args.compile, args.device
     )
+    if args.fsdp:
+        optimizer = _shard_one_rank(model, precision, dev)
     setup_rss = peak_rss_gib()
     rows, seq = args.batch, args.seq
     v = model.config.vocab_size
@@ -233,7 +235,7 @@ def run_ft(args: argparse.Namespace) -> dict[str, Any]:
             "setup_peak_cuda_gib": round(setup_peak / 2**30, 2),
         }
     return {
-        "lib": "ft+compile" if args.compile else "ft",
+        "lib": ("ft+compile" if args.compile else "ft") + ("+fsdp1" if args.fsdp else ""),
         "shape": args.shape,
         "device": args.device,
         "method": args.method,
@@ -250,6 +252,27 @@ def run_ft(args: argparse.Namespace) -> dict[str, Any]:
         "peak_rss_gib": round(rss, 2),
         **cuda,
     }
+
+
+def _shard_one_rank(model: Any, precision: str, dev: torch.device) -> Any:
+    """FSDP2 over a one-rank process group (nccl on CUDA, gloo on a CPU), as the distributed recipes
+    shard (``ft_dist.shard_model`` with the precision policy's parameter dtype), and the optimizer rebuilt
+    over the sharded parameters: the GPU check's one-process FSDP2 step."""
+    import tempfile
+
+    import torch.distributed as dist
+
+    import ft_dist
+    from ft_recipes.training import build_optimizer, resolve_precision
+
+    store = Path(tempfile.mkdtemp(prefix="ft-fsdp1-")) / "store"
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    dist.init_process_group(backend, init_method=f"file://{store}", rank=0, world_size=1)
+    mesh = ft_dist.build_mesh(device_type=dev.type)
+    policy = resolve_precision(precision, dev.type)
+    ft_dist.shard_model(model, mesh, param_dtype=policy.fsdp_param_dtype)
+    assert ft_dist.is_sharded(model), "the model was not sharded"
+    return build_optimizer(model, "adamw", lr=1e-4)
 
 
 def run_peak(dtype: str) -> dict[str, Any]:
@@ -385,6 +408,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="ft: cpu | cuda")
     ap.add_argument("--shape", default=SHAPE, choices=sorted(SHAPES), help="ft: model shape")
     ap.add_argument("--profile", default=None, help="ft: write a profiler table of one step here")
+    ap.add_argument("--fsdp", action="store_true", help="ft: shard with FSDP2 over a one-rank group")
     ap.add_argument("--methods", default="lora,qlora,full")
     ap.add_argument("--dtypes", default="bf16,fp32")
     ap.add_argument("--peers", default="torchtune,hf", help="torchtune, hf; trl (the dpo workload)")

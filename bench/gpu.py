@@ -19,7 +19,9 @@ a summary line, with the seconds it took:
 - ``tests``: ``pytest -m gpu`` over the repository (ft-peft's CUDA QLoRA parity and memory, the
   precision decisions on this GPU, the CUDA peak-memory reset, ...).
 - ``train``: train-lora and train-qlora on ``--shape`` (batch 4 x 256, ``bench_train.py`` for ft,
-  ``peer_train.py hf`` for transformers + PEFT, bitsandbytes NF4 for QLoRA), RATIO lines.
+  ``peer_train.py hf`` for transformers + PEFT, bitsandbytes NF4 for QLoRA), RATIO lines; and the LoRA
+  step with the model sharded by FSDP2 over a one-rank process group (``bench_train.py --fsdp``: nccl,
+  ``ft_dist.shard_model`` with bf16 parameters and fp32 reductions) beside the single-device step.
 - ``decode``: greedy decoding at batch 1 and 8 (``bench_model.py decode``: ft eager, ft with its
   compiled step, transformers' ``generate``).
 
@@ -94,6 +96,15 @@ def train_and_decode(args: argparse.Namespace, sections: set[str]) -> None:
                 [str(HERE / "peer_train.py"), "hf", method, args.dtype, "--ckpt", str(ckpt), *where, *steps]
             )
             _ratio(f"train-{method} {args.shape} {args.dtype} {args.device}", ft, hf, "tokens_per_s")
+            if method == "lora":  # FSDP2 on one rank: the sharded recipes' path on this device
+                ft_cmd = [str(HERE / "bench_train.py"), "ft", method, args.dtype, *shape, *where, *steps]
+                fsdp = _run([*ft_cmd, "--fsdp"])
+                _ratio(
+                    f"train-lora fsdp2 1-rank / single {args.shape} {args.dtype} {args.device}",
+                    fsdp,
+                    ft,
+                    "tokens_per_s",
+                )
     if "decode" in sections:
         for batch in (1, 8):
             common = [args.dtype, str(ckpt), "--batch", str(batch), *where]
