@@ -13,11 +13,10 @@ Usage:
     python bench/bench_train.py peak {fp32,bf16}
         the measured matmul peak (2048^3, best of 5) that MFU is reported against.
 
-The ft side runs what ft's recipes run: ``ft_models.from_pretrained`` of a random-init transformers
-checkpoint of the shape (fp32, as the recipes load), ``ft_peft.apply_lora`` (rank 8, alpha 16, dropout 0,
-q/v/o + MLP; QLoRA: ``quantize="nf4"``) and ``ft_peft.set_trainable``, the precision policy of
-``ft_recipes.training`` (``resolve_precision`` + ``apply_precision``), the optimizer from
-``build_optimizer("adamw", lr=1e-4)``, the batch contract (``position_ids`` and ``document_ids`` as the
+The ft side is set up by the recipes' own setup (``build_ft``: a config for the full or LoRA recipe
+through ``ft_recipes.runner.prepare`` and the recipe's ``setup``, i.e. the one ``setup_training``) from a
+random-init transformers checkpoint of the shape: LoRA rank 8, alpha 16, dropout 0 on q/v/o + MLP
+(QLoRA: ``lora.quantize: nf4``), the precision policy, ``attention: auto``, AdamW (lr 1e-4); then the batch contract (``position_ids`` and ``document_ids`` as the
 collator makes them, moved by ``prepare_batch`` as the recipes' step moves them), and the chunked
 ``linear_cross_entropy`` with the token normaliser (``batch_loss``); ``--compile``
 compiles each decoder layer as the recipes' ``compile: true`` does. Not included (the peers do neither):
@@ -100,38 +99,44 @@ def flops_per_token(method: str, shape: str = SHAPE) -> tuple[float, str]:
 def build_ft(
     method: str, dtype: str, ckpt: Path, precision: str | None, compile: bool, device: str = "cpu"
 ) -> tuple[Any, Any, str]:
-    """The model and optimizer exactly as the recipes set them up; returns (model, optimizer, precision).
+    """The model and optimizer built by the recipes' own setup; returns (model, optimizer, precision).
 
-    As the recipes do, the model is built on the meta device, given its adapters (QLoRA: an NF4 base
-    whose weights are quantised as they are read) and storage dtypes there, and the checkpoint streamed
-    in: no fp32 copy of the model is ever held.
+    A config for ``full_finetune_single_device`` (``full``) or ``lora_finetune_single_device`` (LoRA,
+    QLoRA: ``lora.quantize: nf4``; rank 8, alpha 16, dropout 0 on q/v/o + MLP) is written and run through
+    ``tune run``'s own path (``ft_recipes.runner.prepare``, then the recipe's ``setup``: the one
+    ``setup_training``): the model built on the meta device in its final form and the checkpoint streamed
+    in, ``attention: auto``, ``compile``, AdamW (lr 1e-4). The data it builds (a few rows of text, SmolLM2's
+    tokenizer) is not used: the steps below feed their own batches.
     """
     import ft_models
-    import ft_peft
-    from ft_recipes.training import apply_attention, apply_precision, build_optimizer, resolve_precision
+    from ft_recipes import full_finetune_single_device, lora_finetune_single_device
+    from ft_recipes.runner import prepare
 
     if precision is None:
         precision = "fp32" if dtype == "fp32" else ("bf16-pure" if method == "full" else "bf16-mixed")
-    policy = resolve_precision(precision, device)
-
-    def final_form(model: Any) -> None:
-        if method != "full":
-            quantize = None
-            if method == "qlora":
-                quantize = ft_peft.QuantConfig(kind="nf4", compute_dtype=DTYPES[dtype])
-            ft_peft.apply_lora(model, TARGETS, rank=8, alpha=16, dropout=0.0, quantize=quantize)
-            ft_peft.set_trainable(model)
-        apply_precision(model, policy)
-
-    torch.manual_seed(0)  # the adapters' initialisation
-    model = ft_models.from_pretrained(str(ckpt), dtype=torch.float32, device=device, prepare=final_form)
-    # The recipes' default `attention: auto` (grouped products for bf16 CPU training).
-    apply_attention(model, "auto", device=torch.device(device), dtype=policy.compute_dtype, training=True)
-    if compile:
-        for layer in model.model.layers:
-            layer.compile()
-    optimizer = build_optimizer(model, "adamw", lr=1e-4)
-    return model.train(), optimizer, precision
+    root = Path(tempfile.mkdtemp(prefix="ft-bench-setup-"))
+    data = root / "text.jsonl"
+    data.write_text("".join(json.dumps({"text": f"row {i} " * 40}) + "\n" for i in range(2 * B)))
+    tokenizer = ft_models.smollm2_gguf_path()
+    text = (
+        f"model: {{_component_: from_pretrained, path: {ckpt}}}\n"
+        f"tokenizer: {{_component_: load_tokenizer, path: {tokenizer}}}\n"
+        f"dataset: {{_component_: build_dataset, source: {data}, kind: text, use_cache: false}}\n"
+        f"output_dir: {root / 'out'}\noptimizer: {{name: adamw, lr: 0.0001}}\nlr_schedule: {{kind: constant}}\n"
+        f"device: {device}\nprecision: {precision}\nbatch_size: {B}\nmax_seq_len: {T}\npacked: false\n"
+        f"shuffle: false\nepochs: 1\nseed: 0\nattention: auto\ncompile: {str(compile).lower()}\n"
+    )
+    recipe: Any = full_finetune_single_device
+    if method != "full":
+        recipe = lora_finetune_single_device
+        quantize = "nf4" if method == "qlora" else "null"
+        text += (
+            f"lora: {{target_modules: [{', '.join(TARGETS)}], rank: 8, alpha: 16, quantize: {quantize}}}\n"
+        )
+    config = root / "bench.yaml"
+    config.write_text(text)
+    run = recipe.setup(prepare(recipe, str(config), []).config)
+    return run.model.train(), run.optimizer, precision
 
 
 def peak_rss_gib() -> float:
