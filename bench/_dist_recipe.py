@@ -64,7 +64,7 @@ def _timed_save(what: str, fn: Any) -> Any:
         out = fn(*args, **kwargs)
         _barrier()
         seconds = time.perf_counter() - start
-        step = args[1] if what == "checkpoint" else None
+        step = args[1] if what == "checkpoint" else None  # CheckpointSaver.save(self, step, state)
         _records.append(
             {
                 "what": what,
@@ -79,15 +79,21 @@ def _timed_save(what: str, fn: Any) -> Any:
     return wrapper
 
 
-def _profiled_end_step(fn: Any, at: int) -> Any:
+def _profile_step(at: int) -> None:
+    """Profile optimizer step ``at``: from the end of step ``at - 1``'s optimizer update to the end of
+    step ``at``'s (torch's global optimizer post-step hook, so the window is one whole step)."""
     import torch
+    from torch.optim.optimizer import register_optimizer_step_post_hook
     from torch.profiler import ProfilerActivity, profile
 
     prof = profile(activities=[ProfilerActivity.CPU])
     started: list[float] = []
+    count = [0]
 
-    def wrapper(run: Any, log: Any, step: int, metrics: dict[str, Any]) -> None:
-        if step == at:  # the profiled step ends here, before its metrics record and any save
+    def hook(*_: Any) -> None:
+        count[0] += 1
+        step = count[0]
+        if step == at:
             prof.stop()
             wall = time.perf_counter() - started[0]
             events: dict[str, float] = {}
@@ -97,30 +103,34 @@ def _profiled_end_step(fn: Any, at: int) -> Any:
             _records.append(
                 {"what": "profile", "rank": rank, "step": step, "seconds": wall, "events": events}
             )
-        fn(run, log, step, metrics)
-        if step == at - 1:
+        elif step == at - 1:
             torch.distributed.barrier() if torch.distributed.is_initialized() else None
             started.append(time.perf_counter())
             prof.start()
 
-    return wrapper
+    register_optimizer_step_post_hook(hook)
 
 
 def main(cfg: Any) -> None:
-    """The recipe's own ``main``, with its checkpoint and export savers timed (module docstring)."""
-    from ft_recipes import _train
+    """The recipe's own ``main``, with its checkpoint and export savers timed (module docstring).
 
-    _train.save_checkpoint = _timed_save("checkpoint", _train.save_checkpoint)
-    _train.save_hf_dir = _timed_save("export", _train.save_hf_dir)
+    Only public objects are wrapped: the loop's checkpoint writer class (``ft_recipes.steps.
+    CheckpointSaver.save``), the writers every export ends in (``ft_dist.led_by_rank0`` when sharded,
+    ``ft_models.save_pretrained`` in one process) and torch's optimizer post-step hook."""
+    import ft_dist
+    import ft_models
+    from ft_recipes.steps import CheckpointSaver
+
+    CheckpointSaver.save = _timed_save("checkpoint", CheckpointSaver.save)  # type: ignore[method-assign]
+    ft_dist.led_by_rank0 = _timed_save("export", ft_dist.led_by_rank0)
+    ft_models.save_pretrained = _timed_save("export", ft_models.save_pretrained)
     if os.environ.get("FT_BENCH_RESHARD_AFTER_FORWARD") == "0":
         import functools
-
-        import ft_dist
 
         ft_dist.shard_model = functools.partial(ft_dist.shard_model, reshard_after_forward=False)
     at = int(os.environ.get("FT_BENCH_PROFILE_STEP", "0"))
     if at >= 2:
-        _train.end_step = _profiled_end_step(_train.end_step, at)
+        _profile_step(at)
     try:
         _recipe.main(cfg)
     finally:
