@@ -50,8 +50,19 @@ def _sync(session: nox.Session, *args: str) -> None:
     )
 
 
+# Test processes per session (pytest-xdist). A file's tests stay in one process, so a module's fixtures
+# are built once, and files are handed out in collection order (tests/conftest.py puts the long ones
+# first); most tests wait on subprocesses or run on one thread, so two processes share two cores well.
+# FT_TEST_WORKERS=1 runs everything in one process, in order.
+# Each process, and what a test starts, gets its share of the cores as torch threads: more threads
+# than cores make OpenMP's waiting threads spin against each other.
+WORKERS = os.environ.get("FT_TEST_WORKERS") or str(min(os.cpu_count() or 1, 4))
+THREADS = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // int(WORKERS)))
+
+
 def _pytest(session: nox.Session, *args: str) -> None:
-    session.run("pytest", *args, *session.posargs)
+    xdist = ["-n", WORKERS, "--dist", "loadfile", "--no-loadscope-reorder"]
+    session.run("pytest", *xdist, *args, *session.posargs, env={"OMP_NUM_THREADS": THREADS})
 
 
 @nox.session

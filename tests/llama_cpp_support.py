@@ -9,14 +9,16 @@ The build (CPU only, about 7 minutes of CPU on 2 cores; 36 minutes of wall time 
 shared with other builds) is cached under ``~/.cache/ft-tests/`` (or
 ``$FT_TEST_CACHE``) in a directory keyed by the version and the CMake flags, written to a temporary
 name and renamed into place when complete, so an interrupted build is never mistaken for a finished
-one. Flags: ``GGML_NATIVE`` (``-march=native``) with AMX switched off in the C and C++ flags: with AMX
-enabled llama.cpp crashes on prompts of two or more tokens for Q4_1/Q8_0 files on CPUs that have it
+one; a lock file beside it makes parallel test processes build it once. Flags: ``GGML_NATIVE``
+(``-march=native``) with AMX switched off in the C and C++ flags: with AMX enabled llama.cpp crashes
+on prompts of two or more tokens for Q4_1/Q8_0 files on CPUs that have it
 (GCC lets an explicit ``-mno-amx-*`` win over what ``-march=native`` implies, whatever their order);
 the multimodal library (``LLAVA_BUILD``) is not built, ``import llama_cpp`` loads it only on demand.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -60,6 +62,15 @@ def llama_cpp_dir() -> Path:
     if (target / "llama_cpp" / "__init__.py").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    # One build at a time: a parallel test process (pytest-xdist worker) waits and then finds it built.
+    with open(target.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / "llama_cpp" / "__init__.py").is_file():
+            _build(target)
+    return target
+
+
+def _build(target: Path) -> None:
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
     # shlex-split by scikit-build-core: quote the flag whose value holds spaces.
     cmake_args = " ".join(f'"{a}"' if " " in a else a for a in _CMAKE_ARGS)
@@ -76,11 +87,7 @@ def llama_cpp_dir() -> Path:
     if proc.returncode != 0 or not (tmp / "llama_cpp" / "__init__.py").is_file():
         shutil.rmtree(tmp, ignore_errors=True)
         raise RuntimeError(f"building llama-cpp-python failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
-    try:
-        tmp.rename(target)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    tmp.rename(target)
 
 
 def run_llama_cpp(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:

