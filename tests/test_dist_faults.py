@@ -8,7 +8,9 @@ that ignores the loader's saved position) is shown to end with other weights, so
 can see a resume that lost its place in the data; a copy of the killed run resumed on 1 process (batch
 2: the same global batch) ends within fp32 tolerance (``RESIZED_TOL``) of it, where the wrong resume
 does not. With ``--max-restarts 1`` and ``resume=auto``, the same kill ends in torchrun restarting the
-workers, which finish with the same bytes. (Two nodes of 2 processes each: ``test_dist_world_sizes``.)
+workers, which finish with the same bytes. The error line stands on its own line also when the agent,
+not rank 0's own error path, ends rank 0 mid progress bar (rank 0 paused until the agent's SIGTERM
+waits on it). (Two nodes of 2 processes each: ``test_dist_world_sizes``.)
 """
 
 from __future__ import annotations
@@ -110,21 +112,25 @@ def reference(root: Path) -> bytes:
 
 
 def _kill_rank_1(
-    root: Path, out: str, *launch: str
+    root: Path, out: str, *launch: str, stop_rank_0: bool = False, launcher: list[str] | None = None
 ) -> tuple[subprocess.Popen[bytes], list[psutil.Process], float]:
     """Start a 2-rank run into ``out`` (stderr to ``out.err``), SIGKILL rank 1 once step 5 is logged.
 
     Returns the ``tune`` process (torchrun's agent: ``tune run`` execs it), every process of the job
-    and when the kill was sent. Step 5 logged means checkpoint step_4 is complete.
+    and when the kill was sent. Step 5 logged means checkpoint step_4 is complete. ``stop_rank_0``:
+    rank 0 is paused (SIGSTOP) before the kill and let go once the agent's SIGTERM waits on it, so the
+    agent, not rank 0's own error path, ends rank 0. ``launcher``: run the job with this command line
+    in place of ``tune run --nproc-per-node 2`` (torchrun's arguments follow it).
     """
+    overrides = (f"output_dir={out}", "resume=auto")
+    if launcher is None:
+        command, env = _command(["--nproc-per-node", "2", *launch], *overrides), ENV
+    else:  # what ``tune run`` execs (``ft_tune.cli._torchrun``)
+        recipe = ["full_finetune_distributed", "--config", "run.yaml", *overrides]
+        command = [*launcher, "--nproc-per-node", "2", *launch, "-m", "ft_tune.cli", "run", *recipe]
+        env = {**ENV, "FT_TUNE_WORKER": "1"}
     with (root / f"{out}.err").open("w") as stderr:
-        job = subprocess.Popen(
-            _command(["--nproc-per-node", "2", *launch], f"output_dir={out}", "resume=auto"),
-            cwd=root,
-            env=ENV,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
+        job = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     deadline = time.monotonic() + 240
     while _logged_steps(root / out) < 5:
         assert job.poll() is None, (root / f"{out}.err").read_text()[-3000:]
@@ -133,8 +139,26 @@ def _kill_rank_1(
     processes = [psutil.Process(job.pid), *psutil.Process(job.pid).children(recursive=True)]
     ranks = {p.environ().get("RANK"): p for p in processes if p.environ().get("RANK") is not None}
     assert sorted(ranks) == ["0", "1"], [p.cmdline() for p in processes]
+    if stop_rank_0:
+        ranks["0"].send_signal(signal.SIGSTOP)
     ranks["1"].send_signal(signal.SIGKILL)
-    return job, processes, time.monotonic()
+    killed_at = time.monotonic()
+    if stop_rank_0:
+        while not _pending(ranks["0"].pid, signal.SIGTERM):
+            assert time.monotonic() < killed_at + 60, "the agent never sent rank 0 SIGTERM"
+            time.sleep(0.02)
+        ranks["0"].send_signal(signal.SIGCONT)
+    return job, processes, killed_at
+
+
+def _pending(pid: int, sig: signal.Signals) -> bool:
+    """Whether ``sig`` waits undelivered on process ``pid`` (Linux's /proc status masks)."""
+    masks = [
+        line.split()[1]
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith(("SigPnd:", "ShdPnd:"))
+    ]
+    return any(int(mask, 16) >> (sig - 1) & 1 for mask in masks)
 
 
 def test_killed_rank_ends_the_job_and_resume_is_bit_exact(root: Path, reference: bytes) -> None:
@@ -150,8 +174,11 @@ def test_killed_rank_ends_the_job_and_resume_is_bit_exact(root: Path, reference:
     assert not (root / "killed/model").exists()  # no rank went on to write the final model
     err = (root / "killed.err").read_text()
     assert "Traceback" not in err, err[-3000:]
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    errors = _error_lines(err)
+    # one line, on a line of its own: the agent may stop rank 0 before it sees the failure, with its
+    # progress bar mid-line, or rank 0 may meet the failure first and close the bar on its way out
     assert len(errors) == 1, err[-3000:]
+    assert err.count("error:") == 1, err[-3000:]
     assert "rank 1 of 2" in errors[0], errors
     assert "SIGKILL" in errors[0], errors
 
@@ -170,6 +197,43 @@ def test_killed_rank_ends_the_job_and_resume_is_bit_exact(root: Path, reference:
     # resume=auto continues from the newest complete checkpoint: byte-identical final weights.
     _run(root, "output_dir=killed", "resume=auto")
     assert _weights(root, "killed") == reference
+
+
+# The launcher with its error line printed as it was before it started the line on a new one.
+GLUED_LAUNCHER = """
+import sys
+
+import ft_recipes._launcher as launcher
+
+launcher.print = lambda *a, **k: print(*(x.lstrip("\\n") for x in a), **k)
+sys.exit(launcher.main())
+"""
+
+
+def _error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads pending signals from /proc")
+def test_a_rank_0_stopped_by_the_agent_leaves_its_bar_and_the_error_on_separate_lines(root: Path) -> None:
+    """Rank 0 ended by the agent's SIGTERM mid-bar (not by its own error path): the line still stands alone.
+
+    The wrong variant, the launcher printing without starting a new line, glues the error to the bar.
+    """
+    (root / "glued_launcher.py").write_text(GLUED_LAUNCHER)
+    for out, launcher in [("stopped", None), ("glued", [sys.executable, "glued_launcher.py"])]:
+        job, _, _ = _kill_rank_1(root, out, stop_rank_0=True, launcher=launcher)
+        assert job.wait(timeout=TIMEOUT_S + 30) == 1
+        err = (root / f"{out}.err").read_text()
+        assert "step/s" in err.split("error:")[0].splitlines()[-1], err[-3000:]  # the bar, mid-line
+        assert err.count("error:") == 1, err[-3000:]
+        errors = _error_lines(err)
+        if launcher is None:
+            assert len(errors) == 1, err[-3000:]
+            assert "rank 1 of 2" in errors[0], errors
+            assert "SIGKILL" in errors[0], errors
+        else:
+            assert errors == [], err[-3000:]
 
 
 def _max_diff(a: Path, b: Path) -> float:

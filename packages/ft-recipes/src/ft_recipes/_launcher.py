@@ -9,7 +9,9 @@ file rather than to stderr, so that N ranks meeting one problem do not print it 
 prints the first failing rank's line once and exits with that rank's code (a bug's traceback is
 printed by the rank itself). A rank killed outright (SIGKILL, the OOM killer) wrote nothing, so the
 launcher prints one line naming it and the signal. The agent's own per-process error log lines are
-silenced; its warnings (restarts) stay.
+silenced; its warnings (restarts) stay. Rank 0's progress bar shares the launcher's stderr: when the
+agent stopped rank 0 (another rank failed), the bar was left mid-line, so the error line starts on a new
+one.
 """
 
 from __future__ import annotations
@@ -49,14 +51,17 @@ def main(argv: list[str] | None = None) -> int:
         run(args)
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
+        zero = exc.failures.get(0)
+        # rank 0 ended on its own error path, which closed its bar; else it was stopped (or ran elsewhere)
+        start = "" if zero is not None and zero.exitcode > 0 else "\n"
         if failure.exitcode > 0:
             message = failure.error_file_data.get("message") if os.path.isfile(failure.error_file) else None
             if isinstance(message, str):  # the rank's error line (``tune``'s ``_fail``), printed once
-                print(f"error: {message}", file=sys.stderr, flush=True)
+                print(f"{start}error: {message}", file=sys.stderr, flush=True)
             return failure.exitcode  # else the rank printed its own traceback
         world = _world_size(args)
         line = describe_failure(rank, world, failure.exitcode, failure.signal_name(), socket.gethostname())
-        print(f"error: {line}", file=sys.stderr, flush=True)
+        print(f"{start}error: {line}", file=sys.stderr, flush=True)
         return 1
     return 0
 
