@@ -30,6 +30,7 @@ from ._family import Family
 from ._gemma2 import GEMMA2_PRESETS, build_gemma2, gemma2_config
 from ._generate import generate, left_pad
 from ._gguf_write import GGUF_TENSOR_TYPES, check_gguf_export, save_gguf
+from ._hugepages import huge_pages_available, place_in_huge_pages
 from ._kernel_choice import (
     ATTENTION_KERNELS,
     GROUPED_MAX_KEYS,
@@ -130,6 +131,7 @@ __all__ = [
     "generate",
     "generate_stream",
     "grouped_matmul_attention",
+    "huge_pages_available",
     "left_pad",
     "llama_config",
     "load_pretrained",
@@ -137,6 +139,7 @@ __all__ = [
     "mistral_config",
     "open_checkpoint",
     "peak_memory_bytes",
+    "place_in_huge_pages",
     "positions_from_documents",
     "preset_config",
     "qwen2_config",

@@ -17,6 +17,8 @@ therefore runs under :class:`RowwiseLinear`, which computes every linear layer w
 ``max_rows`` input rows as a fused streaming reduction instead of a BLAS matrix-vector call, and under
 :class:`SingleQueryAttention`, which replaces the flash-attention kernel (slow for one query) by two
 small fp32 products (see :mod:`._rowwise`); the eager step keeps ``F.linear``, SDPA and their numerics.
+The weights those reductions stream are read in 2 MB pages (:mod:`._hugepages`): in 4 KB pages the
+compiled step read them well below streaming speed.
 Both reroutes were measured to pay off on CPUs only (bench/README.md): on a GPU cuBLAS's
 matrix-vector kernels and SDPA's decode kernels are what the reroutes would replace, so a model on
 any other device runs the plain compiled step (:func:`uses_cpu_reroutes` decides).
@@ -26,12 +28,15 @@ Shape legend: b batch, t cache capacity, d model dim, v vocabulary.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from ._cache import KVCache, KVCacheLayer
 from ._decoder import CausalLM
+from ._hugepages import place_in_huge_pages
 from ._mask import AttentionMask
 from ._rowwise import RowwiseLinear, SingleQueryAttention
 
@@ -39,6 +44,7 @@ __all__ = ["DecodeStep", "uses_cpu_reroutes"]
 
 _StepFn = Callable[..., torch.Tensor]
 _compiled: dict[bool, _StepFn] = {}  # rerouted or not -> the process's one compiled wrapper
+_in_huge_pages: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()  # models whose tensors were moved
 
 # Largest batch whose linear layers the compiled step computes as streaming reductions. At one row
 # the fused reduction beats BLAS's matrix-vector product; from two rows on, the reduction as inductor
@@ -46,6 +52,14 @@ _compiled: dict[bool, _StepFn] = {}  # rerouted or not -> the process's one comp
 # rows) wins by a wide margin, so only single-row steps are rewritten (per-step timings:
 # bench/README.md, "Measurements behind code choices").
 ROWWISE_MAX_ROWS = 1
+
+# Inductor options of the CPU step. By default inductor recomputes a pointwise producer of up to 50
+# operations inside each consumer rather than storing it; inside a streaming reduction that recomputes
+# the RMSNorm before a projection, or the SiLU gate before ``down_proj``, once per *weight element*
+# (the input row is broadcast over the output rows), which made the reductions compute-bound at about
+# half the machine's read rate. A threshold of 1 stores such an input once (a few KB) and leaves the
+# reduction a multiply-add over the streamed weight (bench/README.md, "Measurements behind code choices").
+CPU_STEP_OPTIONS: dict[str, str | int | bool | Callable[..., Any]] = {"realize_opcount_threshold": 1}
 
 
 def _rowwise_forward(*args: object) -> torch.Tensor:
@@ -64,7 +78,10 @@ def uses_cpu_reroutes(device: torch.device | str) -> bool:
 def _compiled_forward(reroute: bool) -> _StepFn:
     """One compiled wrapper per kind for the process: dynamo caches a graph per model, batch and capacity."""
     if reroute not in _compiled:
-        _compiled[reroute] = torch.compile(_rowwise_forward if reroute else _forward, dynamic=False)
+        if reroute:
+            _compiled[reroute] = torch.compile(_rowwise_forward, dynamic=False, options=CPU_STEP_OPTIONS)
+        else:
+            _compiled[reroute] = torch.compile(_forward, dynamic=False)
     return _compiled[reroute]
 
 
@@ -76,7 +93,9 @@ class DecodeStep:
             ``self_attn`` (the mask honours their sliding windows).
         compile: Run the step through ``torch.compile(dynamic=False)``: captured once per model, batch
             size and cache capacity. Worth it for long generations; the first step pays compilation.
-            A model on a CPU gets the CPU reroutes (:func:`uses_cpu_reroutes`), any other the plain step.
+            A model on a CPU gets the CPU reroutes (:func:`uses_cpu_reroutes`), any other the plain step;
+            on a CPU the model's tensors are first moved into 2 MB pages, once per model
+            (:func:`~ft_models.place_in_huge_pages`: same tensors and values, other memory).
     """
 
     def __init__(self, model: CausalLM, *, compile: bool = False) -> None:
@@ -85,7 +104,11 @@ class DecodeStep:
             sorted({getattr(layer.self_attn, "window", None) for layer in model.model.layers}, key=str)
         )
         device = model.model.embed_tokens.weight.device
-        self.fn: _StepFn = _compiled_forward(uses_cpu_reroutes(device)) if compile else _forward
+        reroute = uses_cpu_reroutes(device)
+        self.fn: _StepFn = _compiled_forward(reroute) if compile else _forward
+        if compile and reroute and model not in _in_huge_pages:
+            place_in_huge_pages(model)  # once per model: the compiled step streams them 2 MB a page
+            _in_huge_pages.add(model)
 
     def __call__(self, cache: KVCache, tokens: torch.Tensor, new_valid: torch.Tensor) -> torch.Tensor:
         """Append ``tokens`` ``[b]`` (``new_valid`` ``[b]`` False: padding); return fp32 logits ``[b, v]``."""
