@@ -78,10 +78,8 @@ def uses_cpu_reroutes(device: torch.device | str) -> bool:
 def _compiled_forward(reroute: bool) -> _StepFn:
     """One compiled wrapper per kind for the process: dynamo caches a graph per model, batch and capacity."""
     if reroute not in _compiled:
-        if reroute:
-            _compiled[reroute] = torch.compile(_rowwise_forward, dynamic=False, options=CPU_STEP_OPTIONS)
-        else:
-            _compiled[reroute] = torch.compile(_forward, dynamic=False)
+        fn, options = (_rowwise_forward, CPU_STEP_OPTIONS) if reroute else (_forward, None)
+        _compiled[reroute] = torch.compile(fn, dynamic=False, options=options)
     return _compiled[reroute]
 
 

@@ -79,11 +79,10 @@ def _place(module: nn.Module, min_bytes: int) -> int:
             group = users.setdefault(t.untyped_storage().data_ptr(), [])
             if not any(u is t for u in group):
                 group.append(t)
-    spans = {}
-    for key, group in users.items():
-        lo = min(int(t.storage_offset()) * t.element_size() for t in group)
-        hi = max(_end_byte(t) for t in group)
-        spans[key] = (lo, hi)
+    spans = {
+        key: (min(int(t.storage_offset()) * t.element_size() for t in group), max(map(_end_byte, group)))
+        for key, group in users.items()
+    }
     sizes = {key: -(-(hi - lo) // _ALIGN) * _ALIGN for key, (lo, hi) in spans.items()}
     total = sum(sizes.values())
     if total < min_bytes:
